@@ -1,0 +1,46 @@
+# THEMIS developer entry points.
+#
+#   make run    build (release) and start the server on the embedded default
+#               (config/config.yaml: port 8765, data in ./data, all cores)
+#   make test   formatting, lints and the whole test suite (what CI runs)
+#
+# Both install missing system packages first (./setup.sh). Builds go to a
+# target directory outside the clone so CI runs and fresh clones share it.
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/themis/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+
+.PHONY: all setup build release run test check fmt clippy bench loadtest clean
+
+all: build
+
+setup:
+	@./setup.sh
+
+build: setup
+	$(CARGO) build --workspace
+
+release: setup
+	$(CARGO) build --release --bin themis_server --bin themis-loadtest
+
+run: release
+	$(CARGO_TARGET_DIR)/release/themis_server $(ARGS)
+
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy: setup
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: release
+	./bench/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Reproducible comparison of THEMIS against the ceilings of its own stack.
+#
+#   bench/run.sh [--duration S] [--server-cpus N] [--scaling "1 2 4 8"] [--quick]
+#
+# Builds the release binaries, then on this machine, in one run:
+#   1. baseline http : glommio + themis-io, fixed 1 KiB JSON body (network ceiling)
+#   2. baseline kv   : the same plus a RocksDB point read (KV-over-HTTP ceiling)
+#   3. themis_server : the real server
+# Server and load generator are pinned to disjoint CPUs (server: the first N,
+# client: the rest). GET of 1 KiB entities, closed loop; then PUT; then an
+# open-loop sweep for the latency plot; then the core-scaling run.
+# Writes bench/RESULTS.md, bench/results/latest.json and bench/latency.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=10
+SCALING=""
+SERVER_CPUS=""
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION="$2"; shift 2 ;;
+    --server-cpus) SERVER_CPUS="$2"; shift 2 ;;
+    --scaling) SCALING="$2"; shift 2 ;;
+    --quick) QUICK=1; DURATION=3; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/themis/target}"
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  ./setup.sh
+  cargo build --release --bin themis_server --bin themis-loadtest --bin themis-baseline
+fi
+BIN="${BENCH_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+LOADTEST="$BIN/themis-loadtest"
+
+NCPU=$(nproc)
+[ -n "$SERVER_CPUS" ] || SERVER_CPUS=$(( NCPU / 2 > 0 ? NCPU / 2 : 1 ))
+CLIENT_CPUS=$(( NCPU - SERVER_CPUS ))
+if [ "$CLIENT_CPUS" -lt 1 ]; then echo "need at least 2 CPUs" >&2; exit 1; fi
+SERVER_SET="0-$((SERVER_CPUS - 1))"
+CLIENT_LIST=$(seq -s, "$SERVER_CPUS" $((NCPU - 1)))
+[ -n "$SCALING" ] || { SCALING="1"; n=2; while [ "$n" -le "$SERVER_CPUS" ]; do SCALING="$SCALING $n"; n=$((n * 2)); done; }
+CONNS=$(( 32 * SERVER_CPUS ))
+[ "$CONNS" -ge 64 ] || CONNS=64
+MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+WORK=$(mktemp -d /tmp/themis-bench.XXXXXX)
+OUT=bench/results
+mkdir -p "$OUT"
+PORT=18765
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 300); do
+    if (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2; return 1
+}
+stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# load NAME ARGS... : runs the load generator, stores JSON as $WORK/NAME.json
+load() {
+  local name=$1; shift
+  taskset -c "$CLIENT_LIST" "$LOADTEST" --url "http://127.0.0.1:$PORT" --cpus "$CLIENT_LIST" \
+    --threads "$CLIENT_CPUS" --json "$@" > "$WORK/$name.json"
+  python3 - "$WORK/$name.json" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for op, v in r["ops"].items():
+    l = v["latency"]
+    print(f'  {sys.argv[2]:<28} {op:<6} {v["throughput_rps"]:>10.0f} req/s  p50 {l["p50_ms"]:.3f}  p99 {l["p99_ms"]:.3f}  p99.9 {l["p99.9_ms"]:.3f} ms  statuses {v["statuses"]}')
+PY
+}
+
+start_baseline() { # kind threads
+  rm -rf "$WORK/bdb"
+  taskset -c "$SERVER_SET" "$BIN/themis-baseline" --kind "$1" --port $PORT --threads "$2" \
+    --cpus "$(seq -s, 0 $((SERVER_CPUS - 1)))" --db "$WORK/bdb" > "$WORK/baseline.log" 2>&1 &
+  PIDS+=($!); wait_port $PORT
+}
+start_themis() { # threads [extra args]
+  local t=$1; shift
+  rm -rf "$WORK/tdb"
+  (cd "$WORK" && exec taskset -c "0-$((t - 1))" "$BIN/themis_server" --host 127.0.0.1 --port $PORT \
+    --threads "$t" --db "$WORK/tdb" "$@") > "$WORK/themis.log" 2>&1 &
+  PIDS+=($!); wait_port $PORT
+}
+
+GETARGS=(--mix get --connections "$CONNS" --duration "$DURATION" --warmup 2 --keys 100000 --doc-size 1024)
+PUTARGS=(--mix put --connections "$CONNS" --duration "$DURATION" --warmup 2 --keys 100000 --doc-size 1024)
+echo "machine: $NCPU CPUs ($MODEL); server CPUs $SERVER_SET, client CPUs $CLIENT_LIST; $CONNS connections"
+
+echo "== GET 1 KiB, closed loop, $SERVER_CPUS server cores"
+start_baseline http "$SERVER_CPUS"; load http_get "${GETARGS[@]}" --no-preload; stop_server "${PIDS[-1]}"
+start_baseline kv "$SERVER_CPUS"; load kv_get "${GETARGS[@]}"; stop_server "${PIDS[-1]}"
+start_themis "$SERVER_CPUS"; load themis_get "${GETARGS[@]}"
+echo "== PUT 1 KiB, closed loop"
+load themis_put "${PUTARGS[@]}" --no-preload
+stop_server "${PIDS[-1]}"
+start_baseline kv "$SERVER_CPUS"; load kv_put "${PUTARGS[@]}" --no-preload; stop_server "${PIDS[-1]}"
+
+# Open loop at half the measured maximum, and a sweep for the plot.
+MAXGET=$(python3 -c "import json;print(int(json.load(open('$WORK/themis_get.json'))['total']['throughput_rps']))")
+MAXPUT=$(python3 -c "import json;print(int(json.load(open('$WORK/themis_put.json'))['total']['throughput_rps']))")
+echo "== open loop at half the maximum (GET $((MAXGET / 2))/s, PUT $((MAXPUT / 2))/s)"
+start_themis "$SERVER_CPUS"
+load open_get_half --mix get --mode open --rate $((MAXGET / 2)) --connections "$CONNS" --duration "$DURATION" --warmup 2 --keys 100000
+load open_put_half --mix put --mode open --rate $((MAXPUT / 2)) --connections "$CONNS" --duration "$DURATION" --warmup 2 --keys 100000 --no-preload
+SWEEP=""
+if [ "$QUICK" = 0 ]; then
+  for pct in 10 25 50 70 85 95; do
+    load "sweep_$pct" --mix get --mode open --rate $((MAXGET * pct / 100)) --connections "$CONNS" --duration "$DURATION" --warmup 1 --keys 100000 --no-preload
+    SWEEP="$SWEEP $pct"
+  done
+fi
+stop_server "${PIDS[-1]}"
+
+echo "== scaling: GET with 1..$SERVER_CPUS server cores"
+for s in $SCALING; do
+  start_themis "$s"; load "scale_$s" "${GETARGS[@]}"; stop_server "${PIDS[-1]}"
+done
+
+python3 bench/report.py --work "$WORK" --out "$OUT/latest.json" --md bench/RESULTS.md --svg bench/latency.svg \
+  --cpus "$NCPU" --model "$MODEL" --server-cpus "$SERVER_CPUS" --client-cpus "$CLIENT_LIST" \
+  --conns "$CONNS" --duration "$DURATION" --scaling "$SCALING" --sweep "$SWEEP"
+echo "wrote bench/RESULTS.md, $OUT/latest.json, bench/latency.svg"

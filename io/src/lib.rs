@@ -1,0 +1,33 @@
+//! THEMIS network layer.
+//!
+//! Everything between the socket and the request handler lives here, and
+//! nothing about entities, shards or RocksDB does:
+//!
+//! * [`listener`] opens the `SO_REUSEPORT` listening sockets (one per core)
+//!   on the main thread, so a busy port fails start-up before any executor
+//!   runs.
+//! * [`request`] is a borrowed view of one parsed HTTP/1.1 request.
+//! * [`response`] writes status line, headers and body straight into the
+//!   connection's reused output buffer.
+//! * [`connection`] drives one keep-alive connection: it parses every
+//!   pipelined request already in the read buffer, lets the [`Handler`]
+//!   answer each into the output buffer, and flushes all answers with one
+//!   write.
+//! * [`shutdown`] is the per-core signal that stops accepting and closes idle
+//!   connections during a graceful stop.
+//!
+//! The layer is per-core by construction: nothing here is `Send`, no lock is
+//! taken, and buffers are allocated once per connection and reused.
+
+pub mod chunked;
+pub mod connection;
+pub mod date;
+pub mod listener;
+pub mod request;
+pub mod response;
+pub mod shutdown;
+
+pub use connection::{serve_connection, ConnectionLimits, Handler};
+pub use request::{Method, Request};
+pub use response::Response;
+pub use shutdown::ShutdownSignal;

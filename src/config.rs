@@ -1,0 +1,975 @@
+//! Configuration: one typed struct, its defaults, where it is read from, and
+//! its validation, all in this file.
+//!
+//! Precedence, lowest first: built-in defaults < config file (YAML or JSON)
+//! < environment (`THEMIS_*`) < command-line flags. The file and the
+//! environment are merged as a JSON tree before the typed struct is built,
+//! so both go through the same deserializer: type errors name the key path,
+//! unknown keys become warnings naming the key, and [`Config::validate`]
+//! reports every out-of-range value with its allowed range.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Files searched, in order, when no `--config` is given.
+pub const SEARCH_PATHS: &[&str] = &[
+    "./config.yaml",
+    "./config.yml",
+    "./config.json",
+    "./config/config.yaml",
+    "./config/config.yml",
+    "./config/config.json",
+    "/etc/vccdb/config.yaml",
+    "/etc/vccdb/config.yml",
+    "/etc/vccdb/config.json",
+];
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub server: ServerConfig,
+    pub logging: LoggingConfig,
+    pub vector_index: VectorIndexConfig,
+    pub features: FeaturesConfig,
+    pub tracing: TracingConfig,
+    pub query: QueryConfig,
+    /// How long change-feed events are kept (hours, 1..=8760).
+    pub cdc_retention_hours: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StorageConfig {
+    pub rocksdb_path: PathBuf,
+    pub memtable_size_mb: u64,
+    pub block_cache_size_mb: u64,
+    pub max_open_files: i32,
+    pub enable_statistics: bool,
+    pub compression: CompressionConfig,
+    pub max_write_buffer_number: i32,
+    pub min_write_buffer_number_to_merge: i32,
+    pub level0_file_num_compaction_trigger: i32,
+    pub level0_slowdown_writes_trigger: i32,
+    pub level0_stop_writes_trigger: i32,
+    pub enable_bloom_filters: bool,
+    pub bloom_bits_per_key: u32,
+    pub max_background_compactions: i32,
+    /// fsync the write-ahead log before a write is acknowledged.
+    pub sync_writes: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            rocksdb_path: PathBuf::from("./data"),
+            memtable_size_mb: 256,
+            block_cache_size_mb: 1024,
+            max_open_files: 10000,
+            enable_statistics: false,
+            compression: CompressionConfig::default(),
+            max_write_buffer_number: 2,
+            min_write_buffer_number_to_merge: 1,
+            level0_file_num_compaction_trigger: 4,
+            level0_slowdown_writes_trigger: 20,
+            level0_stop_writes_trigger: 36,
+            enable_bloom_filters: true,
+            bloom_bits_per_key: 10,
+            max_background_compactions: 4,
+            sync_writes: false,
+        }
+    }
+}
+
+/// A block compression algorithm.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Snappy,
+    Lz4,
+    Zstd,
+    Zlib,
+}
+
+/// `compression: lz4` (both levels) or `compression: {default, bottommost}`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CompressionConfig {
+    pub default: Compression,
+    pub bottommost: Compression,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            default: Compression::Lz4,
+            bottommost: Compression::Zstd,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CompressionConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Plain(Compression),
+            Levels {
+                #[serde(default = "lz4")]
+                default: Compression,
+                #[serde(default = "zstd")]
+                bottommost: Compression,
+            },
+        }
+        fn lz4() -> Compression {
+            Compression::Lz4
+        }
+        fn zstd() -> Compression {
+            Compression::Zstd
+        }
+        match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected one of none, snappy, lz4, zstd, zlib, or {default: .., bottommost: ..}",
+            )
+        })? {
+            Form::Plain(c) => Ok(CompressionConfig {
+                default: c,
+                bottommost: c,
+            }),
+            Form::Levels {
+                default,
+                bottommost,
+            } => Ok(CompressionConfig {
+                default,
+                bottommost,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Executors (one pinned core each); 0 means one per online CPU.
+    #[serde(alias = "threads")]
+    pub worker_threads: usize,
+    pub request_timeout_ms: u64,
+    pub max_request_size_mb: u64,
+    pub listen_backlog: i32,
+    /// Reserved: API-key authentication (refused at start-up until built).
+    pub enable_auth: bool,
+    pub api_keys: Vec<ApiKey>,
+    /// Reserved: TLS (refused at start-up until built).
+    pub enable_tls: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8765,
+            worker_threads: 0,
+            request_timeout_ms: 30_000,
+            max_request_size_mb: 10,
+            listen_backlog: 1024,
+            enable_auth: false,
+            api_keys: Vec::new(),
+            enable_tls: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKey {
+    pub key: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: String,
+    pub file: Option<PathBuf>,
+    pub rotation_size_mb: u64,
+    pub max_files: u32,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: "info".into(),
+            format: "text".into(),
+            file: None,
+            rotation_size_mb: 100,
+            max_files: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct VectorIndexConfig {
+    pub engine: String,
+    pub hnsw_m: u32,
+    pub hnsw_ef_construction: u32,
+    pub use_gpu: bool,
+    pub dimension: u32,
+}
+
+impl Default for VectorIndexConfig {
+    fn default() -> Self {
+        VectorIndexConfig {
+            engine: "hnsw".into(),
+            hnsw_m: 16,
+            hnsw_ef_construction: 200,
+            use_gpu: false,
+            dimension: 768,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FeaturesConfig {
+    pub semantic_cache: bool,
+    pub llm_store: bool,
+    pub cdc: bool,
+    pub timeseries: bool,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RetentionConfig {
+    pub enabled: bool,
+    pub interval_hours: u32,
+    pub policies_path: PathBuf,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            enabled: false,
+            interval_hours: 24,
+            policies_path: PathBuf::from("./config/retention_policies.yaml"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TracingConfig {
+    pub enabled: bool,
+    pub service_name: String,
+    pub otlp_endpoint: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            service_name: "themis-server".into(),
+            otlp_endpoint: "http://localhost:4318".into(),
+        }
+    }
+}
+
+/// The query engine's fan-out knobs (the guide's PARALLEL_THRESHOLD and
+/// BATCH_SIZE), runtime settings rather than constants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QueryConfig {
+    pub parallel_threshold: usize,
+    pub batch_size: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            parallel_threshold: 100,
+            batch_size: 50,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage: StorageConfig::default(),
+            server: ServerConfig::default(),
+            logging: LoggingConfig::default(),
+            vector_index: VectorIndexConfig::default(),
+            features: FeaturesConfig::default(),
+            tracing: TracingConfig::default(),
+            query: QueryConfig::default(),
+            cdc_retention_hours: 168,
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub db: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Type { key: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// A configuration with where it came from and what was odd about it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// The file read, or `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+    /// Unknown keys and unused environment variables.
+    pub warnings: Vec<String>,
+}
+
+/// Finds the config file: the explicit path, else the first of
+/// [`SEARCH_PATHS`] that exists.
+pub fn find_file(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    SEARCH_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// Parses a config file's text; JSON for `.json`, YAML otherwise (YAML is a
+/// superset of JSON, so either works in a `.yaml` file).
+pub fn parse_text(path: &Path, text: &str) -> Result<Value, ConfigError> {
+    let is_json = path.extension().and_then(|e| e.to_str()) == Some("json");
+    let value: Value = if is_json {
+        serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+    };
+    match value {
+        Value::Null => Ok(Value::Object(Default::default())),
+        Value::Object(_) => Ok(value),
+        _ => Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: "the top level must be a mapping of sections".into(),
+        }),
+    }
+}
+
+/// Sections a `THEMIS_<SECTION>_<KEY>` variable may name, longest first so
+/// `vector_index` wins over a shorter prefix.
+const ENV_SECTIONS: &[&str] = &[
+    "vector_index",
+    "features",
+    "logging",
+    "storage",
+    "tracing",
+    "server",
+    "query",
+];
+
+/// Variables that are read elsewhere and are not config keys.
+const ENV_NOT_KEYS: &[&str] = &["THEMIS_CONFIG", "THEMIS_TEST_FAULTS"];
+
+/// Maps a `THEMIS_*` variable to its config key path.
+pub fn env_key_path(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix("THEMIS_")?;
+    let named: Option<&[&str]> = match rest {
+        "PORT" => Some(&["server", "port"]),
+        "STORAGE_PATH" => Some(&["storage", "rocksdb_path"]),
+        "LOG_LEVEL" => Some(&["logging", "level"]),
+        "LOG_FORMAT" => Some(&["logging", "format"]),
+        "WORKER_THREADS" => Some(&["server", "worker_threads"]),
+        "STORAGE_COMPRESSION_DEFAULT" => Some(&["storage", "compression", "default"]),
+        "STORAGE_COMPRESSION_BOTTOMMOST" => Some(&["storage", "compression", "bottommost"]),
+        "CDC_RETENTION_HOURS" => Some(&["cdc_retention_hours"]),
+        _ => None,
+    };
+    if let Some(path) = named {
+        return Some(path.iter().map(|s| s.to_string()).collect());
+    }
+    let lower = rest.to_ascii_lowercase();
+    for section in ENV_SECTIONS {
+        if let Some(key) = lower
+            .strip_prefix(section)
+            .and_then(|k| k.strip_prefix('_'))
+        {
+            if !key.is_empty() {
+                return Some(vec![section.to_string(), key.to_string()]);
+            }
+        }
+    }
+    None
+}
+
+/// Turns an environment string into a JSON value: numbers and booleans are
+/// typed, everything else stays a string.
+fn env_value(raw: &str) -> Value {
+    match serde_yaml::from_str::<Value>(raw) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_))) => v,
+        _ => Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut node = root;
+    for (i, part) in path.iter().enumerate() {
+        if !node.is_object() {
+            *node = Value::Object(Default::default());
+        }
+        let map = node.as_object_mut().expect("made an object above");
+        if i + 1 == path.len() {
+            map.insert(part.clone(), value);
+            return;
+        }
+        node = map
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// Builds the configuration from a parsed file tree, environment variables
+/// and command-line overrides.
+pub fn build(
+    mut tree: Value,
+    source: Option<PathBuf>,
+    env: impl IntoIterator<Item = (String, String)>,
+    cli: &CliOverrides,
+) -> Result<LoadedConfig, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut env_origin: BTreeMap<String, String> = BTreeMap::new();
+    for (var, raw) in env {
+        if !var.starts_with("THEMIS_") || ENV_NOT_KEYS.contains(&var.as_str()) {
+            continue;
+        }
+        match env_key_path(&var) {
+            Some(path) => {
+                env_origin.insert(path.join("."), var.clone());
+                set_path(&mut tree, &path, env_value(&raw));
+            }
+            None => warnings.push(format!(
+                "environment variable {var} matches no config key (expected THEMIS_<SECTION>_<KEY>)"
+            )),
+        }
+    }
+
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(tree, &mut on_unknown);
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = env_origin
+            .get(&key)
+            .map(|var| format!("{key} (from {var})"))
+            .unwrap_or(key);
+        ConfigError::Type {
+            key,
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    for key in unknown {
+        match env_origin.get(&key) {
+            Some(var) => warnings.push(format!("unknown config key `{key}` (from {var}) ignored")),
+            None => warnings.push(format!("unknown config key `{key}` ignored")),
+        }
+    }
+
+    if let Some(h) = &cli.host {
+        config.server.host = h.clone();
+    }
+    if let Some(p) = cli.port {
+        config.server.port = p;
+    }
+    if let Some(d) = &cli.db {
+        config.storage.rocksdb_path = d.clone();
+    }
+    if let Some(t) = cli.threads {
+        config.server.worker_threads = t;
+    }
+
+    let errors = config.validate();
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors));
+    }
+    Ok(LoadedConfig {
+        config,
+        source,
+        warnings,
+    })
+}
+
+/// Reads the file (explicit or searched), the process environment and the
+/// command-line overrides.
+pub fn load(explicit: Option<&Path>, cli: &CliOverrides) -> Result<LoadedConfig, ConfigError> {
+    let file = find_file(explicit);
+    let tree = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            parse_text(path, &text)?
+        }
+        None => Value::Object(Default::default()),
+    };
+    build(tree, file, std::env::vars(), cli)
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    errors: &mut Vec<String>,
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) {
+    if value < min || value > max {
+        errors.push(format!(
+            "{key} = {value} is out of range (allowed {min}..={max})"
+        ));
+    }
+}
+
+fn check_one_of(errors: &mut Vec<String>, key: &str, value: &str, allowed: &[&str]) {
+    if !allowed.contains(&value) {
+        errors.push(format!(
+            "{key} = {value:?} is not allowed (one of: {})",
+            allowed.join(", ")
+        ));
+    }
+}
+
+/// Log levels the server accepts.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+/// Log formats the server accepts.
+pub const LOG_FORMATS: &[&str] = &["text", "json"];
+
+impl Config {
+    /// Every problem with the values, each naming its key and allowed range.
+    pub fn validate(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        let s = &self.storage;
+        if s.rocksdb_path.as_os_str().is_empty() {
+            e.push("storage.rocksdb_path must not be empty".into());
+        }
+        check_range(
+            &mut e,
+            "storage.memtable_size_mb",
+            s.memtable_size_mb,
+            1,
+            65_536,
+        );
+        check_range(
+            &mut e,
+            "storage.block_cache_size_mb",
+            s.block_cache_size_mb,
+            1,
+            1_048_576,
+        );
+        if s.max_open_files != -1 && !(16..=10_000_000).contains(&s.max_open_files) {
+            e.push(format!(
+                "storage.max_open_files = {} is out of range (allowed -1 for unlimited, or 16..=10000000)",
+                s.max_open_files
+            ));
+        }
+        check_range(
+            &mut e,
+            "storage.max_write_buffer_number",
+            s.max_write_buffer_number,
+            2,
+            64,
+        );
+        check_range(
+            &mut e,
+            "storage.min_write_buffer_number_to_merge",
+            s.min_write_buffer_number_to_merge,
+            1,
+            (s.max_write_buffer_number - 1).max(1),
+        );
+        check_range(
+            &mut e,
+            "storage.level0_file_num_compaction_trigger",
+            s.level0_file_num_compaction_trigger,
+            1,
+            1000,
+        );
+        check_range(
+            &mut e,
+            "storage.level0_slowdown_writes_trigger",
+            s.level0_slowdown_writes_trigger,
+            s.level0_file_num_compaction_trigger,
+            10_000,
+        );
+        check_range(
+            &mut e,
+            "storage.level0_stop_writes_trigger",
+            s.level0_stop_writes_trigger,
+            s.level0_slowdown_writes_trigger,
+            10_000,
+        );
+        check_range(
+            &mut e,
+            "storage.bloom_bits_per_key",
+            s.bloom_bits_per_key,
+            1,
+            64,
+        );
+        check_range(
+            &mut e,
+            "storage.max_background_compactions",
+            s.max_background_compactions,
+            1,
+            256,
+        );
+
+        let v = &self.server;
+        if v.host.trim().is_empty() {
+            e.push("server.host must not be empty".into());
+        }
+        check_range(&mut e, "server.worker_threads", v.worker_threads, 0, 1024);
+        check_range(
+            &mut e,
+            "server.request_timeout_ms",
+            v.request_timeout_ms,
+            1000,
+            300_000,
+        );
+        check_range(
+            &mut e,
+            "server.max_request_size_mb",
+            v.max_request_size_mb,
+            1,
+            1024,
+        );
+        check_range(&mut e, "server.listen_backlog", v.listen_backlog, 1, 65_535);
+        if v.enable_auth {
+            e.push(
+                "server.enable_auth = true: API-key authentication is not available in this build; \
+                 refusing to start rather than serve without it"
+                    .into(),
+            );
+        }
+        if v.enable_tls {
+            e.push(
+                "server.enable_tls = true: TLS is not available in this build; refusing to start \
+                 rather than serve plain text (terminate TLS in a reverse proxy for now)"
+                    .into(),
+            );
+        }
+
+        let l = &self.logging;
+        check_one_of(&mut e, "logging.level", &l.level, LOG_LEVELS);
+        check_one_of(&mut e, "logging.format", &l.format, LOG_FORMATS);
+        check_range(
+            &mut e,
+            "logging.rotation_size_mb",
+            l.rotation_size_mb,
+            1,
+            102_400,
+        );
+        check_range(&mut e, "logging.max_files", l.max_files, 1, 10_000);
+
+        let vi = &self.vector_index;
+        check_one_of(&mut e, "vector_index.engine", &vi.engine, &["hnsw"]);
+        check_range(&mut e, "vector_index.hnsw_m", vi.hnsw_m, 2, 128);
+        check_range(
+            &mut e,
+            "vector_index.hnsw_ef_construction",
+            vi.hnsw_ef_construction,
+            1,
+            10_000,
+        );
+        check_range(&mut e, "vector_index.dimension", vi.dimension, 1, 65_536);
+        check_range(
+            &mut e,
+            "features.retention.interval_hours",
+            self.features.retention.interval_hours,
+            1,
+            8760,
+        );
+        check_range(
+            &mut e,
+            "cdc_retention_hours",
+            self.cdc_retention_hours,
+            1,
+            8760,
+        );
+
+        let t = &self.tracing;
+        if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
+            e.push(format!(
+                "tracing.otlp_endpoint = {:?} must be an http:// or https:// URL",
+                t.otlp_endpoint
+            ));
+        }
+        if t.service_name.trim().is_empty() {
+            e.push("tracing.service_name must not be empty".into());
+        }
+
+        check_range(
+            &mut e,
+            "query.parallel_threshold",
+            self.query.parallel_threshold,
+            1,
+            10_000_000,
+        );
+        check_range(
+            &mut e,
+            "query.batch_size",
+            self.query.batch_size,
+            1,
+            1_000_000,
+        );
+        e
+    }
+
+    /// The number of executors to start on a machine with `cpus` usable CPUs.
+    pub fn effective_threads(&self, cpus: usize) -> usize {
+        match self.server.worker_threads {
+            0 => cpus.max(1),
+            n => n,
+        }
+    }
+
+    /// The request body limit in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        (self.server.max_request_size_mb as usize) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn yaml(text: &str) -> Value {
+        parse_text(Path::new("c.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_empty());
+        let c = build(yaml(""), None, env(&[]), &CliOverrides::default()).unwrap();
+        assert_eq!(c.config, Config::default());
+        assert_eq!(c.config.storage.rocksdb_path, PathBuf::from("./data"));
+        assert_eq!(c.config.server.port, 8765);
+    }
+
+    #[test]
+    fn guide_yaml_loads_without_warnings() {
+        let text = r#"
+storage:
+  rocksdb_path: /var/lib/vccdb/data
+  memtable_size_mb: 256
+  block_cache_size_mb: 1024
+  max_open_files: 10000
+  enable_statistics: true
+  compression:
+    default: lz4
+    bottommost: zstd
+server:
+  host: 0.0.0.0
+  port: 8765
+  worker_threads: 8
+  request_timeout_ms: 30000
+  max_request_size_mb: 10
+logging:
+  level: info
+  file: /var/log/vccdb/server.log
+  rotation_size_mb: 100
+  max_files: 10
+vector_index:
+  engine: hnsw
+  hnsw_m: 16
+  hnsw_ef_construction: 200
+  use_gpu: false
+features:
+  semantic_cache: true
+  llm_store: true
+  cdc: true
+  timeseries: true
+  retention:
+    enabled: true
+    interval_hours: 24
+    policies_path: ./config/retention_policies.yaml
+tracing:
+  enabled: true
+  service_name: themis-server
+  otlp_endpoint: http://localhost:4318
+"#;
+        let c = build(yaml(text), None, env(&[]), &CliOverrides::default()).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.config.server.worker_threads, 8);
+        assert!(c.config.storage.enable_statistics);
+        assert!(c.config.features.cdc);
+    }
+
+    #[test]
+    fn plain_compression_string_sets_both_levels() {
+        let c = build(
+            yaml("storage: {compression: zstd}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.config.storage.compression.default, Compression::Zstd);
+        assert_eq!(c.config.storage.compression.bottommost, Compression::Zstd);
+        let err = build(
+            yaml("storage: {compression: brotli}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("storage.compression"), "{err}");
+    }
+
+    #[test]
+    fn precedence_defaults_file_env_cli() {
+        let file = yaml("server: {port: 7000, host: 127.0.0.1}\nlogging: {level: warn}");
+        let e = env(&[
+            ("THEMIS_SERVER_PORT", "9000"),
+            ("THEMIS_LOG_LEVEL", "debug"),
+            ("THEMIS_STORAGE_PATH", "/tmp/x"),
+            ("THEMIS_WORKER_THREADS", "3"),
+            ("THEMIS_STORAGE_BLOCK_CACHE_SIZE_MB", "64"),
+            ("THEMIS_VECTOR_INDEX_HNSW_M", "32"),
+            ("PATH", "/bin"),
+        ]);
+        let c = build(file.clone(), None, e.clone(), &CliOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.server.port, 9000);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.logging.level, "debug");
+        assert_eq!(c.storage.rocksdb_path, PathBuf::from("/tmp/x"));
+        assert_eq!(c.server.worker_threads, 3);
+        assert_eq!(c.storage.block_cache_size_mb, 64);
+        assert_eq!(c.vector_index.hnsw_m, 32);
+        let cli = CliOverrides {
+            port: Some(9100),
+            threads: Some(2),
+            db: Some("/tmp/y".into()),
+            host: Some("::1".into()),
+        };
+        let c = build(file, None, e, &cli).unwrap().config;
+        assert_eq!(c.server.port, 9100);
+        assert_eq!(c.server.worker_threads, 2);
+        assert_eq!(c.storage.rocksdb_path, PathBuf::from("/tmp/y"));
+        assert_eq!(c.server.host, "::1");
+    }
+
+    #[test]
+    fn unknown_keys_and_env_vars_warn() {
+        let c = build(
+            yaml("storage: {memtable_sz_mb: 3}\nbogus: 1"),
+            None,
+            env(&[("THEMIS_NOPE", "1"), ("THEMIS_SERVER_PROT", "1")]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        let w = c.warnings.join("\n");
+        assert!(w.contains("storage.memtable_sz_mb"), "{w}");
+        assert!(w.contains("`bogus`"), "{w}");
+        assert!(w.contains("THEMIS_NOPE"), "{w}");
+        assert!(
+            w.contains("server.prot") && w.contains("THEMIS_SERVER_PROT"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let err = build(
+            yaml("server: {port: high}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.port"), "{err}");
+        let err = build(
+            yaml(""),
+            None,
+            env(&[("THEMIS_SERVER_PORT", "x")]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("THEMIS_SERVER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn ranges_are_checked_with_their_bounds() {
+        let err = build(
+            yaml("server: {request_timeout_ms: 5}\nlogging: {level: loud}\ncdc_retention_hours: 0\nquery: {batch_size: 0}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        let s = err.to_string();
+        assert!(
+            s.contains("server.request_timeout_ms = 5 is out of range (allowed 1000..=300000)"),
+            "{s}"
+        );
+        assert!(s.contains("logging.level"), "{s}");
+        assert!(s.contains("cdc_retention_hours"), "{s}");
+        assert!(s.contains("query.batch_size"), "{s}");
+    }
+
+    #[test]
+    fn json_files_parse() {
+        let v = parse_text(Path::new("c.json"), r#"{"server": {"port": 1234}}"#).unwrap();
+        let c = build(v, None, env(&[]), &CliOverrides::default()).unwrap();
+        assert_eq!(c.config.server.port, 1234);
+        assert!(parse_text(Path::new("c.json"), "{").is_err());
+        assert!(parse_text(Path::new("c.yaml"), "- a\n- b").is_err());
+    }
+
+    #[test]
+    fn auth_and_tls_are_refused_not_ignored() {
+        let err = build(
+            yaml("server: {enable_auth: true}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.enable_auth"));
+    }
+}

@@ -1,0 +1,132 @@
+//! API errors and their one mapping to HTTP.
+//!
+//! Every failure a client can see is an [`ApiError`]; [`ApiError::write`]
+//! is the only place that turns one into a status code and the JSON body
+//! `{"error": true, "code", "message", "status_code"}`.
+
+use crate::storage::StorageError;
+use themis_io::connection::ProtocolError;
+use themis_io::Response;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    InvalidJson(String),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("entity {0} not found")]
+    EntityNotFound(String),
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method {method} is not allowed on {path} (allowed: {allow})")]
+    MethodNotAllowed {
+        method: &'static str,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("request body exceeds the limit of {limit} bytes (server.max_request_size_mb)")]
+    PayloadTooLarge { limit: usize },
+    #[error("request headers are too large")]
+    HeadersTooLarge,
+    #[error("transfer encoding not supported (use Content-Length or chunked)")]
+    UnsupportedTransferEncoding,
+    #[error("request timed out after {ms} ms (server.request_timeout_ms)")]
+    Timeout { ms: u64 },
+    #[error("service unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::InvalidKey(_) | ApiError::BadRequest(_) => 400,
+            ApiError::Unprocessable(_) => 422,
+            ApiError::EntityNotFound(_) | ApiError::RouteNotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::HeadersTooLarge => 431,
+            ApiError::UnsupportedTransferEncoding => 501,
+            ApiError::Timeout { .. } | ApiError::Unavailable(_) => 503,
+            ApiError::Storage(_) => 500,
+        }
+    }
+
+    /// A stable machine word for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidKey(_) => "invalid_key",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unprocessable(_) => "unprocessable_entity",
+            ApiError::EntityNotFound(_) => "not_found",
+            ApiError::RouteNotFound(_) => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::HeadersTooLarge => "headers_too_large",
+            ApiError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            ApiError::Timeout { .. } => "request_timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Storage(_) => "storage_error",
+        }
+    }
+
+    /// The JSON body for this error.
+    pub fn body(&self) -> Vec<u8> {
+        let status = self.status();
+        let v = serde_json::json!({
+            "error": true,
+            "code": self.code(),
+            "message": self.to_string(),
+            "status_code": status,
+        });
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    /// Writes this error as the response.
+    pub fn write(&self, resp: &mut Response<'_>) {
+        if self.status() >= 500 {
+            tracing::error!(code = self.code(), "{self}");
+        } else {
+            tracing::debug!(code = self.code(), "{self}");
+        }
+        let body = self.body();
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                resp.json_with(405, &body, &[("Allow", allow)])
+            }
+            _ => resp.json(self.status(), &body),
+        }
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::Malformed(m) => ApiError::BadRequest(m.to_string()),
+            ProtocolError::HeadTooLarge => ApiError::HeadersTooLarge,
+            ProtocolError::BodyTooLarge { limit } => ApiError::PayloadTooLarge { limit },
+            ProtocolError::UnsupportedTransferEncoding => ApiError::UnsupportedTransferEncoding,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let e = ApiError::EntityNotFound("users:x".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"], true);
+        assert_eq!(v["code"], "not_found");
+        assert_eq!(v["status_code"], 404);
+        assert!(v["message"].as_str().unwrap().contains("users:x"));
+    }
+}

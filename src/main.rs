@@ -1,0 +1,53 @@
+//! `themis_server`: parse the command line, load the configuration, run.
+
+use clap::Parser;
+use std::process::ExitCode;
+use themis::cli::{self, Cli};
+use themis::{config, logging, server};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    if args.version {
+        println!("{}", cli::version_line());
+        return ExitCode::SUCCESS;
+    }
+    let loaded = config::load(args.config.as_deref(), &args.overrides());
+    if args.validate {
+        return if cli::validate(&loaded, args.config.as_deref()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("themis_server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = logging::init(&loaded.config.logging) {
+        eprintln!("themis_server: {e}");
+        return ExitCode::from(2);
+    }
+    match &loaded.source {
+        Some(p) => tracing::info!(file = %p.display(), "configuration loaded"),
+        None => tracing::info!("no config file found; using built-in defaults"),
+    }
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    match server::run(loaded.config, server::Faults::from_env()) {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("themis_server: {e}");
+            // Executors may still be parked waiting for a peer that failed;
+            // leave without joining them.
+            std::process::exit(1);
+        }
+    }
+}

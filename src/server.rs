@@ -1,0 +1,410 @@
+//! Start-up and shutdown of the thread-per-core server.
+//!
+//! One glommio executor per configured worker, each pinned to its own CPU,
+//! each accepting on its own `SO_REUSEPORT` socket and owning a slice of the
+//! keyspace. What the cores share is read-only (`Shared`: config, the
+//! RocksDB handle, the per-shard counter slots). Nothing on the request path
+//! takes a lock.
+//!
+//! Shutdown (SIGTERM/SIGINT): a signal thread raises a flag; every core
+//! stops accepting, lets in-flight requests finish and closes idle
+//! connections; the cores wait for each other (a forwarded request may still
+//! need its owner), close their channels and exit; the main thread then
+//! flushes RocksDB and returns.
+
+use crate::api::Shard;
+use crate::config::Config;
+use crate::router::{ShardReply, ShardRequest, ShardRouter};
+use crate::stats::{bump, drop_one, ShardCounters};
+use crate::storage::{Storage, StorageError};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use themis_io::listener::{bind_reuseport, resolve, BoundListener};
+use themis_io::{serve_connection, ConnectionLimits, ShutdownSignal};
+
+/// State every core reads; nothing in it is mutated on the request path
+/// except each shard's own counter slot.
+pub struct Shared {
+    pub config: Config,
+    pub storage: Storage,
+    pub counters: Box<[ShardCounters]>,
+    /// The CPU each shard is pinned to.
+    pub cpus: Vec<usize>,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// `/stats`: per-shard counters merged at read time, plus RocksDB.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let shards: Vec<_> = self
+            .counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.snapshot(i, self.cpus[i]))
+            .collect();
+        let sum = |f: fn(&crate::stats::ShardSnapshot) -> u64| shards.iter().map(f).sum::<u64>();
+        serde_json::json!({
+            "server": {
+                "version": crate::VERSION,
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "shards": shards.len(),
+                "requests_total": sum(|s| s.requests),
+                "errors_total": sum(|s| s.errors),
+                "forwarded_total": sum(|s| s.forwarded_out),
+                "connections_active": sum(|s| s.connections_active),
+                "per_shard": shards,
+            },
+            "storage": {
+                "path": self.storage.path(),
+                "rocksdb": self.storage.stats(),
+            }
+        })
+    }
+}
+
+/// Test-only fault injection, from `THEMIS_TEST_FAULTS` (never set in
+/// production): `forward_delay_ms=N` delays every cross-core forward.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub forward_delay: Option<Duration>,
+}
+
+impl Faults {
+    pub fn from_env() -> Faults {
+        let mut f = Faults::default();
+        if let Ok(spec) = std::env::var("THEMIS_TEST_FAULTS") {
+            for item in spec.split(',') {
+                if let Some(ms) = item.trim().strip_prefix("forward_delay_ms=") {
+                    f.forward_delay = ms.parse().ok().map(Duration::from_millis);
+                }
+            }
+        }
+        f
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("executor {shard} failed: {message}")]
+    Executor { shard: usize, message: String },
+}
+
+/// The CPUs this process may run on (its affinity mask, so taskset,
+/// systemd CPUAffinity and container cpusets are respected).
+pub fn usable_cpus() -> Vec<usize> {
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect()
+    } else {
+        ids
+    }
+}
+
+/// glommio registers memory with io_uring and needs RLIMIT_MEMLOCK; raise
+/// the soft limit to the hard one.
+fn raise_memlock_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a stack value.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+        }
+    }
+}
+
+struct Coordination {
+    stop: AtomicBool,
+    ready: AtomicUsize,
+    /// Shards whose executor ended (or never started).
+    exited: AtomicUsize,
+    drained: AtomicUsize,
+    shards: usize,
+}
+
+/// Runs the server until SIGTERM/SIGINT. Blocks the calling thread.
+pub fn run(config: Config, faults: Faults) -> Result<(), ServerError> {
+    let cpus_avail = usable_cpus();
+    let n = config.effective_threads(cpus_avail.len());
+    let cpus: Vec<usize> = (0..n).map(|i| cpus_avail[i % cpus_avail.len()]).collect();
+    if n > cpus_avail.len() {
+        tracing::warn!(
+            worker_threads = n,
+            cpus = cpus_avail.len(),
+            "more worker threads than usable CPUs: some cores run several executors"
+        );
+    }
+
+    let addr_text = format!("{}:{}", config.server.host, config.server.port);
+    let listen_err = |source| ServerError::Listen {
+        addr: addr_text.clone(),
+        source,
+    };
+    let addr = resolve(&config.server.host, config.server.port).map_err(listen_err)?;
+    let listeners = bind_reuseport(addr, n, config.server.listen_backlog).map_err(listen_err)?;
+    let local = listeners[0].local_addr();
+
+    let storage = Storage::open(&config.storage)?;
+    raise_memlock_limit();
+
+    let shared = Arc::new(Shared {
+        counters: (0..n).map(|_| ShardCounters::default()).collect(),
+        cpus: cpus.clone(),
+        started: Instant::now(),
+        storage,
+        config,
+    });
+    let coord = Arc::new(Coordination {
+        stop: AtomicBool::new(false),
+        ready: AtomicUsize::new(0),
+        exited: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+        shards: n,
+    });
+    spawn_signal_thread(coord.clone());
+
+    let requests = MeshBuilder::<ShardRequest, _>::full(n, 1024);
+    let replies = MeshBuilder::<ShardReply, _>::full(n, 1024);
+    let mut handles = Vec::with_capacity(n);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (shared, coord) = (shared.clone(), coord.clone());
+        let (requests, replies, faults) = (requests.clone(), replies.clone(), faults.clone());
+        // Dropped when the shard's future ends, or when its executor could
+        // not be built and the closure is dropped unrun.
+        let guard = ExitGuard(coord.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
+            .name(&format!("themis-shard-{i}"))
+            .io_memory(256 << 10)
+            .spawn(move || async move {
+                let _guard = guard;
+                shard_main(i, listener, shared, coord, requests, replies, faults).await
+            })
+            .map_err(|e| ServerError::Executor {
+                shard: i,
+                message: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+
+    // Every core must join the mesh before any can serve; if one failed to
+    // start, the others would wait forever, so give up loudly instead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coord.ready.load(Ordering::Acquire) < n {
+        if coord.exited.load(Ordering::Acquire) > 0 || Instant::now() > deadline {
+            let mut message = String::from("a shard did not start in time");
+            if coord.exited.load(Ordering::Acquire) > 0 {
+                message = String::from("a shard exited during start-up");
+            }
+            return Err(ServerError::Executor { shard: 0, message });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::info!(%local, shards = n, ?cpus, "THEMIS listening");
+    println!("THEMIS listening on {local} ({n} shards)");
+
+    let mut failure = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure = Some(ServerError::Executor {
+                    shard: i,
+                    message: e,
+                })
+            }
+            Err(e) => {
+                failure = Some(ServerError::Executor {
+                    shard: i,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    tracing::info!("all shards stopped; flushing storage");
+    shared.storage.flush()?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+struct ExitGuard(Arc<Coordination>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn spawn_signal_thread(coord: Arc<Coordination>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return;
+        }
+    };
+    std::thread::Builder::new()
+        .name("themis-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if coord.stop.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(signal = sig, "second signal: exiting immediately");
+                    std::process::exit(130);
+                }
+                tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
+            }
+        })
+        .ok();
+}
+
+async fn shard_main(
+    id: usize,
+    listener: BoundListener,
+    shared: Arc<Shared>,
+    coord: Arc<Coordination>,
+    requests: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
+    replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
+    faults: Faults,
+) -> Result<(), String> {
+    let n = coord.shards;
+    let (req_tx, mut req_rx, rep_tx, mut rep_rx) = if n > 1 {
+        let (qt, qr) = requests
+            .join()
+            .await
+            .map_err(|e| format!("joining request mesh: {e}"))?;
+        let (pt, pr) = replies
+            .join()
+            .await
+            .map_err(|e| format!("joining reply mesh: {e}"))?;
+        (Some(qt), Some(qr), Some(Rc::new(pt)), Some(pr))
+    } else {
+        (None, None, None, None)
+    };
+    let shard = Rc::new(Shard::new(
+        id,
+        shared.clone(),
+        ShardRouter::new(id, n, req_tx, faults.forward_delay),
+    ));
+
+    // Cross-core traffic: replies complete local waiters; requests run here
+    // (this shard owns their keys) and answer on the reply mesh.
+    let mut peer_tasks = Vec::new();
+    if let Some(rr) = rep_rx.as_mut() {
+        for (_, rx) in rr.streams() {
+            let shard = shard.clone();
+            peer_tasks.push(glommio::spawn_local(async move {
+                while let Some(reply) = rx.recv().await {
+                    shard.router.complete(reply);
+                }
+            }));
+        }
+    }
+    if let (Some(qr), Some(rep_tx)) = (req_rx.as_mut(), rep_tx.as_ref()) {
+        for (_, rx) in qr.streams() {
+            let (shard, rep_tx) = (shard.clone(), rep_tx.clone());
+            peer_tasks.push(glommio::spawn_local(async move {
+                while let Some(req) = rx.recv().await {
+                    let from = req.from;
+                    let reply = shard.execute_forwarded(req);
+                    if rep_tx.send_to(from, reply).await.is_err() {
+                        break;
+                    }
+                }
+                rep_tx.close();
+            }));
+        }
+    }
+    drop(rep_tx);
+
+    let listener = listener.into_glommio();
+    let shutdown = ShutdownSignal::new();
+    {
+        let (coord, shutdown) = (coord.clone(), shutdown.clone());
+        glommio::spawn_local(async move {
+            while !coord.stop.load(Ordering::Acquire) {
+                glommio::timer::sleep(Duration::from_millis(25)).await;
+            }
+            shutdown.fire();
+        })
+        .detach();
+    }
+    coord.ready.fetch_add(1, Ordering::AcqRel);
+
+    let limits = ConnectionLimits {
+        max_body: shared.config.max_body_bytes(),
+        ..ConnectionLimits::default()
+    };
+    let gate = glommio::sync::Gate::new();
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let stop = async {
+            shutdown.wait().await;
+            None
+        };
+        match futures_lite::future::or(accept, stop).await {
+            None => break,
+            Some(Ok(stream)) => {
+                let (shard, shutdown) = (shard.clone(), shutdown.clone());
+                let spawned = gate.spawn(async move {
+                    let counters = &shard.shared.counters[shard.id];
+                    bump(&counters.connections_accepted, 1);
+                    bump(&counters.connections_active, 1);
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = serve_connection(stream, &*shard, &limits, &shutdown).await {
+                        tracing::debug!(shard = shard.id, "connection ended: {e}");
+                    }
+                    drop_one(&counters.connections_active);
+                });
+                match spawned {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => tracing::warn!(shard = id, "cannot spawn connection task: {e}"),
+                }
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = id, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    let _ = gate.close().await;
+
+    // Forwarded requests from other cores may still need this shard: wait
+    // until every core has drained its connections.
+    coord.drained.fetch_add(1, Ordering::AcqRel);
+    while coord.drained.load(Ordering::Acquire) < n {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shard.router.close();
+    for t in peer_tasks {
+        t.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Per-shard counters, merged only when read.
+//!
+//! Each shard writes only its own [`ShardCounters`] (cache-line aligned, so
+//! cores never share a line) with plain relaxed load+store: one writer, no
+//! read-modify-write, no lock. `/stats` reads every shard's counters and
+//! adds them up; a reader may see a value a few increments old, never a
+//! torn one.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One shard's counters. Written only by its own core.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct ShardCounters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Requests this shard sent to another owner.
+    pub forwarded_out: AtomicU64,
+    /// Requests other shards sent to this one.
+    pub forwarded_in: AtomicU64,
+    /// Entity operations executed here as the owner.
+    pub entity_ops: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub connections_active: AtomicU64,
+}
+
+/// Adds `n` to a counter that only the calling core writes.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Subtracts one from a single-writer gauge.
+#[inline]
+pub fn drop_one(c: &AtomicU64) {
+    c.store(
+        c.load(Ordering::Relaxed).saturating_sub(1),
+        Ordering::Relaxed,
+    );
+}
+
+/// A snapshot of one shard, as reported by `/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub cpu: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    pub entity_ops: u64,
+    pub connections_accepted: u64,
+    pub connections_active: u64,
+}
+
+impl ShardCounters {
+    pub fn snapshot(&self, shard: usize, cpu: usize) -> ShardSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ShardSnapshot {
+            shard,
+            cpu,
+            requests: r(&self.requests),
+            errors: r(&self.errors),
+            forwarded_out: r(&self.forwarded_out),
+            forwarded_in: r(&self.forwarded_in),
+            entity_ops: r(&self.entity_ops),
+            connections_accepted: r(&self.connections_accepted),
+            connections_active: r(&self.connections_active),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_cache_line_sized() {
+        assert_eq!(std::mem::align_of::<ShardCounters>(), 128);
+        let c = ShardCounters::default();
+        bump(&c.requests, 2);
+        drop_one(&c.connections_active);
+        let s = c.snapshot(0, 3);
+        assert_eq!((s.requests, s.connections_active, s.cpu), (2, 0, 3));
+    }
+}

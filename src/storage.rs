@@ -1,0 +1,298 @@
+//! `Storage`: the one RocksDB instance and the narrow API the server uses.
+//!
+//! Invariants:
+//! * User data and internal data live in different column families
+//!   ([`CF_ENTITIES`] for entities; the others for indexes, the change feed,
+//!   vectors, time series and metadata), so no table name can ever collide
+//!   with an internal key.
+//! * An entity key is stored exactly as the client wrote it (`table:pk`);
+//!   the value is the entity's compact JSON object.
+//! * Every write goes through one `WriteBatch`, so later features (index
+//!   entries, change-feed events) commit atomically with the entity.
+//! * Each write reaches the write-ahead log before it is acknowledged: with
+//!   `sync_writes: false` it survives a crash of the process (the WAL write
+//!   is in the kernel's page cache), with `sync_writes: true` it also
+//!   survives a power loss (the WAL is fsynced first).
+//! * Point reads and writes are called inline on the executor; anything that
+//!   scans or rebuilds runs off the reactor.
+
+use crate::config::{Compression, StorageConfig};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Entities (user data).
+pub const CF_ENTITIES: &str = "entities";
+/// Column families reserved for internal data.
+pub const CF_INTERNAL: &[&str] = &["indexes", "changefeed", "vectors", "timeseries", "meta"];
+
+/// A storage failure, with RocksDB's message.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open database at {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("storage error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+}
+
+/// RocksDB figures reported by `/stats` (and, later, `/metrics`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RocksStats {
+    pub estimate_num_keys: u64,
+    pub block_cache_usage_bytes: u64,
+    pub block_cache_pinned_usage_bytes: u64,
+    pub block_cache_capacity_bytes: u64,
+    pub memtable_size_bytes: u64,
+    pub cur_size_all_mem_tables_bytes: u64,
+    pub estimate_pending_compaction_bytes: u64,
+    pub num_running_compactions: u64,
+    pub num_running_flushes: u64,
+    pub files_per_level: Vec<u64>,
+    pub live_sst_files_size_bytes: u64,
+}
+
+/// The database.
+pub struct Storage {
+    db: DB,
+    cache: Cache,
+    cache_capacity: u64,
+    write_opts: WriteOptions,
+    path: PathBuf,
+}
+
+fn compression(c: Compression) -> DBCompressionType {
+    match c {
+        Compression::None => DBCompressionType::None,
+        Compression::Snappy => DBCompressionType::Snappy,
+        Compression::Lz4 => DBCompressionType::Lz4,
+        Compression::Zstd => DBCompressionType::Zstd,
+        Compression::Zlib => DBCompressionType::Zlib,
+    }
+}
+
+/// RocksDB options for every column family, from `storage.*`.
+fn cf_options(cfg: &StorageConfig, cache: &Cache) -> Options {
+    let mut o = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if cfg.enable_bloom_filters {
+        table.set_bloom_filter(f64::from(cfg.bloom_bits_per_key), false);
+        table.set_whole_key_filtering(true);
+    }
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    o.set_block_based_table_factory(&table);
+    o.set_write_buffer_size((cfg.memtable_size_mb as usize) << 20);
+    o.set_max_write_buffer_number(cfg.max_write_buffer_number);
+    o.set_min_write_buffer_number_to_merge(cfg.min_write_buffer_number_to_merge);
+    o.set_level_zero_file_num_compaction_trigger(cfg.level0_file_num_compaction_trigger);
+    o.set_level_zero_slowdown_writes_trigger(cfg.level0_slowdown_writes_trigger);
+    o.set_level_zero_stop_writes_trigger(cfg.level0_stop_writes_trigger);
+    o.set_compression_type(compression(cfg.compression.default));
+    o.set_bottommost_compression_type(compression(cfg.compression.bottommost));
+    o
+}
+
+impl Storage {
+    /// Opens (or creates) the database described by `cfg`.
+    pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
+        let path = cfg.rocksdb_path.clone();
+        let open_err = |message: String| StorageError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        let cache_capacity = cfg.block_cache_size_mb << 20;
+        let cache = Cache::new_lru_cache(cache_capacity as usize);
+
+        let mut db_opts = cf_options(cfg, &cache);
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_open_files(cfg.max_open_files);
+        // Background threads: compactions plus one for flushes.
+        db_opts.set_max_background_jobs(cfg.max_background_compactions + 1);
+        db_opts.increase_parallelism(cfg.max_background_compactions + 1);
+        // Total memtable memory across all column families.
+        db_opts.set_db_write_buffer_size(
+            ((cfg.memtable_size_mb as usize) << 20) * cfg.max_write_buffer_number as usize,
+        );
+        // Flush column families together so a crash never leaves one CF's
+        // memtable persisted without the other's (entity + index atomicity).
+        db_opts.set_atomic_flush(true);
+        if cfg.enable_statistics {
+            db_opts.enable_statistics();
+        }
+
+        let mut descriptors = vec![ColumnFamilyDescriptor::new(
+            CF_ENTITIES,
+            cf_options(cfg, &cache),
+        )];
+        for name in CF_INTERNAL {
+            descriptors.push(ColumnFamilyDescriptor::new(*name, cf_options(cfg, &cache)));
+        }
+        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
+            .map_err(|e| open_err(e.into_string()))?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(cfg.sync_writes);
+        Ok(Storage {
+            db,
+            cache,
+            cache_capacity,
+            write_opts,
+            path,
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn entities(&self) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(CF_ENTITIES)
+            .ok_or(StorageError::MissingColumnFamily(CF_ENTITIES))
+    }
+
+    /// Reads an entity and hands its bytes (pinned in RocksDB, not copied)
+    /// to `f`.
+    pub fn with_entity<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StorageError> {
+        let cf = self.entities()?;
+        let pinned = self.db.get_pinned_cf(cf, key)?;
+        Ok(f(pinned.as_deref()))
+    }
+
+    /// Stores an entity; returns whether it was created (false: replaced).
+    ///
+    /// Must be called on the key's owning shard: the existence check and the
+    /// write are not atomic against a concurrent writer of the same key, and
+    /// ownership is what rules that writer out.
+    pub fn put_entity(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
+        let cf = self.entities()?;
+        let existed = self.db.get_pinned_cf(cf, key)?.is_some();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, key, value);
+        self.db.write_opt(batch, &self.write_opts)?;
+        Ok(!existed)
+    }
+
+    /// Deletes an entity; returns whether it existed. Owner-only, as above.
+    pub fn delete_entity(&self, key: &[u8]) -> Result<bool, StorageError> {
+        let cf = self.entities()?;
+        let existed = self.db.get_pinned_cf(cf, key)?.is_some();
+        if existed {
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(cf, key);
+            self.db.write_opt(batch, &self.write_opts)?;
+        }
+        Ok(existed)
+    }
+
+    fn prop(&self, name: &str) -> u64 {
+        self.db.property_int_value(name).ok().flatten().unwrap_or(0)
+    }
+
+    fn prop_all_cfs(&self, name: &str) -> u64 {
+        let mut total = 0;
+        for cf_name in std::iter::once(&CF_ENTITIES).chain(CF_INTERNAL.iter()) {
+            if let Some(cf) = self.db.cf_handle(cf_name) {
+                total += self
+                    .db
+                    .property_int_value_cf(cf, name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Current RocksDB figures (cheap property reads; no scan).
+    pub fn stats(&self) -> RocksStats {
+        let estimate_num_keys = self
+            .entities()
+            .ok()
+            .and_then(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0);
+        RocksStats {
+            estimate_num_keys,
+            block_cache_usage_bytes: self.cache.get_usage() as u64,
+            block_cache_pinned_usage_bytes: self.cache.get_pinned_usage() as u64,
+            block_cache_capacity_bytes: self.cache_capacity,
+            memtable_size_bytes: self.prop_all_cfs("rocksdb.cur-size-active-mem-table"),
+            cur_size_all_mem_tables_bytes: self.prop_all_cfs("rocksdb.cur-size-all-mem-tables"),
+            estimate_pending_compaction_bytes: self
+                .prop_all_cfs("rocksdb.estimate-pending-compaction-bytes"),
+            num_running_compactions: self.prop("rocksdb.num-running-compactions"),
+            num_running_flushes: self.prop("rocksdb.num-running-flushes"),
+            files_per_level: (0..7)
+                .map(|l| self.prop_all_cfs(&format!("rocksdb.num-files-at-level{l}")))
+                .collect(),
+            live_sst_files_size_bytes: self.prop_all_cfs("rocksdb.live-sst-files-size"),
+        }
+    }
+
+    /// Makes everything written so far durable: WAL fsynced and memtables
+    /// flushed. Called once on shutdown.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        let cfs: Vec<_> = std::iter::once(&CF_ENTITIES)
+            .chain(CF_INTERNAL.iter())
+            .filter_map(|n| self.db.cf_handle(n))
+            .collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Storage {
+        let cfg = StorageConfig {
+            rocksdb_path: dir.to_path_buf(),
+            memtable_size_mb: 4,
+            block_cache_size_mb: 8,
+            ..StorageConfig::default()
+        };
+        Storage::open(&cfg).unwrap()
+    }
+
+    #[test]
+    fn put_get_delete_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            assert!(s.put_entity(b"t:1", br#"{"a":1}"#).unwrap());
+            assert!(!s.put_entity(b"t:1", br#"{"a":2}"#).unwrap());
+            assert_eq!(
+                s.with_entity(b"t:1", |v| v.map(|b| b.to_vec())).unwrap(),
+                Some(br#"{"a":2}"#.to_vec())
+            );
+            assert!(s.put_entity(b"t:2", b"{}").unwrap());
+            assert!(s.delete_entity(b"t:2").unwrap());
+            assert!(!s.delete_entity(b"t:2").unwrap());
+            s.flush().unwrap();
+            assert_eq!(s.stats().files_per_level.len(), 7);
+        }
+        let s = open(dir.path());
+        assert_eq!(s.with_entity(b"t:1", |v| v.is_some()).unwrap(), true);
+        assert_eq!(s.with_entity(b"t:2", |v| v.is_some()).unwrap(), false);
+    }
+}
