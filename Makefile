@@ -22,7 +22,7 @@ build: setup
 	$(CARGO) build --workspace
 
 release: setup
-	$(CARGO) build --release --bin themis_server --bin themis-loadtest
+	$(CARGO) build --release --workspace --bins
 
 run: release
 	$(CARGO_TARGET_DIR)/release/themis_server $(ARGS)

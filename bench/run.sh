@@ -32,7 +32,7 @@ done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/themis/target}"
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
   ./setup.sh
-  cargo build --release --bin themis_server --bin themis-loadtest --bin themis-baseline
+  cargo build --release --workspace --bins
 fi
 BIN="${BENCH_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 LOADTEST="$BIN/themis-loadtest"

@@ -7,12 +7,15 @@
 use crate::entity::{self, DocScratch};
 use crate::error::ApiError;
 use crate::key::{decode_path_key, parse_key};
-use crate::router::{EntityOp, ShardReply, ShardRequest, ShardRouter};
+use crate::metrics::{LatencySnapshot, Route, ShardLatency};
+use crate::router::{EntityOp, ShardAnswer, ShardCall, ShardReply, ShardRequest, ShardRouter};
+use crate::runtime::{LocalRuntime, Runtime};
 use crate::server::Shared;
 use crate::stats::bump;
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use themis_io::connection::ProtocolError;
 use themis_io::{Handler, Method, Request, Response};
 
@@ -29,6 +32,10 @@ pub struct Shard {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub router: ShardRouter,
+    /// This core's latency histograms.
+    pub latency: ShardLatency,
+    /// This core's copy of the hot-reloadable settings.
+    runtime: LocalRuntime,
     scratch: RefCell<Scratch>,
 }
 
@@ -36,10 +43,13 @@ const ENTITY_METHODS: &str = "GET, HEAD, PUT, DELETE";
 
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>, router: ShardRouter) -> Self {
+        let runtime = LocalRuntime::new(&shared.runtime);
         Shard {
             id,
             shared,
             router,
+            latency: ShardLatency::default(),
+            runtime,
             scratch: RefCell::new(Scratch::default()),
         }
     }
@@ -48,44 +58,64 @@ impl Shard {
         &self.shared.counters[self.id]
     }
 
-    fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.shared.config.server.request_timeout_ms)
+    /// The settings for the current request.
+    pub fn runtime(&self) -> Rc<Runtime> {
+        self.runtime.get(&self.shared.runtime)
     }
 
-    async fn route(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
-        let path = req.path;
-        if let Some(raw_key) = path.strip_prefix("/entities/") {
-            return match req.method {
-                Method::Get | Method::Head => self.get_entity(raw_key, resp).await,
-                Method::Put => self.put_entity(raw_key, req.body, resp).await,
-                Method::Delete => self.delete_entity(raw_key, resp).await,
-                m => Err(not_allowed(m, path, ENTITY_METHODS)),
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.runtime().request_timeout_ms)
+    }
+
+    /// Which route a request takes (`Other` for unknown paths and wrong
+    /// methods).
+    fn classify(req: &Request<'_>) -> Route {
+        let m = req.method;
+        if req.path.starts_with("/entities/") {
+            return match m {
+                Method::Get | Method::Head => Route::EntityGet,
+                Method::Put => Route::EntityPut,
+                Method::Delete => Route::EntityDelete,
+                _ => Route::Other,
             };
         }
-        match path {
-            "/entities" => match req.method {
-                Method::Post => self.post_entity(req.body, resp).await,
-                m => Err(not_allowed(m, path, "POST")),
-            },
-            "/health" => match req.method {
-                Method::Get | Method::Head => {
-                    self.health(resp);
+        match (req.path, m) {
+            ("/entities", Method::Post) => Route::EntityPost,
+            ("/health", Method::Get | Method::Head) => Route::Health,
+            ("/stats" | "/api/stats", Method::Get | Method::Head) => Route::Stats,
+            ("/metrics", Method::Get | Method::Head) => Route::Metrics,
+            ("/config", Method::Get | Method::Head | Method::Post) => Route::Config,
+            _ => Route::Other,
+        }
+    }
+
+    async fn route(
+        &self,
+        route: Route,
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Result<(), ApiError> {
+        let raw_key = req.path.strip_prefix("/entities/").unwrap_or("");
+        match route {
+            Route::EntityGet => self.get_entity(raw_key, resp).await,
+            Route::EntityPut => self.put_entity(raw_key, req.body, resp).await,
+            Route::EntityDelete => self.delete_entity(raw_key, resp).await,
+            Route::EntityPost => self.post_entity(req.body, resp).await,
+            Route::Health => {
+                self.health(resp);
+                Ok(())
+            }
+            Route::Stats => self.stats(resp).await,
+            Route::Metrics => self.metrics(resp).await,
+            Route::Config => {
+                if req.method == Method::Post {
+                    self.post_config(req.body, resp)
+                } else {
+                    self.get_config(resp);
                     Ok(())
                 }
-                m => Err(not_allowed(m, path, "GET, HEAD")),
-            },
-            "/stats" | "/api/stats" => match req.method {
-                Method::Get | Method::Head => {
-                    self.stats(resp);
-                    Ok(())
-                }
-                m => Err(not_allowed(m, path, "GET, HEAD")),
-            },
-            _ => Err(ApiError::RouteNotFound(format!(
-                "{} {}",
-                req.method.as_str(),
-                path
-            ))),
+            }
+            Route::Other => Err(unrouted(req)),
         }
     }
 
@@ -200,34 +230,73 @@ impl Shard {
         resp: &mut Response<'_>,
     ) -> Result<(), ApiError> {
         bump(&self.counters().forwarded_out, 1);
-        let reply = self
+        match self
             .router
-            .forward(owner, key, op, self.request_timeout())
-            .await?;
-        resp.json(reply.status, &reply.body);
-        Ok(())
+            .call(owner, ShardCall::Entity { key, op }, self.request_timeout())
+            .await?
+        {
+            ShardAnswer::Entity { status, body } => {
+                resp.json(status, &body);
+                Ok(())
+            }
+            ShardAnswer::Snapshot(_) => {
+                Err(ApiError::Unavailable("unexpected answer from a shard"))
+            }
+        }
     }
 
-    /// Runs a request forwarded by another shard (this shard owns its key).
+    /// All cores' latency histograms merged (this core's plus a snapshot
+    /// from every other core).
+    async fn merged_latency(&self) -> Result<LatencySnapshot, ApiError> {
+        let mut merged = self.latency.snapshot();
+        let timeout = self.request_timeout();
+        for other in (0..self.router.shards()).filter(|s| *s != self.id) {
+            match self
+                .router
+                .call(other, ShardCall::Snapshot, timeout)
+                .await?
+            {
+                ShardAnswer::Snapshot(snap) => merged.merge(&snap),
+                ShardAnswer::Entity { .. } => {
+                    return Err(ApiError::Unavailable("unexpected answer from a shard"))
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Answers a call from another shard.
     pub fn execute_forwarded(&self, req: ShardRequest) -> ShardReply {
+        let answer = match req.call {
+            ShardCall::Entity { key, op } => {
+                let (status, body) = self.execute_owned(&key, op);
+                ShardAnswer::Entity { status, body }
+            }
+            ShardCall::Snapshot => ShardAnswer::Snapshot(Box::new(self.latency.snapshot())),
+        };
+        ShardReply { id: req.id, answer }
+    }
+
+    /// Runs an entity operation forwarded to this shard (it owns `key`).
+    fn execute_owned(&self, key: &str, op: EntityOp) -> (u16, Vec<u8>) {
         bump(&self.counters().forwarded_in, 1);
         bump(&self.counters().entity_ops, 1);
         let mut body = Vec::new();
         let storage = &self.shared.storage;
-        let result: Result<u16, ApiError> = match req.op {
+        let result: Result<u16, ApiError> = match op {
             EntityOp::Get => storage
-                .with_entity(req.key.as_bytes(), |v| {
-                    v.map(|v| entity::render_get(&mut body, &req.key, v))
+                .with_entity(key.as_bytes(), |v| {
+                    v.map(|v| entity::render_get(&mut body, key, v))
                 })
                 .map_err(ApiError::from)
                 .and_then(|found| match found {
                     Some(()) => Ok(200),
-                    None => Err(ApiError::EntityNotFound(req.key.clone())),
+                    None => Err(ApiError::EntityNotFound(key.to_string())),
                 }),
             EntityOp::Put(value) => storage
-                .put_entity(req.key.as_bytes(), &value)
+                .put_entity(key.as_bytes(), &value)
                 .map(|created| {
-                    entity::render_put(&mut body, &req.key, created);
+                    entity::render_put(&mut body, key, created);
                     if created {
                         201
                     } else {
@@ -236,28 +305,20 @@ impl Shard {
                 })
                 .map_err(ApiError::from),
             EntityOp::Delete => storage
-                .delete_entity(req.key.as_bytes())
+                .delete_entity(key.as_bytes())
                 .map(|deleted| {
-                    entity::render_delete(&mut body, &req.key, deleted);
+                    entity::render_delete(&mut body, key, deleted);
                     200
                 })
                 .map_err(ApiError::from),
         };
         match result {
-            Ok(status) => ShardReply {
-                id: req.id,
-                status,
-                body,
-            },
+            Ok(status) => (status, body),
             Err(e) => {
                 if e.status() >= 500 {
                     tracing::error!(code = e.code(), "{e}");
                 }
-                ShardReply {
-                    id: req.id,
-                    status: e.status(),
-                    body: e.body(),
-                }
+                (e.status(), e.body())
             }
         }
     }
@@ -272,9 +333,56 @@ impl Shard {
         resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
     }
 
-    fn stats(&self, resp: &mut Response<'_>) {
-        let v = self.shared.stats_json();
+    async fn stats(&self, resp: &mut Response<'_>) -> Result<(), ApiError> {
+        let latency = self.merged_latency().await?;
+        let v = self.shared.stats_json(&latency);
         resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
+        Ok(())
+    }
+
+    async fn metrics(&self, resp: &mut Response<'_>) -> Result<(), ApiError> {
+        let latency = self.merged_latency().await?;
+        let qps = self.shared.qps_since_last_scrape();
+        let body = crate::exposition::render(&self.shared, &latency, qps);
+        resp.send(200, "text/plain; version=0.0.4; charset=utf-8", &body);
+        Ok(())
+    }
+
+    fn get_config(&self, resp: &mut Response<'_>) {
+        let v = self.shared.config_json(&self.runtime());
+        resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
+    }
+
+    fn post_config(&self, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+        let update: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let current = self.shared.runtime.current();
+        let next = crate::runtime::parse_update(&current, &update).map_err(|errors| {
+            ApiError::BadRequest(format!("configuration not changed: {}", errors.join("; ")))
+        })?;
+        tracing::info!(?next, "configuration updated through POST /config");
+        self.shared.runtime.publish(next);
+        self.get_config(resp);
+        Ok(())
+    }
+}
+
+/// 405 with `Allow` for a known path, 404 otherwise.
+fn unrouted(req: &Request<'_>) -> ApiError {
+    let path = req.path;
+    let allow = if path.starts_with("/entities/") {
+        Some(ENTITY_METHODS)
+    } else {
+        match path {
+            "/entities" => Some("POST"),
+            "/health" | "/stats" | "/api/stats" | "/metrics" => Some("GET, HEAD"),
+            "/config" => Some("GET, HEAD, POST"),
+            _ => None,
+        }
+    };
+    match allow {
+        Some(allow) => not_allowed(req.method, path, allow),
+        None => ApiError::RouteNotFound(format!("{} {}", req.method.as_str(), path)),
     }
 }
 
@@ -288,13 +396,16 @@ fn not_allowed(method: Method, path: &str, allow: &'static str) -> ApiError {
 
 impl Handler for Shard {
     async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+        let start = Instant::now();
         bump(&self.counters().requests, 1);
-        if let Err(e) = self.route(req, resp).await {
+        let route = Self::classify(req);
+        if let Err(e) = self.route(route, req, resp).await {
             e.write(resp);
         }
         if resp.status() >= 400 {
             bump(&self.counters().errors, 1);
         }
+        self.latency.record(route, start.elapsed());
         tracing::debug!(
             method = req.method.as_str(),
             path = req.path,
@@ -307,6 +418,7 @@ impl Handler for Shard {
     fn protocol_error(&self, err: ProtocolError, resp: &mut Response<'_>) {
         bump(&self.counters().requests, 1);
         bump(&self.counters().errors, 1);
+        self.latency.record(Route::Other, Duration::ZERO);
         ApiError::from(err).write(resp);
     }
 }

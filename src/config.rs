@@ -973,3 +973,37 @@ tracing:
         assert!(err.to_string().contains("server.enable_auth"));
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    fn load_file(rel: &str) -> LoadedConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tree = parse_text(&path, &text).unwrap();
+        build(tree, Some(path), Vec::new(), &CliOverrides::default())
+            .unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    #[test]
+    fn example_configs_load_as_they_are_without_warnings() {
+        for rel in [
+            "config/config.yaml",
+            "config/config.json",
+            "config/production.yaml",
+            "tuning/write-heavy.yaml",
+            "tuning/read-heavy.yaml",
+            "tuning/balanced.yaml",
+        ] {
+            let c = load_file(rel);
+            assert!(c.warnings.is_empty(), "{rel}: {:?}", c.warnings);
+        }
+    }
+
+    #[test]
+    fn shipped_default_configs_equal_the_built_in_defaults() {
+        assert_eq!(load_file("config/config.yaml").config, Config::default());
+        assert_eq!(load_file("config/config.json").config, Config::default());
+    }
+}

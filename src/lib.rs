@@ -8,6 +8,8 @@
 //! * [`entity`], [`key`]: entity documents and keys.
 //! * [`storage`]: the RocksDB instance behind a narrow API.
 //! * [`stats`]: per-core counters merged when read.
+//! * [`metrics`], [`exposition`]: per-core latency histograms and `/metrics`.
+//! * [`runtime`]: hot-reloadable settings (`POST /config`, SIGHUP).
 //! * [`error`]: API errors and their mapping to HTTP.
 
 pub mod api;
@@ -15,9 +17,12 @@ pub mod cli;
 pub mod config;
 pub mod entity;
 pub mod error;
+pub mod exposition;
 pub mod key;
 pub mod logging;
+pub mod metrics;
 pub mod router;
+pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod storage;

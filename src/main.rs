@@ -37,7 +37,11 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    match server::run(loaded.config, server::Faults::from_env()) {
+    let reload = server::ReloadSource {
+        explicit: args.config.clone(),
+        cli: args.overrides(),
+    };
+    match server::run(loaded.config, reload, server::Faults::from_env()) {
         Ok(()) => {
             tracing::info!("stopped cleanly");
             ExitCode::SUCCESS

@@ -1,5 +1,8 @@
 //! `ShardRouter`: which core owns a key, and the cross-core path to it.
 //!
+//! The same path carries the few other cross-core calls (a metrics
+//! snapshot), always answered by the callee's own core.
+//!
 //! The keyspace is split over the shards by a hash of the entity key. All
 //! writes to a key run on its owner, one after the other, so "read, then
 //! write" sequences (created-or-replaced, and later index maintenance) need
@@ -27,21 +30,39 @@ pub enum EntityOp {
     Delete,
 }
 
-/// A request forwarded to the key's owner.
+/// What one core asks of another.
+#[derive(Debug)]
+pub enum ShardCall {
+    /// An entity operation on a key the callee owns.
+    Entity { key: String, op: EntityOp },
+    /// The callee's latency histograms (for `/metrics`).
+    Snapshot,
+}
+
+/// The callee's answer.
+#[derive(Debug)]
+pub enum ShardAnswer {
+    /// A complete JSON body and its status.
+    Entity {
+        status: u16,
+        body: Vec<u8>,
+    },
+    Snapshot(Box<crate::metrics::LatencySnapshot>),
+}
+
+/// A call travelling to another core.
 #[derive(Debug)]
 pub struct ShardRequest {
     pub id: u64,
     pub from: usize,
-    pub key: String,
-    pub op: EntityOp,
+    pub call: ShardCall,
 }
 
-/// The owner's answer: a complete JSON body and its status.
+/// Its answer travelling back.
 #[derive(Debug)]
 pub struct ShardReply {
     pub id: u64,
-    pub status: u16,
-    pub body: Vec<u8>,
+    pub answer: ShardAnswer,
 }
 
 /// The shard that owns `key` among `shards`.
@@ -97,15 +118,14 @@ impl ShardRouter {
         }
     }
 
-    /// Sends `op` on `key` to `owner` and waits for its reply, at most
+    /// Sends `call` to shard `owner` and waits for its answer, at most
     /// `timeout`.
-    pub async fn forward(
+    pub async fn call(
         &self,
         owner: usize,
-        key: String,
-        op: EntityOp,
+        call: ShardCall,
         timeout: Duration,
-    ) -> Result<ShardReply, ApiError> {
+    ) -> Result<ShardAnswer, ApiError> {
         let senders = self
             .requests
             .as_ref()
@@ -117,8 +137,7 @@ impl ShardRouter {
         let msg = ShardRequest {
             id,
             from: self.me,
-            key,
-            op,
+            call,
         };
         let delay = self.forward_delay;
         let exchange = async move {
@@ -132,7 +151,7 @@ impl ShardRouter {
         };
         let result = glommio::timer::timeout(timeout, exchange).await;
         match result {
-            Ok(Some(reply)) => Ok(reply),
+            Ok(Some(reply)) => Ok(reply.answer),
             Ok(None) => {
                 self.pending.borrow_mut().remove(&id);
                 Err(ApiError::Unavailable("the owning shard is shutting down"))

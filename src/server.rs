@@ -13,15 +13,18 @@
 //! flushes RocksDB and returns.
 
 use crate::api::Shard;
-use crate::config::Config;
+use crate::config::{CliOverrides, Config};
+use crate::metrics::{LatencySnapshot, Route};
 use crate::router::{ShardReply, ShardRequest, ShardRouter};
+use crate::runtime::{Runtime, RuntimeState};
 use crate::stats::{bump, drop_one, ShardCounters};
 use crate::storage::{Storage, StorageError};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use themis_io::listener::{bind_reuseport, resolve, BoundListener};
 use themis_io::{serve_connection, ConnectionLimits, ShutdownSignal};
@@ -29,17 +32,91 @@ use themis_io::{serve_connection, ConnectionLimits, ShutdownSignal};
 /// State every core reads; nothing in it is mutated on the request path
 /// except each shard's own counter slot.
 pub struct Shared {
+    /// The configuration the server started with (restart-only values).
     pub config: Config,
+    /// The hot-reloadable values, current.
+    pub runtime: RuntimeState,
     pub storage: Storage,
     pub counters: Box<[ShardCounters]>,
     /// The CPU each shard is pinned to.
     pub cpus: Vec<usize>,
     pub started: Instant,
+    /// Request total at the previous `/metrics` scrape (scrape path only).
+    last_scrape: Mutex<(Instant, u64)>,
+    /// Where the configuration came from, for SIGHUP.
+    pub reload: ReloadSource,
+}
+
+/// What SIGHUP re-reads: the same file (or search) and flags as at start.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadSource {
+    pub explicit: Option<PathBuf>,
+    pub cli: CliOverrides,
 }
 
 impl Shared {
-    /// `/stats`: per-shard counters merged at read time, plus RocksDB.
-    pub fn stats_json(&self) -> serde_json::Value {
+    fn requests_total(&self) -> u64 {
+        self.counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.snapshot(i, 0).requests)
+            .sum()
+    }
+
+    /// `vccdb_qps`: requests per second since the previous scrape.
+    pub fn qps_since_last_scrape(&self) -> f64 {
+        let now = Instant::now();
+        let total = self.requests_total();
+        let mut last = match self.last_scrape.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let (then, before) = *last;
+        *last = (now, total);
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            total.saturating_sub(before) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// `GET /config`: every setting (current values), secrets redacted.
+    pub fn config_json(&self, rt: &Runtime) -> serde_json::Value {
+        let mut effective = self.config.clone();
+        rt.apply_to(&mut effective);
+        for k in effective.server.api_keys.iter_mut() {
+            k.key = "***redacted***".into();
+        }
+        let mut v = serde_json::to_value(&effective).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "hot_reloadable".into(),
+                serde_json::json!(crate::runtime::HOT_RELOADABLE),
+            );
+        }
+        v
+    }
+
+    /// `/stats`: per-shard counters merged at read time, latency
+    /// percentiles per route, RocksDB figures.
+    pub fn stats_json(&self, latency: &LatencySnapshot) -> serde_json::Value {
+        let mut routes = serde_json::Map::new();
+        for r in Route::ALL {
+            let (h, _) = latency.route(r);
+            if h.is_empty() {
+                continue;
+            }
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            routes.insert(
+                r.label().to_string(),
+                serde_json::json!({
+                    "count": h.len(),
+                    "p50_ms": ms(0.5), "p95_ms": ms(0.95), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+                    "max_ms": h.max() as f64 / 1000.0,
+                }),
+            );
+        }
         let shards: Vec<_> = self
             .counters
             .iter()
@@ -57,6 +134,7 @@ impl Shared {
                 "forwarded_total": sum(|s| s.forwarded_out),
                 "connections_active": sum(|s| s.connections_active),
                 "per_shard": shards,
+                "latency": routes,
             },
             "storage": {
                 "path": self.storage.path(),
@@ -145,7 +223,7 @@ struct Coordination {
 }
 
 /// Runs the server until SIGTERM/SIGINT. Blocks the calling thread.
-pub fn run(config: Config, faults: Faults) -> Result<(), ServerError> {
+pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), ServerError> {
     let cpus_avail = usable_cpus();
     let n = config.effective_threads(cpus_avail.len());
     let cpus: Vec<usize> = (0..n).map(|i| cpus_avail[i % cpus_avail.len()]).collect();
@@ -173,8 +251,11 @@ pub fn run(config: Config, faults: Faults) -> Result<(), ServerError> {
         counters: (0..n).map(|_| ShardCounters::default()).collect(),
         cpus: cpus.clone(),
         started: Instant::now(),
+        last_scrape: Mutex::new((Instant::now(), 0)),
+        runtime: RuntimeState::new(Runtime::from_config(&config)),
         storage,
         config,
+        reload,
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),
@@ -183,7 +264,7 @@ pub fn run(config: Config, faults: Faults) -> Result<(), ServerError> {
         drained: AtomicUsize::new(0),
         shards: n,
     });
-    spawn_signal_thread(coord.clone());
+    spawn_signal_thread(coord.clone(), shared.clone());
 
     let requests = MeshBuilder::<ShardRequest, _>::full(n, 1024);
     let replies = MeshBuilder::<ShardReply, _>::full(n, 1024);
@@ -258,9 +339,35 @@ impl Drop for ExitGuard {
     }
 }
 
-fn spawn_signal_thread(coord: Arc<Coordination>) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+/// SIGHUP: re-read the configuration and apply its hot-reloadable values,
+/// exactly as `POST /config` would; restart-only changes are reported.
+fn reload_from_file(shared: &Shared) {
+    let src = &shared.reload;
+    match crate::config::load(src.explicit.as_deref(), &src.cli) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let next = Runtime::from_config(&loaded.config);
+            let mut started = shared.config.clone();
+            let mut reread = loaded.config.clone();
+            next.apply_to(&mut started);
+            next.apply_to(&mut reread);
+            if started != reread {
+                tracing::warn!(
+                    "SIGHUP: restart-only settings changed in the file; they apply after a restart"
+                );
+            }
+            tracing::info!(?next, "SIGHUP: configuration reloaded");
+            shared.runtime.publish(next);
+        }
+        Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
+    }
+}
+
+fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Shared>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -270,7 +377,21 @@ fn spawn_signal_thread(coord: Arc<Coordination>) {
     std::thread::Builder::new()
         .name("themis-signals".into())
         .spawn(move || {
+            let mut first_stop: Option<Instant> = None;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload_from_file(&shared);
+                    continue;
+                }
+                // A second stop signal means "now" — but only when it comes
+                // a moment later: `timeout` and some supervisors deliver the
+                // same SIGTERM twice (to the process and its group).
+                if let Some(t) = first_stop {
+                    if t.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                }
+                first_stop.get_or_insert_with(Instant::now);
                 if coord.stop.swap(true, Ordering::AcqRel) {
                     tracing::warn!(signal = sig, "second signal: exiting immediately");
                     std::process::exit(130);

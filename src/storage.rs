@@ -56,9 +56,18 @@ pub struct RocksStats {
     pub live_sst_files_size_bytes: u64,
 }
 
+/// RocksDB ticker counters (statistics are always collected at ticker
+/// level; `enable_statistics` adds histograms and timers).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Tickers {
+    pub block_cache_hit: u64,
+    pub block_cache_miss: u64,
+}
+
 /// The database.
 pub struct Storage {
     db: DB,
+    db_opts: Options,
     cache: Cache,
     cache_capacity: u64,
     write_opts: WriteOptions,
@@ -124,9 +133,14 @@ impl Storage {
         // Flush column families together so a crash never leaves one CF's
         // memtable persisted without the other's (entity + index atomicity).
         db_opts.set_atomic_flush(true);
-        if cfg.enable_statistics {
-            db_opts.enable_statistics();
-        }
+        // Tickers (block cache hit/miss for the guide's alert) are cheap and
+        // always on; `enable_statistics` adds histograms and timers.
+        db_opts.enable_statistics();
+        db_opts.set_statistics_level(if cfg.enable_statistics {
+            rocksdb::statistics::StatsLevel::ExceptDetailedTimers
+        } else {
+            rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers
+        });
 
         let mut descriptors = vec![ColumnFamilyDescriptor::new(
             CF_ENTITIES,
@@ -141,6 +155,7 @@ impl Storage {
         write_opts.set_sync(cfg.sync_writes);
         Ok(Storage {
             db,
+            db_opts,
             cache,
             cache_capacity,
             write_opts,
@@ -243,6 +258,15 @@ impl Storage {
                 .map(|l| self.prop_all_cfs(&format!("rocksdb.num-files-at-level{l}")))
                 .collect(),
             live_sst_files_size_bytes: self.prop_all_cfs("rocksdb.live-sst-files-size"),
+        }
+    }
+
+    /// Block cache hit and miss counts since start.
+    pub fn tickers(&self) -> Tickers {
+        use rocksdb::statistics::Ticker;
+        Tickers {
+            block_cache_hit: self.db_opts.get_ticker_count(Ticker::BlockCacheHit),
+            block_cache_miss: self.db_opts.get_ticker_count(Ticker::BlockCacheMiss),
         }
     }
 

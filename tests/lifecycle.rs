@@ -149,7 +149,7 @@ fn invalid_config_refuses_to_start() {
         "server:\n  request_timeout_ms: 10\n",
     )
     .unwrap();
-    let out = command(dir.path()).output().unwrap();
+    let out = output_within(&mut command(dir.path()), Duration::from_secs(30));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -166,10 +166,10 @@ fn validate_passes_and_fails() {
         "storage:\n  rocksdb_path: ./db\n  memtable_size_mb: 8\n  block_cache_size_mb: 8\nserver:\n  host: 127.0.0.1\n  port: 0\n  worker_threads: 1\n",
     )
     .unwrap();
-    let out = command(dir.path())
-        .args(["--config", "good.yaml", "--validate"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        command(dir.path()).args(["--config", "good.yaml", "--validate"]),
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for expect in [
@@ -184,10 +184,10 @@ fn validate_passes_and_fails() {
 
     // Bad value: non-zero exit naming the key.
     std::fs::write(dir.path().join("bad.yaml"), "logging:\n  level: chatty\n").unwrap();
-    let out = command(dir.path())
-        .args(["--config", "bad.yaml", "--validate"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        command(dir.path()).args(["--config", "bad.yaml", "--validate"]),
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
@@ -198,10 +198,10 @@ fn validate_passes_and_fails() {
     // Port in use: non-zero exit.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = command(dir.path())
-        .args(["--config", "good.yaml", "--port", &port, "--validate"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        command(dir.path()).args(["--config", "good.yaml", "--port", &port, "--validate"]),
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(
@@ -210,10 +210,10 @@ fn validate_passes_and_fails() {
     );
 
     // Missing explicit file.
-    let out = command(dir.path())
-        .args(["--config", "missing.yaml", "--validate"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        command(dir.path()).args(["--config", "missing.yaml", "--validate"]),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
 }
 
@@ -222,8 +222,8 @@ fn busy_port_is_a_clear_startup_error() {
     let dir = tempdir();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = command(dir.path())
-        .args([
+    let out = output_within(
+        command(dir.path()).args([
             "--host",
             "127.0.0.1",
             "--port",
@@ -232,9 +232,9 @@ fn busy_port_is_a_clear_startup_error() {
             "1",
             "--db",
             "data",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on 127.0.0.1:"), "{err}");
@@ -243,7 +243,10 @@ fn busy_port_is_a_clear_startup_error() {
 #[test]
 fn version_line() {
     let dir = tempdir();
-    let out = command(dir.path()).arg("--version").output().unwrap();
+    let out = output_within(
+        command(dir.path()).arg("--version"),
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.starts_with("THEMIS v0."), "{text}");
@@ -251,4 +254,32 @@ fn version_line() {
         text.contains("(build: ") && text.contains(", commit: "),
         "{text}"
     );
+}
+
+#[test]
+fn a_second_server_cannot_share_the_port() {
+    let dir = tempdir();
+    let s = Server::start_in(dir.path(), &Opts::threads(1));
+    let other = tempdir();
+    let out = output_within(
+        command(other.path())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--threads",
+                "1",
+                "--db",
+                "data",
+                "--port",
+            ])
+            .arg(s.addr.port().to_string()),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !out.status.success(),
+        "a second server joined port {}",
+        s.addr.port()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
 }

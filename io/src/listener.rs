@@ -73,11 +73,18 @@ fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<BoundListener> {
 ///
 /// With port 0 the first socket picks the ephemeral port and the others bind
 /// to that same port.
+///
+/// `SO_REUSEPORT` would also let a *second* server process join the port and
+/// silently take part of the connections; so the port is first probed with a
+/// plain bind, which fails while anyone else listens on it.
 pub fn bind_reuseport(
     addr: SocketAddr,
     count: usize,
     backlog: i32,
 ) -> io::Result<Vec<BoundListener>> {
+    if addr.port() != 0 {
+        port_available(addr)?;
+    }
     let mut out = Vec::with_capacity(count);
     let first = bind_one(addr, backlog)?;
     let shared = first.addr;

@@ -1,0 +1,388 @@
+//! `/metrics`: everything in the Prometheus text format.
+//!
+//! Metric names follow the deployment guide exactly (`vccdb_*`,
+//! `rocksdb_*`, `themis_index_*`), so its `prometheus.yml`, alert rules and
+//! dashboards work as written. Families are built as plain data and encoded
+//! by the `prometheus` crate's text encoder.
+
+use crate::metrics::{LatencySnapshot, Route};
+use crate::server::Shared;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
+    Summary,
+};
+use prometheus::{Encoder, TextEncoder};
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const QUANTILES: [f64; 4] = [0.5, 0.95, 0.99, 0.999];
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(ty);
+    f.set_metric(metrics);
+    f
+}
+
+fn gauge_m(v: f64, l: &[(&str, &str)]) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    let mut m = Metric::default();
+    m.set_gauge(g);
+    m.set_label(labels(l));
+    m
+}
+
+fn counter_m(v: f64, l: &[(&str, &str)]) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(v);
+    let mut m = Metric::default();
+    m.set_counter(c);
+    m.set_label(labels(l));
+    m
+}
+
+fn gauge(name: &str, help: &str, v: f64) -> MetricFamily {
+    family(name, help, MetricType::GAUGE, vec![gauge_m(v, &[])])
+}
+
+fn counter(name: &str, help: &str, v: f64) -> MetricFamily {
+    family(name, help, MetricType::COUNTER, vec![counter_m(v, &[])])
+}
+
+/// Process figures read from /proc/self.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: f64,
+    pub virtual_bytes: f64,
+    pub open_fds: f64,
+    pub max_fds: f64,
+    pub start_time_seconds: f64,
+}
+
+pub fn process_stats() -> ProcessStats {
+    let mut p = ProcessStats::default();
+    // SAFETY: sysconf and getrlimit only read process-wide settings.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as f64,
+        )
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name, which is in parentheses.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // rest starts at field 3 (state): field N is f[N - 3].
+            p.cpu_seconds = (num(14 - 3) + num(15 - 3)) / ticks.max(1.0);
+            p.virtual_bytes = num(23 - 3);
+            p.resident_bytes = num(24 - 3) * page;
+            let start_ticks = num(22 - 3);
+            let btime = std::fs::read_to_string("/proc/stat")
+                .ok()
+                .and_then(|s| {
+                    s.lines().find_map(|l| {
+                        l.strip_prefix("btime ")
+                            .and_then(|v| v.trim().parse::<f64>().ok())
+                    })
+                })
+                .unwrap_or(0.0);
+            p.start_time_seconds = btime + start_ticks / ticks.max(1.0);
+        }
+    }
+    p.open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as f64)
+        .unwrap_or(0.0);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the stack value.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        p.max_fds = lim.rlim_cur as f64;
+    }
+    p
+}
+
+/// Renders every metric. `latency` is the merge of all cores' histograms,
+/// `qps` the request rate since the previous scrape.
+pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
+    let snaps: Vec<_> = shared
+        .counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.snapshot(i, shared.cpus[i]))
+        .collect();
+    let total =
+        |f: fn(&crate::stats::ShardSnapshot) -> u64| snaps.iter().map(f).sum::<u64>() as f64;
+    let rocks = shared.storage.stats();
+    let tickers = shared.storage.tickers();
+    let proc = process_stats();
+    let mut fams = vec![
+        counter(
+            "vccdb_requests_total",
+            "HTTP requests answered, all routes and cores.",
+            total(|s| s.requests),
+        ),
+        counter(
+            "vccdb_errors_total",
+            "HTTP requests answered with status 400 or above.",
+            total(|s| s.errors),
+        ),
+        gauge(
+            "vccdb_qps",
+            "Requests per second since the previous scrape.",
+            qps,
+        ),
+        gauge(
+            "process_uptime_seconds",
+            "Seconds since the server started.",
+            shared.started.elapsed().as_secs_f64(),
+        ),
+        counter(
+            "process_cpu_seconds_total",
+            "User and system CPU time.",
+            proc.cpu_seconds,
+        ),
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory.",
+            proc.resident_bytes,
+        ),
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory.",
+            proc.virtual_bytes,
+        ),
+        gauge("process_open_fds", "Open file descriptors.", proc.open_fds),
+        gauge(
+            "process_max_fds",
+            "Limit of open file descriptors.",
+            proc.max_fds,
+        ),
+        gauge(
+            "process_start_time_seconds",
+            "Start time since the Unix epoch.",
+            proc.start_time_seconds,
+        ),
+        gauge(
+            "rocksdb_block_cache_usage_bytes",
+            "Bytes in the block cache.",
+            rocks.block_cache_usage_bytes as f64,
+        ),
+        gauge(
+            "rocksdb_block_cache_capacity_bytes",
+            "Block cache capacity.",
+            rocks.block_cache_capacity_bytes as f64,
+        ),
+        counter(
+            "rocksdb_block_cache_hit",
+            "Block cache hits.",
+            tickers.block_cache_hit as f64,
+        ),
+        counter(
+            "rocksdb_block_cache_miss",
+            "Block cache misses.",
+            tickers.block_cache_miss as f64,
+        ),
+        gauge(
+            "rocksdb_estimate_num_keys",
+            "Estimated number of entities.",
+            rocks.estimate_num_keys as f64,
+        ),
+        gauge(
+            "rocksdb_pending_compaction_bytes",
+            "Estimated bytes compaction still has to rewrite.",
+            rocks.estimate_pending_compaction_bytes as f64,
+        ),
+        gauge(
+            "rocksdb_memtable_size_bytes",
+            "Bytes in all memtables (active and immutable).",
+            rocks.cur_size_all_mem_tables_bytes as f64,
+        ),
+        family(
+            "rocksdb_files_level",
+            "SST files per LSM level.",
+            MetricType::GAUGE,
+            rocks
+                .files_per_level
+                .iter()
+                .enumerate()
+                .map(|(l, n)| gauge_m(*n as f64, &[("level", &format!("L{l}"))]))
+                .collect(),
+        ),
+        gauge(
+            "rocksdb_num_running_compactions",
+            "Compactions running now.",
+            rocks.num_running_compactions as f64,
+        ),
+        counter(
+            "themis_index_rebuild_count",
+            "Secondary index rebuilds (the index feature is not in this build yet).",
+            0.0,
+        ),
+        counter(
+            "themis_index_rebuild_duration_ms_total",
+            "Milliseconds spent in index rebuilds.",
+            0.0,
+        ),
+        counter(
+            "themis_index_rebuild_entities_processed_total",
+            "Entities processed by index rebuilds.",
+            0.0,
+        ),
+        counter(
+            "themis_index_cursor_anchor_hits_total",
+            "Query cursors resumed from an index anchor.",
+            0.0,
+        ),
+        counter(
+            "themis_index_range_scan_steps_total",
+            "Index range scan steps.",
+            0.0,
+        ),
+        counter(
+            "themis_query_index_hits_total",
+            "Queries served from an index.",
+            0.0,
+        ),
+        counter(
+            "themis_query_full_scan_fallback_total",
+            "Queries that fell back to a full table scan.",
+            0.0,
+        ),
+        gauge(
+            "themis_connections_active",
+            "Open client connections.",
+            total(|s| s.connections_active),
+        ),
+    ];
+    let per_shard = |f: fn(&crate::stats::ShardSnapshot) -> u64| -> Vec<Metric> {
+        snaps
+            .iter()
+            .map(|s| counter_m(f(s) as f64, &[("shard", &s.shard.to_string())]))
+            .collect()
+    };
+    fams.push(family(
+        "themis_shard_requests_total",
+        "Requests answered per shard (core).",
+        MetricType::COUNTER,
+        per_shard(|s| s.requests),
+    ));
+    fams.push(family(
+        "themis_shard_errors_total",
+        "Error responses per shard.",
+        MetricType::COUNTER,
+        per_shard(|s| s.errors),
+    ));
+    fams.push(family(
+        "themis_shard_forwarded_out_total",
+        "Requests a shard forwarded to the key's owner.",
+        MetricType::COUNTER,
+        per_shard(|s| s.forwarded_out),
+    ));
+    fams.push(family(
+        "themis_shard_forwarded_in_total",
+        "Requests a shard executed for another shard.",
+        MetricType::COUNTER,
+        per_shard(|s| s.forwarded_in),
+    ));
+    fams.push(family(
+        "themis_shard_entity_ops_total",
+        "Entity operations executed by the owning shard.",
+        MetricType::COUNTER,
+        per_shard(|s| s.entity_ops),
+    ));
+
+    let mut hist_metrics = Vec::new();
+    let mut summary_metrics = Vec::new();
+    for route in Route::ALL {
+        let (h, sum_us) = latency.route(route);
+        let sum_s = sum_us as f64 / 1e6;
+        let lbl = [("route", route.label())];
+        let mut hist = Histogram::default();
+        hist.set_sample_count(h.len());
+        hist.set_sample_sum(sum_s);
+        hist.set_bucket(
+            BUCKETS
+                .iter()
+                .map(|ub| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*ub);
+                    let limit_us = (ub * 1e6) as u64;
+                    let below = if h.is_empty() {
+                        0
+                    } else {
+                        h.count_between(0, limit_us)
+                    };
+                    b.set_cumulative_count(below);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = Metric::default();
+        m.set_histogram(hist);
+        m.set_label(labels(&lbl));
+        hist_metrics.push(m);
+
+        let mut sm = Summary::default();
+        sm.set_sample_count(h.len());
+        sm.set_sample_sum(sum_s);
+        sm.set_quantile(
+            QUANTILES
+                .iter()
+                .map(|q| {
+                    let mut qq = Quantile::default();
+                    qq.set_quantile(*q);
+                    qq.set_value(if h.is_empty() {
+                        0.0
+                    } else {
+                        h.value_at_quantile(*q) as f64 / 1e6
+                    });
+                    qq
+                })
+                .collect(),
+        );
+        let mut m = Metric::default();
+        m.set_summary(sm);
+        m.set_label(labels(&lbl));
+        summary_metrics.push(m);
+    }
+    fams.push(family(
+        "themis_http_request_duration_seconds",
+        "Request latency by route (server side, from parsed request to response written to the buffer).",
+        MetricType::HISTOGRAM,
+        hist_metrics,
+    ));
+    fams.push(family(
+        "themis_http_request_latency_seconds",
+        "Request latency quantiles by route, from HDR histograms merged across cores.",
+        MetricType::SUMMARY,
+        summary_metrics,
+    ));
+
+    let mut out = Vec::with_capacity(16 << 10);
+    if let Err(e) = TextEncoder::new().encode(&fams, &mut out) {
+        tracing::error!("encoding metrics: {e}");
+    }
+    out
+}
