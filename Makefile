@@ -27,7 +27,8 @@ release: setup
 run: release
 	$(CARGO_TARGET_DIR)/release/themis_server $(ARGS)
 
-test: setup
+test:
+	@./setup.sh test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --all-targets

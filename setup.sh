@@ -2,12 +2,18 @@
 # Installs what building THEMIS needs on Debian/Ubuntu, and nothing that is
 # already there: a C/C++ toolchain, clang/libclang (bindgen for RocksDB),
 # make, curl, and a Rust toolchain (rustup) when cargo is missing.
+# `./setup.sh test` also installs what the test suite uses: promtool
+# (Debian's prometheus package) to check /metrics and the shipped rules.
 # Safe to run any number of times.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in build-essential clang libclang-dev pkg-config make curl ca-certificates; do
+pkgs=(build-essential clang libclang-dev pkg-config make curl ca-certificates)
+if [ "${1:-}" = "test" ]; then
+  command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
+fi
+for pkg in "${pkgs[@]}"; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 
@@ -23,7 +29,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
   echo "setup.sh: installing ${need[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -26,7 +26,14 @@ def lat(r, op, key):
     return r["ops"][op]["latency"][key] if r and op in r["ops"] else float("nan")
 
 
-runs = {n: load(n) for n in ["http_get", "kv_get", "themis_get", "themis_put", "kv_put", "open_get_half", "open_put_half"]}
+runs = {n: load(n) for n in ["http_get", "kv_get", "themis_get", "themis_put", "kv_put", "open_get_half", "open_put_half",
+                              "http_get_p16", "kv_get_p16", "themis_get_p16", "themis_put_p16", "kv_put_p16"]}
+wrk = None
+wrk_path = os.path.join(a.work, "wrk.txt")
+if os.path.exists(wrk_path):
+    for line in open(wrk_path):
+        if line.startswith("Requests/sec:"):
+            wrk = float(line.split()[1])
 scaling = {int(s): load("scale_" + s) for s in a.scaling.split()}
 sweep = {int(s): load("sweep_" + s) for s in a.sweep.split()}
 
@@ -34,8 +41,9 @@ summary = {
     "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
     "machine": {"cpus": a.cpus, "model": a.model, "kernel": platform.release()},
     "server_cpus": a.server_cpus, "client_cpus": a.client_cpus, "connections": a.conns, "duration_s": a.duration,
-    "get": {k: tput(runs[k]) for k in ["http_get", "kv_get", "themis_get"]},
-    "put": {k: tput(runs[k]) for k in ["kv_put", "themis_put"]},
+    "get": {k: tput(runs[k]) for k in ["http_get", "kv_get", "themis_get", "http_get_p16", "kv_get_p16", "themis_get_p16"]},
+    "put": {k: tput(runs[k]) for k in ["kv_put", "themis_put", "kv_put_p16", "themis_put_p16"]},
+    "wrk_get_one_key": wrk,
     "ratios": {},
     "open_loop_half": {
         "get": {"rate": runs["open_get_half"]["workload"]["rate"] if runs["open_get_half"] else 0,
@@ -55,6 +63,10 @@ if g["http_get"]:
     summary["ratios"]["themis_get_vs_http_ceiling"] = g["themis_get"] / g["http_get"]
 if g["kv_get"]:
     summary["ratios"]["themis_get_vs_kv_ceiling"] = g["themis_get"] / g["kv_get"]
+if g["kv_get_p16"]:
+    summary["ratios"]["themis_get_p16_vs_kv_ceiling_p16"] = g["themis_get_p16"] / g["kv_get_p16"]
+if g["http_get_p16"]:
+    summary["ratios"]["themis_get_p16_vs_http_ceiling_p16"] = g["themis_get_p16"] / g["http_get_p16"]
 if summary["put"]["kv_put"]:
     summary["ratios"]["themis_put_vs_kv_put"] = summary["put"]["themis_put"] / summary["put"]["kv_put"]
 one = summary["scaling"].get("1")
@@ -104,18 +116,24 @@ md = [
     "| server | req/s | p50 ms | p99 ms | vs network ceiling | vs KV ceiling |",
     "| --- | ---: | ---: | ---: | ---: | ---: |",
 ]
-for k, label in [("http_get", "baseline http (fixed 1 KiB body)"), ("kv_get", "baseline kv (RocksDB point read)"), ("themis_get", "themis_server")]:
+for k, label, base in [("http_get", "baseline http (fixed 1 KiB body)", ""), ("kv_get", "baseline kv (RocksDB point read)", ""),
+                       ("themis_get", "themis_server", ""),
+                       ("http_get_p16", "baseline http, pipeline 16", "_p16"), ("kv_get_p16", "baseline kv, pipeline 16", "_p16"),
+                       ("themis_get_p16", "themis_server, pipeline 16", "_p16")]:
     r = runs[k]
     if not r:
         continue
-    vs_h = tput(r) / g["http_get"] if g["http_get"] else float("nan")
-    vs_k = tput(r) / g["kv_get"] if g["kv_get"] else float("nan")
+    vs_h = tput(r) / g["http_get" + base] if g["http_get" + base] else float("nan")
+    vs_k = tput(r) / g["kv_get" + base] if g["kv_get" + base] else float("nan")
     md.append(f"| {label} | {f(tput(r))} | {lat(r,'GET','p50_ms'):.3f} | {lat(r,'GET','p99_ms'):.3f} | {vs_h:.2f} | {vs_k:.2f} |")
 md += ["", "## PUT /entities, closed loop", "", "| server | req/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |"]
-for k, label in [("kv_put", "baseline kv (RocksDB put)"), ("themis_put", "themis_server")]:
+for k, label in [("kv_put", "baseline kv (RocksDB put)"), ("themis_put", "themis_server"),
+                 ("kv_put_p16", "baseline kv, pipeline 16"), ("themis_put_p16", "themis_server, pipeline 16")]:
     r = runs[k]
     if r:
         md.append(f"| {label} | {f(tput(r))} | {lat(r,'PUT','p50_ms'):.3f} | {lat(r,'PUT','p99_ms'):.3f} |")
+if wrk:
+    md += ["", f"Cross-check: `wrk -c {a.conns}` GET of one key against themis_server: {f(wrk)} req/s."]
 o = summary["open_loop_half"]
 md += ["", "## Open loop at half the measured maximum (coordinated omission corrected)", "",
        "| op | offered req/s | p50 ms | p99 ms | p99.9 ms |", "| --- | ---: | ---: | ---: | ---: |",

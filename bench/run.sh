@@ -2,6 +2,7 @@
 # Reproducible comparison of THEMIS against the ceilings of its own stack.
 #
 #   bench/run.sh [--duration S] [--server-cpus N] [--scaling "1 2 4 8"] [--quick]
+#   bench/run.sh --metrics-overhead   (only: GET with and without latency recording)
 #
 # Builds the release binaries, then on this machine, in one run:
 #   1. baseline http : glommio + themis-io, fixed 1 KiB JSON body (network ceiling)
@@ -18,12 +19,14 @@ DURATION=10
 SCALING=""
 SERVER_CPUS=""
 QUICK=0
+OVERHEAD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
     --server-cpus) SERVER_CPUS="$2"; shift 2 ;;
     --scaling) SCALING="$2"; shift 2 ;;
     --quick) QUICK=1; DURATION=3; shift ;;
+    --metrics-overhead) OVERHEAD=1; shift ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -62,13 +65,17 @@ wait_port() {
   done
   echo "server on port $1 did not start" >&2; return 1
 }
-stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; sleep 0.5; }
 
 # load NAME ARGS... : runs the load generator, stores JSON as $WORK/NAME.json
 load() {
   local name=$1; shift
-  taskset -c "$CLIENT_LIST" "$LOADTEST" --url "http://127.0.0.1:$PORT" --cpus "$CLIENT_LIST" \
-    --threads "$CLIENT_CPUS" --json "$@" > "$WORK/$name.json"
+  if ! taskset -c "$CLIENT_LIST" "$LOADTEST" --url "http://127.0.0.1:$PORT" --cpus "$CLIENT_LIST" \
+    --threads "$CLIENT_CPUS" --json "$@" > "$WORK/$name.json"; then
+    echo "load $name failed; server logs:" >&2
+    tail -n 20 "$WORK"/*.log >&2 || true
+    exit 1
+  fi
   python3 - "$WORK/$name.json" "$name" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -92,18 +99,69 @@ start_themis() { # threads [extra args]
   PIDS+=($!); wait_port $PORT
 }
 
-GETARGS=(--mix get --connections "$CONNS" --duration "$DURATION" --warmup 2 --keys 100000 --doc-size 1024)
-PUTARGS=(--mix put --connections "$CONNS" --duration "$DURATION" --warmup 2 --keys 100000 --doc-size 1024)
+if [ "$OVERHEAD" = 1 ]; then
+  # The same server built without per-request latency recording.
+  cargo build --release --bin themis_server --features no-latency-metrics
+  cp "$BIN/themis_server" "$WORK/themis_server_nometrics"
+  cargo build --release --bin themis_server
+  NOMETRICS="$WORK/themis_server_nometrics"
+  ARGS=(--mix get --pipeline 16 --connections "$(( CONNS / 2 ))" --duration "$DURATION" --warmup 2 --keys 100000)
+  echo "== metrics overhead: GET pipeline 16, alternating builds, 3 rounds"
+  for round in 1 2 3; do
+    start_themis "$SERVER_CPUS"; load "with_metrics_$round" "${ARGS[@]}"; stop_server "${PIDS[-1]}"
+    rm -rf "$WORK/tdb"
+    (cd "$WORK" && exec taskset -c "0-$((SERVER_CPUS - 1))" "$NOMETRICS" --host 127.0.0.1 --port $PORT \
+      --threads "$SERVER_CPUS" --db "$WORK/tdb") > "$WORK/themis.log" 2>&1 &
+    PIDS+=($!); wait_port $PORT
+    load "without_metrics_$round" "${ARGS[@]}"; stop_server "${PIDS[-1]}"
+  done
+  python3 - "$WORK" <<'PY'
+import json, sys, os
+w = sys.argv[1]
+t = lambda n: json.load(open(os.path.join(w, n + ".json")))["total"]["throughput_rps"]
+on = [t(f"with_metrics_{i}") for i in (1, 2, 3)]
+off = [t(f"without_metrics_{i}") for i in (1, 2, 3)]
+print(f"with metrics    {sum(on)/3:,.0f} req/s  {[round(x) for x in on]}")
+print(f"without metrics {sum(off)/3:,.0f} req/s  {[round(x) for x in off]}")
+print(f"cost of latency recording: {100 * (1 - sum(on) / sum(off)):.1f}%")
+PY
+  exit 0
+fi
+
+COMMON=(--duration "$DURATION" --warmup 2 --keys 100000 --doc-size 1024)
+GETARGS=(--mix get --connections "$CONNS" "${COMMON[@]}")
+PUTARGS=(--mix put --connections "$CONNS" "${COMMON[@]}")
+# Pipelined: 16 requests in flight per connection, answered in one write.
+# With few client cores this is what makes the server, not the client, the
+# bottleneck.
+GETP16=(--mix get --pipeline 16 --connections "$(( CONNS / 2 ))" "${COMMON[@]}")
+PUTP16=(--mix put --pipeline 16 --connections "$(( CONNS / 2 ))" "${COMMON[@]}")
 echo "machine: $NCPU CPUs ($MODEL); server CPUs $SERVER_SET, client CPUs $CLIENT_LIST; $CONNS connections"
 
-echo "== GET 1 KiB, closed loop, $SERVER_CPUS server cores"
-start_baseline http "$SERVER_CPUS"; load http_get "${GETARGS[@]}" --no-preload; stop_server "${PIDS[-1]}"
-start_baseline kv "$SERVER_CPUS"; load kv_get "${GETARGS[@]}"; stop_server "${PIDS[-1]}"
-start_themis "$SERVER_CPUS"; load themis_get "${GETARGS[@]}"
+echo "== GET 1 KiB, closed loop, $SERVER_CPUS server cores (pipeline 1 and 16)"
+start_baseline http "$SERVER_CPUS"
+load http_get "${GETARGS[@]}" --no-preload
+load http_get_p16 "${GETP16[@]}" --no-preload
+stop_server "${PIDS[-1]}"
+start_baseline kv "$SERVER_CPUS"
+load kv_get "${GETARGS[@]}"
+load kv_get_p16 "${GETP16[@]}" --no-preload
+load kv_put "${PUTARGS[@]}" --no-preload
+load kv_put_p16 "${PUTP16[@]}" --no-preload
+stop_server "${PIDS[-1]}"
+start_themis "$SERVER_CPUS"
+load themis_get "${GETARGS[@]}"
+load themis_get_p16 "${GETP16[@]}" --no-preload
 echo "== PUT 1 KiB, closed loop"
 load themis_put "${PUTARGS[@]}" --no-preload
+load themis_put_p16 "${PUTP16[@]}" --no-preload
+if command -v wrk >/dev/null 2>&1; then
+  echo "== cross-check with wrk (GET of one preloaded key, 64 connections)"
+  taskset -c "$CLIENT_LIST" wrk -t "$CLIENT_CPUS" -c "$CONNS" -d "${DURATION}s" --latency \
+    "http://127.0.0.1:$PORT/entities/bench:k1" > "$WORK/wrk.txt" 2>&1 || true
+  grep -E "Requests/sec|99%" "$WORK/wrk.txt" | sed 's/^/  wrk /'
+fi
 stop_server "${PIDS[-1]}"
-start_baseline kv "$SERVER_CPUS"; load kv_put "${PUTARGS[@]}" --no-preload; stop_server "${PIDS[-1]}"
 
 # Open loop at half the measured maximum, and a sweep for the plot.
 MAXGET=$(python3 -c "import json;print(int(json.load(open('$WORK/themis_get.json'))['total']['throughput_rps']))")

@@ -15,7 +15,7 @@ use crate::stats::bump;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use themis_io::connection::ProtocolError;
 use themis_io::{Handler, Method, Request, Response};
 
@@ -36,13 +36,20 @@ pub struct Shard {
     pub latency: ShardLatency,
     /// This core's copy of the hot-reloadable settings.
     runtime: LocalRuntime,
+    /// Span buffer when OTLP export is on.
+    pub spans: Option<crate::otlp::CoreSpans>,
     scratch: RefCell<Scratch>,
 }
 
 const ENTITY_METHODS: &str = "GET, HEAD, PUT, DELETE";
 
 impl Shard {
-    pub fn new(id: usize, shared: Arc<Shared>, router: ShardRouter) -> Self {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        router: ShardRouter,
+        spans: Option<crate::otlp::CoreSpans>,
+    ) -> Self {
         let runtime = LocalRuntime::new(&shared.runtime);
         Shard {
             id,
@@ -50,6 +57,7 @@ impl Shard {
             router,
             latency: ShardLatency::default(),
             runtime,
+            spans,
             scratch: RefCell::new(Scratch::default()),
         }
     }
@@ -397,19 +405,50 @@ fn not_allowed(method: Method, path: &str, allow: &'static str) -> ApiError {
 impl Handler for Shard {
     async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
         let start = Instant::now();
+        let wall = self.spans.as_ref().map(|_| SystemTime::now());
         bump(&self.counters().requests, 1);
         let route = Self::classify(req);
         if let Err(e) = self.route(route, req, resp).await {
             e.write(resp);
         }
-        if resp.status() >= 400 {
+        let status = resp.status();
+        if status >= 400 {
             bump(&self.counters().errors, 1);
         }
-        self.latency.record(route, start.elapsed());
+        let elapsed = start.elapsed();
+        if cfg!(not(feature = "no-latency-metrics")) {
+            self.latency.record(route, elapsed);
+        }
+        if let (Some(spans), Some(wall)) = (&self.spans, wall) {
+            let (trace_id, parent_span_id) = match req
+                .header("traceparent")
+                .and_then(crate::otlp::parse_traceparent)
+            {
+                Some((t, p)) => (t, Some(p)),
+                None => (
+                    (u128::from(spans.next_id()) << 64) | u128::from(spans.next_id()),
+                    None,
+                ),
+            };
+            let start_unix_nanos = crate::otlp::unix_nanos(wall);
+            spans.push(crate::otlp::SpanRecord {
+                trace_id,
+                span_id: spans.next_id(),
+                parent_span_id,
+                name: route.label(),
+                method: req.method.as_str(),
+                start_unix_nanos,
+                end_unix_nanos: start_unix_nanos + elapsed.as_nanos() as u64,
+                status,
+                shard: self.id,
+            });
+        }
         tracing::debug!(
             method = req.method.as_str(),
             path = req.path,
-            status = resp.status(),
+            route = route.label(),
+            status,
+            latency_us = elapsed.as_micros() as u64,
             shard = self.id,
             "request"
         );

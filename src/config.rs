@@ -730,6 +730,12 @@ impl Config {
                 t.otlp_endpoint
             ));
         }
+        if t.enabled && !t.otlp_endpoint.starts_with("http://") {
+            e.push(format!(
+                "tracing.otlp_endpoint = {:?}: only http:// collectors are supported (TLS is not in this build)",
+                t.otlp_endpoint
+            ));
+        }
         if t.service_name.trim().is_empty() {
             e.push("tracing.service_name must not be empty".into());
         }

@@ -10,6 +10,7 @@
 //! * [`stats`]: per-core counters merged when read.
 //! * [`metrics`], [`exposition`]: per-core latency histograms and `/metrics`.
 //! * [`runtime`]: hot-reloadable settings (`POST /config`, SIGHUP).
+//! * [`otlp`]: request spans exported over OTLP/HTTP.
 //! * [`error`]: API errors and their mapping to HTTP.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod exposition;
 pub mod key;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod router;
 pub mod runtime;
 pub mod server;

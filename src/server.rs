@@ -266,12 +266,30 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     });
     spawn_signal_thread(coord.clone(), shared.clone());
 
+    let spans_tx = if shared.config.tracing.enabled {
+        match crate::otlp::Endpoint::parse(&shared.config.tracing.otlp_endpoint) {
+            Ok(ep) => {
+                tracing::info!(endpoint = %ep.addr, "exporting request spans over OTLP/HTTP");
+                Some(crate::otlp::start(
+                    shared.config.tracing.service_name.clone(),
+                    ep,
+                ))
+            }
+            Err(e) => {
+                tracing::error!("{e}; request spans are not exported");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let requests = MeshBuilder::<ShardRequest, _>::full(n, 1024);
     let replies = MeshBuilder::<ShardReply, _>::full(n, 1024);
     let mut handles = Vec::with_capacity(n);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (shared, coord) = (shared.clone(), coord.clone());
         let (requests, replies, faults) = (requests.clone(), replies.clone(), faults.clone());
+        let spans_tx = spans_tx.clone();
         // Dropped when the shard's future ends, or when its executor could
         // not be built and the closure is dropped unrun.
         let guard = ExitGuard(coord.clone());
@@ -280,7 +298,10 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
             .io_memory(256 << 10)
             .spawn(move || async move {
                 let _guard = guard;
-                shard_main(i, listener, shared, coord, requests, replies, faults).await
+                shard_main(
+                    i, listener, shared, coord, requests, replies, faults, spans_tx,
+                )
+                .await
             })
             .map_err(|e| ServerError::Executor {
                 shard: i,
@@ -410,6 +431,7 @@ async fn shard_main(
     requests: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
     faults: Faults,
+    spans_tx: Option<crossbeam_channel::Sender<Vec<crate::otlp::SpanRecord>>>,
 ) -> Result<(), String> {
     let n = coord.shards;
     let (req_tx, mut req_rx, rep_tx, mut rep_rx) = if n > 1 {
@@ -429,7 +451,24 @@ async fn shard_main(
         id,
         shared.clone(),
         ShardRouter::new(id, n, req_tx, faults.forward_delay),
+        spans_tx.map(|tx| crate::otlp::CoreSpans::new(tx, id)),
     ));
+    if shard.spans.is_some() {
+        // Ship buffered spans at least every half second.
+        let (shard, coord) = (shard.clone(), coord.clone());
+        glommio::spawn_local(async move {
+            while !coord.stop.load(Ordering::Acquire) {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                if let Some(s) = &shard.spans {
+                    s.flush();
+                }
+            }
+            if let Some(s) = &shard.spans {
+                s.flush();
+            }
+        })
+        .detach();
+    }
 
     // Cross-core traffic: replies complete local waiters; requests run here
     // (this shard owns their keys) and answer on the reply mesh.

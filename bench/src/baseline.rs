@@ -67,12 +67,13 @@ impl Handler for Kv {
         match req.method {
             Method::Get => match self.db.get_pinned(key.as_bytes()) {
                 Ok(Some(v)) => {
-                    let mut prefix = Vec::with_capacity(key.len() + 24);
-                    prefix.extend_from_slice(b"{\"key\":\"");
-                    prefix.extend_from_slice(key.as_bytes());
-                    prefix.extend_from_slice(b"\",\"entity\":");
-                    resp.start(200, "application/json", prefix.len() + v.len() + 1, &[]);
-                    resp.body(&prefix);
+                    // Same body as THEMIS, written without an allocation.
+                    let (head, mid) = (b"{\"key\":\"", b"\",\"entity\":");
+                    let len = head.len() + key.len() + mid.len() + v.len() + 1;
+                    resp.start(200, "application/json", len, &[]);
+                    resp.body(head);
+                    resp.body(key.as_bytes());
+                    resp.body(mid);
                     resp.body(&v);
                     resp.body(b"}");
                 }

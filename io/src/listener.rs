@@ -83,7 +83,7 @@ pub fn bind_reuseport(
     backlog: i32,
 ) -> io::Result<Vec<BoundListener>> {
     if addr.port() != 0 {
-        port_available(addr)?;
+        probe_with_grace(addr)?;
     }
     let mut out = Vec::with_capacity(count);
     let first = bind_one(addr, backlog)?;
@@ -93,6 +93,24 @@ pub fn bind_reuseport(
         out.push(bind_one(shared, backlog)?);
     }
     Ok(out)
+}
+
+/// Probes the port, allowing a previous instance a moment to let go of it:
+/// a process that just exited can hold its listening socket for some
+/// milliseconds while the kernel tears down its io_uring (a pending accept
+/// keeps a reference), which is what an immediate restart runs into.
+fn probe_with_grace(addr: SocketAddr) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match port_available(addr) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Whether `addr` could be bound right now (used by `--validate`).
