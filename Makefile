@@ -31,8 +31,7 @@ test:
 	@./setup.sh test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+	./scripts/cargo-test-summary.sh --workspace --all-targets
 
 fmt:
 	$(CARGO) fmt --all

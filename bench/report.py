@@ -74,25 +74,30 @@ if one:
     summary["ratios"]["scaling_efficiency"] = {k: v / (int(k) * one) for k, v in summary["scaling"].items()}
 json.dump(summary, open(a.out, "w"), indent=2)
 
-# SVG: latency percentiles against offered load.
-if summary["sweep"] and a.svg:
-    pts = [(v["offered"], v["p50_ms"], v["p99_ms"], v["p99.9_ms"]) for v in summary["sweep"].values()]
+# SVG: latency percentiles against offered load (log latency axis).
+def write_svg(sweep, path):
+    import math
+    pts = [(v["offered"], v["p50_ms"], v["p99_ms"], v["p99.9_ms"]) for v in sweep.values()]
     W, H, L, B = 640, 400, 70, 50
     xmax = max(x for x, *_ in pts) * 1.05
-    ymax = max(max(p99, p999) for _, _, p99, p999 in pts) * 1.1 or 1
+    lo = math.floor(math.log10(max(min(min(p[1:]) for p in pts), 1e-3)))
+    hi = math.ceil(math.log10(max(max(p[1:]) for p in pts)))
+    hi = max(hi, lo + 1)
     sx = lambda x: L + (W - L - 20) * x / xmax
-    sy = lambda y: H - B - (H - B - 20) * y / ymax
+    sy = lambda y: H - B - (H - B - 20) * (math.log10(max(y, 10 ** lo)) - lo) / (hi - lo)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<line x1="{L}" y1="{H-B}" x2="{W-20}" y2="{H-B}" stroke="black"/>',
            f'<line x1="{L}" y1="20" x2="{L}" y2="{H-B}" stroke="black"/>',
            f'<text x="{W/2}" y="{H-12}" text-anchor="middle">offered load (GET req/s, open loop)</text>',
-           f'<text x="16" y="{H/2}" transform="rotate(-90 16 {H/2})" text-anchor="middle">latency (ms)</text>']
+           f'<text x="16" y="{H/2}" transform="rotate(-90 16 {H/2})" text-anchor="middle">latency (ms, log scale)</text>']
+    for e in range(lo, hi + 1):
+        yv = 10 ** e
+        out.append(f'<line x1="{L}" y1="{sy(yv):.1f}" x2="{W-20}" y2="{sy(yv):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{L-6}" y="{sy(yv)+4:.1f}" text-anchor="end">{yv:g}</text>')
     for i in range(5):
-        yv = ymax * i / 4
         xv = xmax * i / 4
-        out.append(f'<text x="{L-6}" y="{sy(yv)+4}" text-anchor="end">{yv:.2f}</text>')
-        out.append(f'<text x="{sx(xv)}" y="{H-B+16}" text-anchor="middle">{xv/1000:.0f}k</text>')
+        out.append(f'<text x="{sx(xv):.1f}" y="{H-B+16}" text-anchor="middle">{xv/1000:.0f}k</text>')
     for idx, (name, color) in enumerate([("p50", "#1f77b4"), ("p99", "#d62728"), ("p99.9", "#9467bd")]):
         coords = " ".join(f"{sx(p[0]):.1f},{sy(p[idx+1]):.1f}" for p in pts)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>')
@@ -100,7 +105,11 @@ if summary["sweep"] and a.svg:
             out.append(f'<circle cx="{sx(pt[0]):.1f}" cy="{sy(pt[idx+1]):.1f}" r="3" fill="{color}"/>')
         out.append(f'<text x="{L+10}" y="{30+idx*16}" fill="{color}">{name}</text>')
     out.append("</svg>")
-    open(a.svg, "w").write("\n".join(out))
+    open(path, "w").write("\n".join(out))
+
+
+if summary["sweep"] and a.svg:
+    write_svg(summary["sweep"], a.svg)
 
 # RESULTS.md
 f = lambda x: f"{x:,.0f}"

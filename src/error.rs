@@ -90,7 +90,18 @@ impl ApiError {
 
     /// Writes this error as the response.
     pub fn write(&self, resp: &mut Response<'_>) {
-        if self.status() >= 500 {
+        // 5xx: our fault, error. Broken HTTP from a client (framing, sizes):
+        // warn, an operator may want to know. Ordinary 4xx (a missing entity,
+        // a bad document): debug, they are normal traffic.
+        let client_protocol = matches!(
+            self,
+            ApiError::PayloadTooLarge { .. }
+                | ApiError::HeadersTooLarge
+                | ApiError::UnsupportedTransferEncoding
+        );
+        if client_protocol {
+            tracing::warn!(code = self.code(), "{self}");
+        } else if self.status() >= 500 {
             tracing::error!(code = self.code(), "{self}");
         } else {
             tracing::debug!(code = self.code(), "{self}");

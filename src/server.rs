@@ -298,9 +298,16 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
             .io_memory(256 << 10)
             .spawn(move || async move {
                 let _guard = guard;
-                shard_main(
-                    i, listener, shared, coord, requests, replies, faults, spans_tx,
-                )
+                shard_main(ShardSetup {
+                    id: i,
+                    listener,
+                    shared,
+                    coord,
+                    requests,
+                    replies,
+                    faults,
+                    spans_tx,
+                })
                 .await
             })
             .map_err(|e| ServerError::Executor {
@@ -423,7 +430,8 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Shared>) {
         .ok();
 }
 
-async fn shard_main(
+/// Everything one executor starts with.
+struct ShardSetup {
     id: usize,
     listener: BoundListener,
     shared: Arc<Shared>,
@@ -432,7 +440,19 @@ async fn shard_main(
     replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
     faults: Faults,
     spans_tx: Option<crossbeam_channel::Sender<Vec<crate::otlp::SpanRecord>>>,
-) -> Result<(), String> {
+}
+
+async fn shard_main(setup: ShardSetup) -> Result<(), String> {
+    let ShardSetup {
+        id,
+        listener,
+        shared,
+        coord,
+        requests,
+        replies,
+        faults,
+        spans_tx,
+    } = setup;
     let n = coord.shards;
     let (req_tx, mut req_rx, rep_tx, mut rep_rx) = if n > 1 {
         let (qt, qr) = requests

@@ -325,7 +325,7 @@ mod tests {
             assert_eq!(s.stats().files_per_level.len(), 7);
         }
         let s = open(dir.path());
-        assert_eq!(s.with_entity(b"t:1", |v| v.is_some()).unwrap(), true);
-        assert_eq!(s.with_entity(b"t:2", |v| v.is_some()).unwrap(), false);
+        assert!(s.with_entity(b"t:1", |v| v.is_some()).unwrap());
+        assert!(!s.with_entity(b"t:2", |v| v.is_some()).unwrap());
     }
 }
