@@ -282,36 +282,37 @@ pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
             .map(|s| counter_m(f(s) as f64, &[("shard", &s.shard.to_string())]))
             .collect()
     };
-    fams.push(family(
-        "themis_shard_requests_total",
-        "Requests answered per shard (core).",
-        MetricType::COUNTER,
-        per_shard(|s| s.requests),
-    ));
-    fams.push(family(
-        "themis_shard_errors_total",
-        "Error responses per shard.",
-        MetricType::COUNTER,
-        per_shard(|s| s.errors),
-    ));
-    fams.push(family(
-        "themis_shard_forwarded_out_total",
-        "Requests a shard forwarded to the key's owner.",
-        MetricType::COUNTER,
-        per_shard(|s| s.forwarded_out),
-    ));
-    fams.push(family(
-        "themis_shard_forwarded_in_total",
-        "Requests a shard executed for another shard.",
-        MetricType::COUNTER,
-        per_shard(|s| s.forwarded_in),
-    ));
-    fams.push(family(
-        "themis_shard_entity_ops_total",
-        "Entity operations executed by the owning shard.",
-        MetricType::COUNTER,
-        per_shard(|s| s.entity_ops),
-    ));
+    type Field = fn(&crate::stats::ShardSnapshot) -> u64;
+    let shard_families: [(&str, &str, Field); 5] = [
+        (
+            "themis_shard_requests_total",
+            "Requests answered per shard (core).",
+            |s| s.requests,
+        ),
+        (
+            "themis_shard_errors_total",
+            "Error responses per shard.",
+            |s| s.errors,
+        ),
+        (
+            "themis_shard_forwarded_out_total",
+            "Requests a shard forwarded to the key's owner.",
+            |s| s.forwarded_out,
+        ),
+        (
+            "themis_shard_forwarded_in_total",
+            "Requests a shard executed for another shard.",
+            |s| s.forwarded_in,
+        ),
+        (
+            "themis_shard_entity_ops_total",
+            "Entity operations executed by the owning shard.",
+            |s| s.entity_ops,
+        ),
+    ];
+    for (name, help, field) in shard_families {
+        fams.push(family(name, help, MetricType::COUNTER, per_shard(field)));
+    }
 
     let mut hist_metrics = Vec::new();
     let mut summary_metrics = Vec::new();
