@@ -135,8 +135,7 @@ fn unknown_keys_are_warned_about_by_name() {
         dir.path(),
         &Opts::default().env("THEMIS_STORAGE_BOGUS", "1"),
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let out = s.output();
+    let out = s.wait_output("THEMIS_STORAGE_BOGUS", Duration::from_secs(10));
     assert!(out.contains("server.wroker_threads"), "{out}");
     assert!(out.contains("THEMIS_STORAGE_BOGUS"), "{out}");
 }

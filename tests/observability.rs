@@ -113,15 +113,15 @@ fn quantiles_move_when_latency_moves() {
     );
     let [k0, k1] = key_per_shard();
     let mut c = s.client();
-    // Find which key is local to this connection's core: the local one is fast.
-    let t = std::time::Instant::now();
-    c.request("GET", &format!("/entities/{k0}"), None);
-    let local = if t.elapsed() < Duration::from_millis(120) {
-        &k0
-    } else {
-        &k1
+    // Which key is local to this connection's core? The remote one waits
+    // at least the injected 150 ms; the local one does not.
+    let time = |c: &mut Client, k: &str| {
+        let t = std::time::Instant::now();
+        c.request("GET", &format!("/entities/{k}"), None);
+        t.elapsed()
     };
-    let remote = if local == &k0 { &k1 } else { &k0 };
+    let (t0, t1) = (time(&mut c, &k0), time(&mut c, &k1));
+    let (local, remote) = if t0 < t1 { (&k0, &k1) } else { (&k1, &k0) };
     for _ in 0..50 {
         c.request("GET", &format!("/entities/{local}"), None);
     }
@@ -144,7 +144,7 @@ fn quantiles_move_when_latency_moves() {
     );
     let (_, stats) = s.json("GET", "/stats", None);
     let lat = &stats["server"]["latency"]["GET /entities/{key}"];
-    assert_eq!(lat["count"], 111);
+    assert_eq!(lat["count"], 112);
     assert!(lat["p99_ms"].as_f64().unwrap() >= 145.0, "{lat}");
 }
 
@@ -236,8 +236,7 @@ fn log_level_and_format_change_at_runtime() {
     );
     s.json("GET", "/health?x=after-debug", None);
     s.json("GET", "/nope-after-debug", None);
-    std::thread::sleep(Duration::from_millis(100));
-    let out = s.output();
+    let out = s.wait_output("/nope-after-debug", Duration::from_secs(10));
     assert!(out.contains("/nope-after-debug"), "{out}");
     s.json(
         "POST",
@@ -245,8 +244,7 @@ fn log_level_and_format_change_at_runtime() {
         Some(r#"{"logging": {"format": "json"}}"#),
     );
     s.json("GET", "/nope-as-json", None);
-    std::thread::sleep(Duration::from_millis(100));
-    let out = s.output();
+    let out = s.wait_output("\"path\":\"/nope-as-json\"", Duration::from_secs(10));
     let line = out
         .lines()
         .find(|l| l.contains("\"path\":\"/nope-as-json\""))
@@ -477,7 +475,7 @@ fn a_collector_that_is_down_fails_no_request() {
             201
         );
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    let out = s.wait_output("OTLP export failed", Duration::from_secs(20));
     assert_eq!(c.request("GET", "/entities/d:1", None).status, 200);
-    assert!(s.output().contains("OTLP export failed"), "{}", s.output());
+    assert!(out.contains("OTLP export failed"), "{out}");
 }

@@ -145,6 +145,19 @@ impl Server {
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
+
+    /// Waits until the server's output contains `needle` (up to `limit`),
+    /// and returns the output either way.
+    pub fn wait_output(&self, needle: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            let out = self.output();
+            if out.contains(needle) || Instant::now() > end {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
