@@ -318,3 +318,70 @@ fn forward_past_the_timeout_gets_503() {
     statuses.sort();
     assert_eq!(statuses, vec![404, 503]);
 }
+
+/// Deterministic pseudo-random bytes (xorshift64*), so the test needs no
+/// extra crate and replays exactly.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn mangled_requests_never_take_a_core_down() {
+    let dir = tempdir();
+    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let seeds: [&[u8]; 6] = [
+        b"GET /entities/users:alice HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PUT /entities/t:k HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{\"a\":[1]}",
+        b"POST /entities HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"key\":\"t:z\",\"v\":1}",
+        b"PUT /entities/t:c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n",
+        b"POST /config HTTP/1.1\r\nContent-Length: 24\r\n\r\n{\"request_timeout_ms\":5}",
+        b"DELETE /entities/t:%41%3A HTTP/1.1\r\n\r\n",
+    ];
+    let mut rng = Rng(0x7e57_1234_5678_9abc);
+    for round in 0..300 {
+        let mut msg = seeds[round % seeds.len()].to_vec();
+        // Flip, insert, delete or duplicate a few bytes.
+        for _ in 0..1 + rng.below(6) {
+            let i = rng.below(msg.len().max(1));
+            match rng.below(4) {
+                0 => msg[i] = rng.next() as u8,
+                1 => msg.insert(i, rng.next() as u8),
+                2 => {
+                    msg.remove(i);
+                }
+                _ => {
+                    let end = (i + rng.below(16)).min(msg.len());
+                    let copy = msg[i..end].to_vec();
+                    msg.splice(i..i, copy);
+                }
+            }
+            if msg.is_empty() {
+                msg.push(b'G');
+            }
+        }
+        let mut c = s.client();
+        c.stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        c.send_raw(&msg);
+        // Whatever it answers (or waits for more input), it must not die.
+        let _ = std::io::Read::read(&mut c.stream, &mut [0u8; 4096]);
+    }
+    // Every core still serves: keys owned by both shards answer.
+    for i in 0..20 {
+        let (st, _) = s.json("PUT", &format!("/entities/alive:{i}"), Some("{}"));
+        assert!(st == 201 || st == 200, "{st}");
+    }
+    let (st, v) = s.json("GET", "/health", None);
+    assert_eq!((st, v["status"].as_str()), (200, Some("healthy")));
+    assert!(!s.output().contains("panicked"), "{}", s.output());
+}
