@@ -161,6 +161,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     pub max_request_size_mb: u64,
     pub listen_backlog: i32,
+    /// Close a connection whose client sends nothing for this long (between
+    /// requests or in the middle of one).
+    pub idle_timeout_ms: u64,
     /// Reserved: API-key authentication (refused at start-up until built).
     pub enable_auth: bool,
     pub api_keys: Vec<ApiKey>,
@@ -180,6 +183,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             max_request_size_mb: 10,
             listen_backlog: 1024,
+            idle_timeout_ms: 120_000,
             enable_auth: false,
             api_keys: Vec::new(),
             enable_tls: false,
@@ -670,6 +674,13 @@ impl Config {
             1024,
         );
         check_range(&mut e, "server.listen_backlog", v.listen_backlog, 1, 65_535);
+        check_range(
+            &mut e,
+            "server.idle_timeout_ms",
+            v.idle_timeout_ms,
+            1000,
+            3_600_000,
+        );
         if v.enable_auth {
             e.push(
                 "server.enable_auth = true: API-key authentication is not available in this build; \

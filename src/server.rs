@@ -536,6 +536,7 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
 
     let limits = ConnectionLimits {
         max_body: shared.config.max_body_bytes(),
+        idle_timeout: Duration::from_millis(shared.config.server.idle_timeout_ms),
         ..ConnectionLimits::default()
     };
     let gate = glommio::sync::Gate::new();

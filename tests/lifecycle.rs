@@ -282,3 +282,31 @@ fn a_second_server_cannot_share_the_port() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on"), "{err}");
 }
+
+#[test]
+fn silent_and_stalled_connections_are_closed_after_the_idle_timeout() {
+    let dir = tempdir();
+    let s = Server::start_in(
+        dir.path(),
+        &Opts::threads(1).env("THEMIS_SERVER_IDLE_TIMEOUT_MS", "1000"),
+    );
+    let mut idle = s.client();
+    assert_eq!(idle.request("GET", "/health", None).status, 200);
+    let mut stalled = s.client();
+    stalled.send_raw(b"GET /health HTTP/1.1\r\nHo");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        idle.try_read_response(false).is_none(),
+        "idle connection still open"
+    );
+    assert!(
+        stalled.try_read_response(false).is_none(),
+        "stalled connection still open"
+    );
+    // A busy connection is not affected.
+    let mut busy = s.client();
+    for _ in 0..5 {
+        assert_eq!(busy.request("GET", "/health", None).status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

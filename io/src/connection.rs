@@ -30,6 +30,9 @@ pub struct ConnectionLimits {
     pub max_body: usize,
     /// Largest accepted request head (request line plus headers).
     pub max_head: usize,
+    /// Longest wait for the next bytes from the client, between requests
+    /// or in the middle of one (`server.idle_timeout_ms`).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -37,6 +40,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_body: 10 << 20,
             max_head: 64 << 10,
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -334,19 +338,31 @@ pub async fn serve_connection<H: Handler>(
             }
             rbuf.resize(want, 0);
         }
-        let n = if start == end {
-            // Idle between requests: a graceful stop may close us here.
-            let read = async { Some(stream.read(&mut rbuf[end..]).await) };
-            let stop = async {
-                shutdown.wait().await;
-                None
-            };
-            match futures_lite::future::or(read, stop).await {
-                Some(r) => r?,
-                None => return Ok(()),
+        // Every read is bounded by the idle timeout (a silent or trickling
+        // client cannot hold a connection forever); between requests a
+        // graceful stop may also close the connection.
+        let idle = start == end;
+        let read = async { Some(stream.read(&mut rbuf[end..]).await) };
+        let give_up = async {
+            if idle {
+                futures_lite::future::or(
+                    shutdown.wait(),
+                    glommio::timer::sleep(limits.idle_timeout),
+                )
+                .await;
+            } else {
+                glommio::timer::sleep(limits.idle_timeout).await;
             }
-        } else {
-            stream.read(&mut rbuf[end..]).await?
+            None
+        };
+        let n = match futures_lite::future::or(read, give_up).await {
+            Some(r) => r?,
+            None => {
+                if !idle && !shutdown.is_fired() {
+                    tracing::debug!("closing a connection that stalled mid-request");
+                }
+                return Ok(());
+            }
         };
         if n == 0 {
             return Ok(());
