@@ -1,0 +1,218 @@
+//! The load generator end to end: against a real `themis_server`, each mode
+//! produces a well-formed report with the counts it promised.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Binaries of the workspace live next to this test's `deps/` folder.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    dir.join(name)
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(dir: &std::path::Path) -> Server {
+    let mut child = Command::new(bin("themis_server"))
+        .current_dir(dir)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--db",
+            "data",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("themis_server is built by `cargo test --workspace`");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("THEMIS listening on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server started");
+    Server(child, addr)
+}
+
+fn loadtest(addr: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin("themis-loadtest"))
+        .args([
+            "--url",
+            &format!("http://{addr}"),
+            "--json",
+            "--threads",
+            "1",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn closed_open_and_count_bounded_runs_report_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path());
+
+    // Closed loop, mixed, zipfian, after a preload: only 2xx answers.
+    let r = loadtest(
+        &s.1,
+        &[
+            "--mix",
+            "mixed",
+            "--read-ratio",
+            "0.8",
+            "--distribution",
+            "zipfian",
+            "-c",
+            "4",
+            "-d",
+            "1",
+            "--warmup",
+            "0.2",
+            "--keys",
+            "200",
+        ],
+    );
+    let get = &r["ops"]["GET"];
+    let put = &r["ops"]["PUT"];
+    assert!(
+        get["count"].as_u64().unwrap() > 0 && put["count"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert!(
+        get["count"].as_u64() > put["count"].as_u64(),
+        "read ratio not respected: {r}"
+    );
+    assert_eq!(
+        get["statuses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["200"],
+        "{r}"
+    );
+    for p in ["p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"] {
+        assert!(get["latency"][p].as_f64().unwrap() > 0.0, "{p}: {r}");
+    }
+
+    // Count-bounded: stops by itself after about N measured requests.
+    let r = loadtest(
+        &s.1,
+        &[
+            "-n",
+            "300",
+            "-d",
+            "0",
+            "-c",
+            "4",
+            "--warmup",
+            "0",
+            "--keys",
+            "200",
+            "--no-preload",
+        ],
+    );
+    let n = r["total"]["count"].as_u64().unwrap();
+    assert!((300..=304).contains(&n), "{n}");
+
+    // Open loop at a fixed rate sends what was scheduled.
+    let r = loadtest(
+        &s.1,
+        &[
+            "--mode",
+            "open",
+            "--rate",
+            "400",
+            "-c",
+            "4",
+            "-d",
+            "1",
+            "--warmup",
+            "0",
+            "--keys",
+            "200",
+            "--no-preload",
+        ],
+    );
+    let n = r["total"]["count"].as_u64().unwrap();
+    assert!(
+        (380..=404).contains(&n),
+        "open loop sent {n} of 400 scheduled"
+    );
+
+    // DELETE workload: the first delete of each key finds it, later ones 200 too.
+    let r = loadtest(
+        &s.1,
+        &[
+            "--mix",
+            "delete",
+            "-n",
+            "100",
+            "-d",
+            "0",
+            "-c",
+            "2",
+            "--warmup",
+            "0",
+            "--keys",
+            "50",
+            "--no-preload",
+        ],
+    );
+    assert!(r["ops"]["DELETE"]["count"].as_u64().unwrap() >= 100, "{r}");
+}
+
+#[test]
+fn bad_arguments_and_unreachable_servers_fail_cleanly() {
+    let out = Command::new(bin("themis-loadtest"))
+        .args(["--read-ratio", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read_ratio"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(bin("themis-loadtest"))
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "-d",
+            "1",
+            "-c",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connect"));
+}
