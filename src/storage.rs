@@ -123,18 +123,25 @@ impl Storage {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_open_files(cfg.max_open_files);
-        // Background threads: compactions plus one for flushes. Compaction
-        // threads run at lowered CPU and I/O priority: they share CPUs with
-        // the pinned executors, and a compaction must not take a core away
-        // from requests (the scheduler gives the executor precedence; the
-        // compaction still gets every idle cycle).
+        // Background threads: compactions plus one for flushes. Both pools
+        // run at lowered CPU priority (compactions also at lowered I/O
+        // priority): they share CPUs with the pinned executors, and a
+        // background job must not take a core away from requests (the
+        // scheduler gives the executor precedence; the job still gets every
+        // idle cycle).
         db_opts.set_max_background_jobs(cfg.max_background_compactions + 1);
         let mut env = rocksdb::Env::new().map_err(|e| open_err(e.into_string()))?;
         env.set_background_threads(cfg.max_background_compactions);
         env.set_high_priority_background_threads(1);
         env.lower_thread_pool_cpu_priority();
         env.lower_thread_pool_io_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
         db_opts.set_env(&env);
+        // Start writeback of the WAL and SST files every MiB instead of
+        // letting dirty pages pile up until the kernel throttles the writing
+        // thread (an executor) for milliseconds.
+        db_opts.set_wal_bytes_per_sync(1 << 20);
+        db_opts.set_bytes_per_sync(1 << 20);
         // Total memtable memory across all column families.
         db_opts.set_db_write_buffer_size(
             ((cfg.memtable_size_mb as usize) << 20) * cfg.max_write_buffer_number as usize,
