@@ -126,12 +126,7 @@ pub fn process_stats() -> ProcessStats {
 /// Renders every metric. `latency` is the merge of all cores' histograms,
 /// `qps` the request rate since the previous scrape.
 pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
-    let snaps: Vec<_> = shared
-        .counters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| c.snapshot(i, shared.cpus[i]))
-        .collect();
+    let snaps = shared.shard_snapshots();
     let total =
         |f: fn(&crate::stats::ShardSnapshot) -> u64| snaps.iter().map(f).sum::<u64>() as f64;
     let rocks = shared.storage.stats();

@@ -55,12 +55,17 @@ pub struct ReloadSource {
 }
 
 impl Shared {
-    fn requests_total(&self) -> u64 {
+    /// Every shard's counters, read now (the merge-on-read point).
+    pub fn shard_snapshots(&self) -> Vec<crate::stats::ShardSnapshot> {
         self.counters
             .iter()
             .enumerate()
-            .map(|(i, c)| c.snapshot(i, 0).requests)
-            .sum()
+            .map(|(i, c)| c.snapshot(i, self.cpus[i]))
+            .collect()
+    }
+
+    fn requests_total(&self) -> u64 {
+        self.shard_snapshots().iter().map(|s| s.requests).sum()
     }
 
     /// `vccdb_qps`: requests per second since the previous scrape.
@@ -117,12 +122,7 @@ impl Shared {
                 }),
             );
         }
-        let shards: Vec<_> = self
-            .counters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| c.snapshot(i, self.cpus[i]))
-            .collect();
+        let shards = self.shard_snapshots();
         let sum = |f: fn(&crate::stats::ShardSnapshot) -> u64| shards.iter().map(f).sum::<u64>();
         serde_json::json!({
             "server": {
