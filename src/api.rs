@@ -4,6 +4,7 @@
 //! connections call. Entity requests go to the key's owner: answered inline
 //! when that is this core, forwarded over the [`ShardRouter`] otherwise.
 
+use crate::changefeed::{self, http::SseStream, local::LocalFeed};
 use crate::entity::{self, DocScratch};
 use crate::error::ApiError;
 use crate::key::{decode_path_key, parse_key};
@@ -17,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use themis_io::connection::ProtocolError;
-use themis_io::{Handler, Method, Request, Response};
+use themis_io::{Handler, Method, Request, Response, StreamOut};
 
 /// Reused per-core buffers for building bodies.
 #[derive(Default)]
@@ -38,7 +39,12 @@ pub struct Shard {
     runtime: LocalRuntime,
     /// Span buffer when OTLP export is on.
     pub spans: Option<crate::otlp::CoreSpans>,
+    /// This core's change-feed readers and recent events.
+    pub feed: Rc<LocalFeed>,
     scratch: RefCell<Scratch>,
+    /// Scratch for change-feed records (separate: written while `scratch`
+    /// is borrowed).
+    record: RefCell<Vec<u8>>,
 }
 
 const ENTITY_METHODS: &str = "GET, HEAD, PUT, DELETE";
@@ -58,11 +64,13 @@ impl Shard {
             latency: ShardLatency::default(),
             runtime,
             spans,
+            feed: Rc::new(LocalFeed::default()),
             scratch: RefCell::new(Scratch::default()),
+            record: RefCell::new(Vec::new()),
         }
     }
 
-    fn counters(&self) -> &crate::stats::ShardCounters {
+    pub(crate) fn counters(&self) -> &crate::stats::ShardCounters {
         &self.shared.counters[self.id]
     }
 
@@ -93,11 +101,27 @@ impl Shard {
             ("/stats" | "/api/stats", Method::Get | Method::Head) => Route::Stats,
             ("/metrics", Method::Get | Method::Head) => Route::Metrics,
             ("/config", Method::Get | Method::Head | Method::Post) => Route::Config,
+            ("/changefeed", Method::Get | Method::Head) => Route::ChangefeedPoll,
+            ("/changefeed/stream", Method::Get) => Route::ChangefeedStream,
+            ("/changefeed/stats", Method::Get | Method::Head) => Route::ChangefeedStats,
+            ("/changefeed/retention", Method::Post) => Route::ChangefeedRetention,
             _ => Route::Other,
         }
     }
 
     async fn route(
+        &self,
+        route: Route,
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Result<Option<SseStream>, ApiError> {
+        match route {
+            Route::ChangefeedStream => changefeed::http::open_stream(self, req, resp).map(Some),
+            _ => self.route_plain(route, req, resp).await.map(|()| None),
+        }
+    }
+
+    async fn route_plain(
         &self,
         route: Route,
         req: &Request<'_>,
@@ -123,8 +147,35 @@ impl Shard {
                     Ok(())
                 }
             }
-            Route::Other => Err(unrouted(req)),
+            Route::ChangefeedPoll => changefeed::http::poll(self, req, resp).await,
+            Route::ChangefeedStats => changefeed::http::stats(self, resp),
+            Route::ChangefeedRetention => changefeed::http::retention(self, req.body, resp).await,
+            Route::ChangefeedStream | Route::Other => Err(unrouted(req)),
         }
+    }
+
+    /// Applies an entity change on its owner — `Some(value)` stores,
+    /// `None` deletes — together with its change event when `features.cdc`
+    /// is on. Returns whether the entity existed before. A delete of a
+    /// missing entity changes nothing and records no event.
+    fn apply_change(&self, key: &str, value: Option<&[u8]>) -> Result<bool, ApiError> {
+        bump(&self.counters().entity_ops, 1);
+        let storage = &self.shared.storage;
+        let existed = storage.entity_exists(key.as_bytes())?;
+        if value.is_none() && !existed {
+            return Ok(false);
+        }
+        if self.runtime().features.cdc {
+            let mut record = self.record.borrow_mut();
+            self.shared
+                .changefeed
+                .commit(storage, self.id, key, value, &mut record)?;
+            bump(&self.counters().feed_events, 1);
+            self.feed.poke();
+        } else {
+            storage.write_change(key.as_bytes(), value, None)?;
+        }
+        Ok(existed)
     }
 
     async fn get_entity(&self, raw_key: &str, resp: &mut Response<'_>) -> Result<(), ApiError> {
@@ -199,8 +250,7 @@ impl Shard {
             };
             let owner = self.router.owner(&key);
             if owner == self.id {
-                bump(&self.counters().entity_ops, 1);
-                let created = self.shared.storage.put_entity(key.as_bytes(), &s.value)?;
+                let created = !self.apply_change(&key, Some(&s.value))?;
                 s.body.clear();
                 entity::render_put(&mut s.body, &key, created);
                 resp.json(if created { 201 } else { 200 }, &s.body);
@@ -221,8 +271,7 @@ impl Shard {
                 .forward(owner, key.into_owned(), EntityOp::Delete, resp)
                 .await;
         }
-        bump(&self.counters().entity_ops, 1);
-        let deleted = self.shared.storage.delete_entity(key.as_bytes())?;
+        let deleted = self.apply_change(&key, None)?;
         let mut scratch = self.scratch.borrow_mut();
         scratch.body.clear();
         entity::render_delete(&mut scratch.body, &key, deleted);
@@ -288,37 +337,33 @@ impl Shard {
     /// Runs an entity operation forwarded to this shard (it owns `key`).
     fn execute_owned(&self, key: &str, op: EntityOp) -> (u16, Vec<u8>) {
         bump(&self.counters().forwarded_in, 1);
-        bump(&self.counters().entity_ops, 1);
         let mut body = Vec::new();
         let storage = &self.shared.storage;
         let result: Result<u16, ApiError> = match op {
-            EntityOp::Get => storage
-                .with_entity(key.as_bytes(), |v| {
-                    v.map(|v| entity::render_get(&mut body, key, v))
-                })
-                .map_err(ApiError::from)
-                .and_then(|found| match found {
-                    Some(()) => Ok(200),
-                    None => Err(ApiError::EntityNotFound(key.to_string())),
-                }),
-            EntityOp::Put(value) => storage
-                .put_entity(key.as_bytes(), &value)
-                .map(|created| {
-                    entity::render_put(&mut body, key, created);
-                    if created {
-                        201
-                    } else {
-                        200
-                    }
-                })
-                .map_err(ApiError::from),
-            EntityOp::Delete => storage
-                .delete_entity(key.as_bytes())
-                .map(|deleted| {
-                    entity::render_delete(&mut body, key, deleted);
+            EntityOp::Get => {
+                bump(&self.counters().entity_ops, 1);
+                storage
+                    .with_entity(key.as_bytes(), |v| {
+                        v.map(|v| entity::render_get(&mut body, key, v))
+                    })
+                    .map_err(ApiError::from)
+                    .and_then(|found| match found {
+                        Some(()) => Ok(200),
+                        None => Err(ApiError::EntityNotFound(key.to_string())),
+                    })
+            }
+            EntityOp::Put(value) => self.apply_change(key, Some(&value)).map(|existed| {
+                entity::render_put(&mut body, key, !existed);
+                if existed {
                     200
-                })
-                .map_err(ApiError::from),
+                } else {
+                    201
+                }
+            }),
+            EntityOp::Delete => self.apply_change(key, None).map(|deleted| {
+                entity::render_delete(&mut body, key, deleted);
+                200
+            }),
         };
         match result {
             Ok(status) => (status, body),
@@ -385,6 +430,9 @@ fn unrouted(req: &Request<'_>) -> ApiError {
             "/entities" => Some("POST"),
             "/health" | "/stats" | "/api/stats" | "/metrics" => Some("GET, HEAD"),
             "/config" => Some("GET, HEAD, POST"),
+            "/changefeed" | "/changefeed/stats" => Some("GET, HEAD"),
+            "/changefeed/stream" => Some("GET"),
+            "/changefeed/retention" => Some("POST"),
             _ => None,
         }
     };
@@ -403,14 +451,24 @@ fn not_allowed(method: Method, path: &str, allow: &'static str) -> ApiError {
 }
 
 impl Handler for Shard {
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    type Stream = SseStream;
+
+    async fn stream(&self, state: SseStream, out: &mut StreamOut<'_>) {
+        changefeed::http::run_stream(self, state, out).await;
+    }
+
+    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<SseStream> {
         let start = Instant::now();
         let wall = self.spans.as_ref().map(|_| SystemTime::now());
         bump(&self.counters().requests, 1);
         let route = Self::classify(req);
-        if let Err(e) = self.route(route, req, resp).await {
-            e.write(resp);
-        }
+        let stream = match self.route(route, req, resp).await {
+            Ok(s) => s,
+            Err(e) => {
+                e.write(resp);
+                None
+            }
+        };
         let status = resp.status();
         if status >= 400 {
             bump(&self.counters().errors, 1);
@@ -452,6 +510,7 @@ impl Handler for Shard {
             shard = self.id,
             "request"
         );
+        stream
     }
 
     fn protocol_error(&self, err: ProtocolError, resp: &mut Response<'_>) {

@@ -38,6 +38,16 @@ pub enum ApiError {
     Timeout { ms: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
+    #[error("{flag} is off; turn it on with POST /config {enable} or in the config file")]
+    FeatureDisabled {
+        flag: &'static str,
+        /// The `POST /config` body that turns it on.
+        enable: &'static str,
+    },
+    #[error(
+        "events after sequence {requested} were pruned; the oldest available sequence is {oldest}"
+    )]
+    HistoryPruned { requested: u64, oldest: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -52,7 +62,10 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::HeadersTooLarge => 431,
             ApiError::UnsupportedTransferEncoding => 501,
-            ApiError::Timeout { .. } | ApiError::Unavailable(_) => 503,
+            ApiError::Timeout { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::FeatureDisabled { .. } => 503,
+            ApiError::HistoryPruned { .. } => 410,
             ApiError::Storage(_) => 500,
         }
     }
@@ -72,6 +85,8 @@ impl ApiError {
             ApiError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
             ApiError::Timeout { .. } => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::FeatureDisabled { .. } => "feature_disabled",
+            ApiError::HistoryPruned { .. } => "history_pruned",
             ApiError::Storage(_) => "storage_error",
         }
     }
@@ -79,12 +94,19 @@ impl ApiError {
     /// The JSON body for this error.
     pub fn body(&self) -> Vec<u8> {
         let status = self.status();
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "error": true,
             "code": self.code(),
             "message": self.to_string(),
             "status_code": status,
         });
+        match self {
+            ApiError::FeatureDisabled { flag, .. } => v["feature"] = (*flag).into(),
+            ApiError::HistoryPruned { oldest, .. } => {
+                v["oldest_available_sequence"] = (*oldest).into()
+            }
+            _ => {}
+        }
         serde_json::to_vec(&v).unwrap_or_default()
     }
 
@@ -112,6 +134,17 @@ impl ApiError {
                 resp.json_with(405, &body, &[("Allow", allow)])
             }
             _ => resp.json(self.status(), &body),
+        }
+    }
+}
+
+impl From<crate::changefeed::FeedError> for ApiError {
+    fn from(e: crate::changefeed::FeedError) -> Self {
+        match e {
+            crate::changefeed::FeedError::Gone { requested, oldest } => {
+                ApiError::HistoryPruned { requested, oldest }
+            }
+            crate::changefeed::FeedError::Storage(s) => ApiError::Storage(s),
         }
     }
 }

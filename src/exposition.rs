@@ -270,6 +270,46 @@ pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
             "Open client connections.",
             total(|s| s.connections_active),
         ),
+        gauge(
+            "vccdb_sse_active_connections",
+            "Open change-feed SSE streams.",
+            total(|s| s.sse_active),
+        ),
+        counter(
+            "vccdb_sse_events_sent_total",
+            "Change events written to SSE streams.",
+            total(|s| s.sse_events_sent),
+        ),
+        counter(
+            "vccdb_sse_heartbeats_total",
+            "Heartbeat comments written to idle SSE streams.",
+            total(|s| s.sse_heartbeats),
+        ),
+        counter(
+            "vccdb_sse_dropped_events_total",
+            "Events not delivered because a stream was cut off (stalled subscriber or pruned history); the subscriber can resume.",
+            total(|s| s.sse_dropped_events),
+        ),
+        counter(
+            "themis_changefeed_events_total",
+            "Change events committed since start.",
+            total(|s| s.feed_events),
+        ),
+        gauge(
+            "themis_changefeed_latest_sequence",
+            "The change feed's latest visible sequence.",
+            shared.changefeed.latest() as f64,
+        ),
+        gauge(
+            "themis_changefeed_first_sequence",
+            "The oldest change-feed sequence still stored.",
+            shared.changefeed.first() as f64,
+        ),
+        counter(
+            "themis_changefeed_sequence_gaps_total",
+            "Sequences taken by writes that then failed (holes in the feed).",
+            shared.changefeed.gaps() as f64,
+        ),
     ];
     let per_shard = |f: fn(&crate::stats::ShardSnapshot) -> u64| -> Vec<Metric> {
         snaps

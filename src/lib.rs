@@ -14,6 +14,7 @@
 //! * [`error`]: API errors and their mapping to HTTP.
 
 pub mod api;
+pub mod changefeed;
 pub mod cli;
 pub mod config;
 pub mod entity;

@@ -20,12 +20,17 @@ pub enum Route {
     Stats,
     Metrics,
     Config,
+    ChangefeedPoll,
+    /// Until the stream's head is sent (the stream itself is not timed).
+    ChangefeedStream,
+    ChangefeedStats,
+    ChangefeedRetention,
     /// Unknown path, wrong method, or a request refused before routing.
     Other,
 }
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 13] = [
         Route::EntityGet,
         Route::EntityPut,
         Route::EntityPost,
@@ -34,6 +39,10 @@ impl Route {
         Route::Stats,
         Route::Metrics,
         Route::Config,
+        Route::ChangefeedPoll,
+        Route::ChangefeedStream,
+        Route::ChangefeedStats,
+        Route::ChangefeedRetention,
         Route::Other,
     ];
 
@@ -48,6 +57,10 @@ impl Route {
             Route::Stats => "GET /stats",
             Route::Metrics => "GET /metrics",
             Route::Config => "/config",
+            Route::ChangefeedPoll => "GET /changefeed",
+            Route::ChangefeedStream => "GET /changefeed/stream",
+            Route::ChangefeedStats => "GET /changefeed/stats",
+            Route::ChangefeedRetention => "POST /changefeed/retention",
             Route::Other => "other",
         }
     }

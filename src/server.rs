@@ -20,7 +20,7 @@ use crate::runtime::{Runtime, RuntimeState};
 use crate::stats::{bump, drop_one, ShardCounters};
 use crate::storage::{Storage, StorageError};
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +37,8 @@ pub struct Shared {
     /// The hot-reloadable values, current.
     pub runtime: RuntimeState,
     pub storage: Storage,
+    /// The change feed's sequencer and position (server-wide).
+    pub changefeed: crate::changefeed::ChangeFeed,
     pub counters: Box<[ShardCounters]>,
     /// The CPU each shard is pinned to.
     pub cpus: Vec<usize>,
@@ -145,10 +147,16 @@ impl Shared {
 }
 
 /// Test-only fault injection, from `THEMIS_TEST_FAULTS` (never set in
-/// production): `forward_delay_ms=N` delays every cross-core forward.
+/// production): `forward_delay_ms=N` delays every cross-core forward;
+/// `event_time_offset_ms=N` shifts change-event timestamps (N may be
+/// negative: events look older, for retention tests);
+/// `retention_interval_ms=N` runs the background retention pass every N ms
+/// instead of every minute.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     pub forward_delay: Option<Duration>,
+    pub event_time_offset_ms: i64,
+    pub retention_interval: Option<Duration>,
 }
 
 impl Faults {
@@ -156,8 +164,13 @@ impl Faults {
         let mut f = Faults::default();
         if let Ok(spec) = std::env::var("THEMIS_TEST_FAULTS") {
             for item in spec.split(',') {
-                if let Some(ms) = item.trim().strip_prefix("forward_delay_ms=") {
+                let item = item.trim();
+                if let Some(ms) = item.strip_prefix("forward_delay_ms=") {
                     f.forward_delay = ms.parse().ok().map(Duration::from_millis);
+                } else if let Some(ms) = item.strip_prefix("event_time_offset_ms=") {
+                    f.event_time_offset_ms = ms.parse().unwrap_or(0);
+                } else if let Some(ms) = item.strip_prefix("retention_interval_ms=") {
+                    f.retention_interval = ms.parse().ok().map(Duration::from_millis);
                 }
             }
         }
@@ -245,6 +258,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     let local = listeners[0].local_addr();
 
     let storage = Storage::open(&config.storage)?;
+    let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
     raise_memlock_limit();
 
     let shared = Arc::new(Shared {
@@ -254,6 +268,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         last_scrape: Mutex::new((Instant::now(), 0)),
         runtime: RuntimeState::new(Runtime::from_config(&config)),
         storage,
+        changefeed,
         config,
         reload,
     });
@@ -296,6 +311,10 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
             .name(&format!("themis-shard-{i}"))
             .io_memory(256 << 10)
+            // One helper thread per core for work that must not block the
+            // reactor (change-feed catch-up reads, retention), free to run
+            // on any CPU rather than compete with its own executor.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 let _guard = guard;
                 shard_main(ShardSetup {
@@ -430,6 +449,36 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Shared>) {
         .ok();
 }
 
+/// Prunes change events older than `cdc_retention_hours` (hot-reloadable)
+/// every `interval`, on the blocking pool.
+async fn retention_loop(shard: Rc<Shard>, shutdown: ShutdownSignal, interval: Duration) {
+    loop {
+        let stop = async {
+            shutdown.wait().await;
+            true
+        };
+        let tick = async {
+            glommio::timer::sleep(interval).await;
+            false
+        };
+        if futures_lite::future::or(stop, tick).await {
+            return;
+        }
+        let hours = u64::from(shard.runtime().cdc_retention_hours);
+        let shared = shard.shared.clone();
+        let result = glommio::executor()
+            .spawn_blocking(move || {
+                shared
+                    .changefeed
+                    .prune_older_than(&shared.storage, hours * 3_600_000)
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("change feed retention failed: {e}");
+        }
+    }
+}
+
 /// Everything one executor starts with.
 struct ShardSetup {
     id: usize,
@@ -531,6 +580,13 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
             shutdown.fire();
         })
         .detach();
+    }
+    // The change feed: this core's watch task, and (on shard 0) the
+    // background retention pass.
+    glommio::spawn_local(shard.feed.clone().watch(shared.clone(), shutdown.clone())).detach();
+    if id == 0 {
+        let interval = faults.retention_interval.unwrap_or(Duration::from_secs(60));
+        glommio::spawn_local(retention_loop(shard.clone(), shutdown.clone(), interval)).detach();
     }
     coord.ready.fetch_add(1, Ordering::AcqRel);
 

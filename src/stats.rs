@@ -23,6 +23,15 @@ pub struct ShardCounters {
     pub entity_ops: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Change events committed by this shard.
+    pub feed_events: AtomicU64,
+    /// Open SSE streams on this shard.
+    pub sse_active: AtomicU64,
+    pub sse_events_sent: AtomicU64,
+    pub sse_heartbeats: AtomicU64,
+    /// Events a stream had not delivered when it was cut off (stalled or
+    /// pruned history); the subscriber can resume from its last id.
+    pub sse_dropped_events: AtomicU64,
 }
 
 /// Adds `n` to a counter that only the calling core writes.
@@ -52,6 +61,11 @@ pub struct ShardSnapshot {
     pub entity_ops: u64,
     pub connections_accepted: u64,
     pub connections_active: u64,
+    pub feed_events: u64,
+    pub sse_active: u64,
+    pub sse_events_sent: u64,
+    pub sse_heartbeats: u64,
+    pub sse_dropped_events: u64,
 }
 
 impl ShardCounters {
@@ -67,6 +81,11 @@ impl ShardCounters {
             entity_ops: r(&self.entity_ops),
             connections_accepted: r(&self.connections_accepted),
             connections_active: r(&self.connections_active),
+            feed_events: r(&self.feed_events),
+            sse_active: r(&self.sse_active),
+            sse_events_sent: r(&self.sse_events_sent),
+            sse_heartbeats: r(&self.sse_heartbeats),
+            sse_dropped_events: r(&self.sse_dropped_events),
         }
     }
 }

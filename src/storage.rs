@@ -27,7 +27,17 @@ use std::path::{Path, PathBuf};
 /// Entities (user data).
 pub const CF_ENTITIES: &str = "entities";
 /// Column families reserved for internal data.
-pub const CF_INTERNAL: &[&str] = &["indexes", "changefeed", "vectors", "timeseries", "meta"];
+pub const CF_INTERNAL: &[&str] = &["indexes", CF_CHANGEFEED, "vectors", "timeseries", CF_META];
+/// Change-feed records, keyed by sequence (8 bytes big-endian).
+pub const CF_CHANGEFEED: &str = "changefeed";
+/// Small server metadata.
+pub const CF_META: &str = "meta";
+/// Meta key: the change feed's first sequence after the last prune.
+const META_FEED_FIRST: &[u8] = b"changefeed.first_sequence";
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
 
 /// A storage failure, with RocksDB's message.
 #[derive(Debug, thiserror::Error)]
@@ -202,30 +212,138 @@ impl Storage {
         Ok(f(pinned.as_deref()))
     }
 
-    /// Stores an entity; returns whether it was created (false: replaced).
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(StorageError::MissingColumnFamily(name))
+    }
+
+    /// Whether an entity exists.
+    pub fn entity_exists(&self, key: &[u8]) -> Result<bool, StorageError> {
+        Ok(self.db.get_pinned_cf(self.entities()?, key)?.is_some())
+    }
+
+    /// Writes one entity change — `Some(value)` stores, `None` deletes — and,
+    /// when given, its change-feed record `(sequence, record)`, in one
+    /// atomic batch: after a crash both are there or neither is.
     ///
-    /// Must be called on the key's owning shard: the existence check and the
-    /// write are not atomic against a concurrent writer of the same key, and
-    /// ownership is what rules that writer out.
-    pub fn put_entity(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
+    /// Must be called on the key's owning shard: callers read the old state
+    /// first, and ownership is what rules out a concurrent writer.
+    pub fn write_change(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        event: Option<(u64, &[u8])>,
+    ) -> Result<(), StorageError> {
         let cf = self.entities()?;
-        let existed = self.db.get_pinned_cf(cf, key)?.is_some();
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf, key, value);
+        match value {
+            Some(v) => batch.put_cf(cf, key, v),
+            None => batch.delete_cf(cf, key),
+        }
+        if let Some((seq, record)) = event {
+            batch.put_cf(self.cf(CF_CHANGEFEED)?, seq.to_be_bytes(), record);
+        }
         self.db.write_opt(batch, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Stores an entity; returns whether it was created (false: replaced).
+    /// Owner-only, as [`Storage::write_change`].
+    pub fn put_entity(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
+        let existed = self.entity_exists(key)?;
+        self.write_change(key, Some(value), None)?;
         Ok(!existed)
     }
 
     /// Deletes an entity; returns whether it existed. Owner-only, as above.
     pub fn delete_entity(&self, key: &[u8]) -> Result<bool, StorageError> {
-        let cf = self.entities()?;
-        let existed = self.db.get_pinned_cf(cf, key)?.is_some();
+        let existed = self.entity_exists(key)?;
         if existed {
-            let mut batch = WriteBatch::default();
-            batch.delete_cf(cf, key);
-            self.db.write_opt(batch, &self.write_opts)?;
+            self.write_change(key, None, None)?;
         }
         Ok(existed)
+    }
+
+    /// The first and last sequence stored in the change feed.
+    pub fn changefeed_bounds(&self) -> Result<Option<(u64, u64)>, StorageError> {
+        let cf = self.cf(CF_CHANGEFEED)?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        let first = it.key().and_then(seq_of);
+        it.seek_to_last();
+        let last = it.key().and_then(seq_of);
+        it.status()?;
+        Ok(first.zip(last))
+    }
+
+    /// Calls `f(sequence, record)` for the change-feed records with
+    /// `after < sequence <= upto`, in order, until `f` returns false.
+    /// Reads sequentially: call it off the reactor unless the range is
+    /// small and recent.
+    pub fn scan_changefeed(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        if upto <= after {
+            return Ok(());
+        }
+        let cf = self.cf(CF_CHANGEFEED)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(upto.saturating_add(1).to_be_bytes().to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        it.seek(after.saturating_add(1).to_be_bytes());
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let Some(seq) = seq_of(k) else { break };
+            if seq > upto || !f(seq, v) {
+                break;
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Deletes the change-feed records with sequence `< before` and records
+    /// `before` as the feed's first sequence (so the counter never goes back
+    /// even when every record is gone). Off the reactor.
+    pub fn prune_changefeed(&self, before: u64) -> Result<(), StorageError> {
+        let cf = self.cf(CF_CHANGEFEED)?;
+        let meta = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, 0u64.to_be_bytes(), before.to_be_bytes());
+        batch.put_cf(meta, META_FEED_FIRST, before.to_be_bytes());
+        self.db.write_opt(batch, &self.write_opts)?;
+        // Reclaim the space now rather than at the next natural compaction.
+        self.db
+            .compact_range_cf(cf, None::<&[u8]>, Some(before.to_be_bytes()));
+        Ok(())
+    }
+
+    /// The first sequence recorded by the last prune (0 if never pruned).
+    pub fn changefeed_pruned_before(&self) -> Result<u64, StorageError> {
+        let v = self.db.get_pinned_cf(self.cf(CF_META)?, META_FEED_FIRST)?;
+        Ok(v.as_deref().and_then(seq_of).unwrap_or(0))
+    }
+
+    /// Approximate bytes the change feed occupies (SST files + memtables).
+    pub fn changefeed_size_bytes(&self) -> u64 {
+        let Ok(cf) = self.cf(CF_CHANGEFEED) else {
+            return 0;
+        };
+        let p = |name: &str| {
+            self.db
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        p("rocksdb.live-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
     }
 
     fn prop(&self, name: &str) -> u64 {

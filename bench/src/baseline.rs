@@ -18,6 +18,7 @@ use themis_io::connection::ProtocolError;
 use themis_io::listener::{bind_reuseport, resolve};
 use themis_io::{
     serve_connection, ConnectionLimits, Handler, Method, Request, Response, ShutdownSignal,
+    StreamOut,
 };
 
 #[derive(Parser, Debug)]
@@ -45,9 +46,12 @@ struct Fixed {
 }
 
 impl Handler for Fixed {
-    async fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) {
+    type Stream = ();
+    async fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
         resp.json(200, &self.body);
+        None
     }
+    async fn stream(&self, _state: (), _out: &mut StreamOut<'_>) {}
     fn protocol_error(&self, _err: ProtocolError, resp: &mut Response<'_>) {
         resp.close_connection();
         resp.json(400, b"{\"error\":true}");
@@ -59,10 +63,12 @@ struct Kv {
 }
 
 impl Handler for Kv {
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    type Stream = ();
+    async fn stream(&self, _state: (), _out: &mut StreamOut<'_>) {}
+    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
         let Some(key) = req.path.strip_prefix("/entities/") else {
             resp.json(404, b"{\"error\":true}");
-            return;
+            return None;
         };
         match req.method {
             Method::Get => match self.db.get_pinned(key.as_bytes()) {
@@ -86,6 +92,7 @@ impl Handler for Kv {
             },
             _ => resp.json(405, b"{\"error\":true}"),
         }
+        None
     }
     fn protocol_error(&self, _err: ProtocolError, resp: &mut Response<'_>) {
         resp.close_connection();

@@ -14,6 +14,7 @@ use crate::chunked::{self, ChunkedError};
 use crate::request::{split_target, Method, Request};
 use crate::response::Response;
 use crate::shutdown::ShutdownSignal;
+use crate::stream::StreamOut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::future::Future;
@@ -60,16 +61,32 @@ pub enum ProtocolError {
 
 /// Answers requests. One value per core; not `Send`.
 pub trait Handler {
-    /// Writes exactly one response for `req` into `resp`.
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> impl Future<Output = ()>;
+    /// What a streaming response (Server-Sent Events) needs to go on after
+    /// its head is sent.
+    type Stream;
+
+    /// Writes exactly one response for `req` into `resp`. A handler that
+    /// streams writes the head with [`Response::start_stream`] and returns
+    /// the stream's state; the connection then calls [`Handler::stream`].
+    fn handle(
+        &self,
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> impl Future<Output = Option<Self::Stream>>;
 
     /// Writes the response for a request that failed before routing.
     fn protocol_error(&self, err: ProtocolError, resp: &mut Response<'_>);
+
+    /// Writes the body of a streaming response until it ends (the client
+    /// leaves, the server stops, or the handler decides so).
+    fn stream(&self, state: Self::Stream, out: &mut StreamOut<'_>) -> impl Future<Output = ()>;
 }
 
-enum Step {
+enum Step<S> {
     /// A request was answered; `consumed` bytes of input were used.
     Done { consumed: usize, close: bool },
+    /// The request was answered with the head of a streaming response.
+    Stream(S),
     /// The request is incomplete; `total` is how many bytes from the start of
     /// the request are needed, when known (0 when unknown).
     NeedMore { total: usize },
@@ -88,7 +105,7 @@ async fn step<H: Handler>(
     limits: &ConnectionLimits,
     bufs: &mut Buffers,
     closing: bool,
-) -> Step {
+) -> Step<H::Stream> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(input) {
@@ -226,7 +243,11 @@ async fn step<H: Handler>(
     };
     let keep_alive = keep_alive && !closing;
     let mut resp = Response::new(&mut bufs.out, keep_alive, method == Method::Head);
-    handler.handle(&req, &mut resp).await;
+    let stream = handler.handle(&req, &mut resp).await;
+    if let Some(s) = stream {
+        debug_assert!(!resp.keep_alive(), "streams use Response::start_stream");
+        return Step::Stream(s);
+    }
     if resp.status() == 0 {
         resp.close_connection();
         resp.json(
@@ -246,7 +267,7 @@ fn send_continue(bufs: &mut Buffers, expect: bool) {
     }
 }
 
-fn fatal<H: Handler>(handler: &H, bufs: &mut Buffers, err: ProtocolError) -> Step {
+fn fatal<H: Handler>(handler: &H, bufs: &mut Buffers, err: ProtocolError) -> Step<H::Stream> {
     let mut resp = Response::new(&mut bufs.out, false, false);
     handler.protocol_error(err, &mut resp);
     Step::Done {
@@ -284,9 +305,14 @@ pub async fn serve_connection<H: Handler>(
     loop {
         let mut close = false;
         let mut need = 0usize;
+        let mut streaming = None;
         let closing = shutdown.is_fired();
         while start < end {
             match step(&rbuf[start..end], handler, limits, &mut bufs, closing).await {
+                Step::Stream(s) => {
+                    streaming = Some(s);
+                    break;
+                }
                 Step::Done { consumed, close: c } => {
                     start += consumed;
                     if c {
@@ -303,6 +329,14 @@ pub async fn serve_connection<H: Handler>(
         if !bufs.out.is_empty() {
             stream.write_all(&bufs.out).await?;
             bufs.out.clear();
+        }
+        if let Some(state) = streaming {
+            // Anything pipelined after a streaming request is never
+            // answered: the stream is the connection's last response.
+            let mut out = StreamOut::new(&mut stream, &mut rbuf, shutdown);
+            handler.stream(state, &mut out).await;
+            out.finish().await;
+            return Ok(());
         }
         if close {
             lingering_close(&mut stream, &mut rbuf).await;

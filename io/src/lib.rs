@@ -13,6 +13,8 @@
 //!   pipelined request already in the read buffer, lets the [`Handler`]
 //!   answer each into the output buffer, and flushes all answers with one
 //!   write.
+//! * [`stream`] carries a streaming response (Server-Sent Events) after its
+//!   head: chunks, stall timeouts, and noticing a client that hangs up.
 //! * [`shutdown`] is the per-core signal that stops accepting and closes idle
 //!   connections during a graceful stop.
 //!
@@ -26,8 +28,10 @@ pub mod listener;
 pub mod request;
 pub mod response;
 pub mod shutdown;
+pub mod stream;
 
 pub use connection::{serve_connection, ConnectionLimits, Handler};
 pub use request::{Method, Request};
 pub use response::Response;
 pub use shutdown::ShutdownSignal;
+pub use stream::{StreamEnd, StreamOut};

@@ -96,6 +96,33 @@ impl<'a> Response<'a> {
         out.extend_from_slice(b"\r\n\r\n");
     }
 
+    /// Writes the head of a streaming response: chunked, no length, and
+    /// the last response on the connection (the handler's
+    /// [`Handler::stream`](crate::Handler::stream) then writes the body).
+    pub fn start_stream(&mut self, status: u16, content_type: &str, extra: &[(&str, &str)]) {
+        debug_assert_eq!(self.status, 0, "a response is written once");
+        self.status = status;
+        self.keep_alive = false;
+        let out = &mut *self.out;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(num.format(status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason(status).as_bytes());
+        out.extend_from_slice(b"\r\nServer: themis\r\nDate: ");
+        crate::date::with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nTransfer-Encoding: chunked");
+        for (name, value) in extra {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    }
+
     /// Appends body bytes (dropped for HEAD requests).
     pub fn body(&mut self, bytes: &[u8]) {
         if !self.head {

@@ -1,0 +1,447 @@
+//! The change feed's HTTP endpoints.
+//!
+//! * `GET /changefeed` — a page of events after `from_seq`, optionally
+//!   waiting (`long_poll_ms`) for the first one.
+//! * `GET /changefeed/stream` — Server-Sent Events: every event as it
+//!   commits, heartbeats while idle, resumable with `Last-Event-ID`.
+//! * `GET /changefeed/stats`, `POST /changefeed/retention`.
+//!
+//! All of them answer 503 `feature_disabled` while `features.cdc` is off.
+
+use super::local::Batch;
+use super::record::Filter;
+use super::ReadLimits;
+use crate::api::Shard;
+use crate::error::ApiError;
+use crate::stats::{bump, drop_one};
+use std::time::{Duration, Instant};
+use themis_io::{Request, Response, StreamEnd, StreamOut};
+
+/// `limit` bounds for `GET /changefeed`.
+pub const MAX_LIMIT: usize = 10_000;
+const DEFAULT_LIMIT: usize = 100;
+/// Longest `long_poll_ms` (it is also capped by `request_timeout_ms`).
+const MAX_LONG_POLL_MS: u64 = 300_000;
+const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+const HEARTBEAT_MS_RANGE: (u64, u64) = (100, 300_000);
+/// The reconnection delay suggested to SSE clients.
+const RETRY_MS: u64 = 2_000;
+/// One SSE read: enough to amortise a write, small enough to interleave
+/// subscribers.
+const STREAM_LIMITS: ReadLimits = ReadLimits {
+    max_events: 256,
+    max_bytes: 256 << 10,
+    max_scan: 50_000,
+};
+
+/// What a `/changefeed/stream` connection needs to go on.
+#[derive(Debug)]
+pub struct SseStream {
+    after: u64,
+    filter: Filter,
+    heartbeat: Duration,
+}
+
+/// Fails with 503 unless `features.cdc` is on.
+pub fn require_enabled(shard: &Shard) -> Result<(), ApiError> {
+    if shard.runtime().features.cdc {
+        Ok(())
+    } else {
+        Err(ApiError::FeatureDisabled {
+            flag: "features.cdc",
+            enable: r#"{"features": {"cdc": true}}"#,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Params {
+    from_seq: Option<u64>,
+    limit: Option<usize>,
+    long_poll_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    filter: Filter,
+}
+
+fn decode(v: &str) -> Result<String, ApiError> {
+    let plus = v.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest("query parameter is not valid UTF-8".into()))
+}
+
+fn number(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ApiError> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "{name}: must be an integer in {min}..={max}, got {v:?}"
+        ))),
+    }
+}
+
+/// Parses the query string; any parameter not in `allowed` is an error.
+fn parse_params(req: &Request<'_>, allowed: &[&str]) -> Result<Params, ApiError> {
+    let mut p = Params::default();
+    for (name, raw) in req.query_pairs() {
+        let name = decode(name)?;
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {name:?} (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+        let v = decode(raw)?;
+        match name.as_str() {
+            "from_seq" => p.from_seq = Some(number("from_seq", &v, 0, u64::MAX)?),
+            "limit" => p.limit = Some(number("limit", &v, 1, MAX_LIMIT as u64)? as usize),
+            "long_poll_ms" => {
+                p.long_poll_ms = Some(number("long_poll_ms", &v, 0, MAX_LONG_POLL_MS)?)
+            }
+            "heartbeat_ms" => {
+                let (lo, hi) = HEARTBEAT_MS_RANGE;
+                p.heartbeat_ms = Some(number("heartbeat_ms", &v, lo, hi)?)
+            }
+            "key_prefix" | "table" if v.is_empty() => {
+                return Err(ApiError::BadRequest(format!("{name}: must not be empty")))
+            }
+            "key_prefix" => p.filter.key_prefix = Some(v),
+            "table" => p.filter.table = Some(v),
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Appends `"events":[...]` members.
+fn write_events(out: &mut Vec<u8>, batch: &Batch) {
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, e) in batch.events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e.json());
+    }
+    out.extend_from_slice(b"]");
+}
+
+/// `GET /changefeed`.
+pub async fn poll(
+    shard: &Shard,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
+    require_enabled(shard)?;
+    let p = parse_params(
+        req,
+        &["from_seq", "limit", "long_poll_ms", "key_prefix", "table"],
+    )?;
+    let rt = shard.runtime();
+    let wait = Duration::from_millis(p.long_poll_ms.unwrap_or(0).min(rt.request_timeout_ms));
+    let deadline = Instant::now() + wait;
+    let limits = ReadLimits {
+        max_events: p.limit.unwrap_or(DEFAULT_LIMIT),
+        max_bytes: usize::MAX,
+        max_scan: 100_000,
+    };
+    let feed = &shard.feed;
+    let shared = &shard.shared;
+    let from = p.from_seq.unwrap_or(0);
+    let mut after = from;
+    let _reader = (!wait.is_zero()).then(|| feed.reader());
+    let batch = loop {
+        let gen = feed.generation();
+        let batch = feed.read(shared, after, &p.filter, limits).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !batch.events.is_empty()
+            || remaining.is_zero()
+            || feed.stopping()
+            || !shard.runtime().features.cdc
+        {
+            break batch;
+        }
+        after = batch.scanned_to;
+        if batch.more {
+            continue;
+        }
+        futures_lite::future::or(feed.changed(gen), glommio::timer::sleep(remaining)).await;
+    };
+    let mut body = Vec::with_capacity(256);
+    write_events(&mut body, &batch);
+    let mut num = itoa::Buffer::new();
+    body.extend_from_slice(b",\"count\":");
+    body.extend_from_slice(num.format(batch.events.len()).as_bytes());
+    body.extend_from_slice(b",\"latest_sequence\":");
+    body.extend_from_slice(num.format(shared.changefeed.latest()).as_bytes());
+    body.extend_from_slice(b",\"next_from_seq\":");
+    body.extend_from_slice(num.format(batch.scanned_to.max(from)).as_bytes());
+    body.push(b'}');
+    resp.json(200, &body);
+    Ok(())
+}
+
+/// `GET /changefeed/stream`: checks the request and sends the head.
+pub fn open_stream(
+    shard: &Shard,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+) -> Result<SseStream, ApiError> {
+    require_enabled(shard)?;
+    let p = parse_params(req, &["from_seq", "key_prefix", "table", "heartbeat_ms"])?;
+    let resume = match req.header("last-event-id") {
+        Some(v) => {
+            let v = std::str::from_utf8(v).unwrap_or("").trim();
+            Some(v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "Last-Event-ID: must be an event sequence, got {v:?}"
+                ))
+            })?)
+        }
+        None => None,
+    };
+    let feed = &shard.shared.changefeed;
+    // Resuming wins over from_seq; with neither, the stream starts live.
+    let after = match resume.or(p.from_seq) {
+        Some(a) => feed.start_after(a)?,
+        None => feed.latest(),
+    };
+    resp.start_stream(
+        200,
+        "text/event-stream; charset=utf-8",
+        &[("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")],
+    );
+    Ok(SseStream {
+        after,
+        filter: p.filter,
+        heartbeat: Duration::from_millis(p.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS)),
+    })
+}
+
+/// One event as an SSE frame. The event JSON is compact unless the client
+/// stored a document with line breaks; those become several `data:` lines,
+/// which the client joins back with `\n` (JSON whitespace).
+fn write_frame(out: &mut Vec<u8>, seq: u64, json: &[u8]) {
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.push(b'\n');
+    for line in json.split(|b| *b == b'\n' || *b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+enum Woken {
+    Changed,
+    Heartbeat,
+}
+
+/// Streams events until the client leaves, the server stops, the feature
+/// is turned off, or the client cannot keep up.
+pub async fn run_stream(shard: &Shard, mut s: SseStream, out: &mut StreamOut<'_>) {
+    let counters = shard.counters();
+    bump(&counters.sse_active, 1);
+    let _reader = shard.feed.reader();
+    let end = stream_loop(shard, &mut s, out).await;
+    drop_one(&counters.sse_active);
+    let behind = shard.shared.changefeed.latest().saturating_sub(s.after);
+    match end {
+        Ok(()) | Err(StreamEnd::Closed) => {}
+        Err(StreamEnd::Stalled) => {
+            bump(&counters.sse_dropped_events, behind);
+            tracing::warn!(
+                shard = shard.id,
+                after = s.after,
+                behind,
+                "SSE subscriber stopped reading; disconnected (it can resume with Last-Event-ID)"
+            );
+        }
+        Err(StreamEnd::Shutdown) => {
+            let b = out.buffer();
+            b.extend_from_slice(b": server shutting down; resume with Last-Event-ID\n\n");
+            let _ = out.flush(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+async fn stream_loop(
+    shard: &Shard,
+    s: &mut SseStream,
+    out: &mut StreamOut<'_>,
+) -> Result<(), StreamEnd> {
+    let counters = shard.counters();
+    let feed = &shard.feed;
+    let stall = || Duration::from_millis(shard.runtime().request_timeout_ms);
+    let b = out.buffer();
+    b.extend_from_slice(b"retry: ");
+    b.extend_from_slice(itoa::Buffer::new().format(RETRY_MS).as_bytes());
+    b.extend_from_slice(b"\n: connected; streaming events after sequence ");
+    b.extend_from_slice(itoa::Buffer::new().format(s.after).as_bytes());
+    b.extend_from_slice(b"\n\n");
+    out.flush(stall()).await?;
+    let mut last_write = Instant::now();
+    loop {
+        if !shard.runtime().features.cdc {
+            out.buffer()
+                .extend_from_slice(b": features.cdc was turned off; stream closed\n\n");
+            return out.flush(stall()).await;
+        }
+        if feed.stopping() || out.shutting_down() {
+            return Err(StreamEnd::Shutdown);
+        }
+        let gen = feed.generation();
+        let batch = match feed
+            .read(&shard.shared, s.after, &s.filter, STREAM_LIMITS)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let e = ApiError::from(e);
+                if let ApiError::HistoryPruned { .. } = e {
+                    let behind = shard.shared.changefeed.latest().saturating_sub(s.after);
+                    bump(&counters.sse_dropped_events, behind);
+                }
+                let b = out.buffer();
+                b.extend_from_slice(b"event: error\ndata: ");
+                b.extend_from_slice(&e.body());
+                b.extend_from_slice(b"\n\n");
+                return out.flush(stall()).await;
+            }
+        };
+        if !batch.events.is_empty() {
+            let b = out.buffer();
+            for e in &batch.events {
+                write_frame(b, e.seq, e.json());
+            }
+            out.flush(stall()).await?;
+            bump(&counters.sse_events_sent, batch.events.len() as u64);
+            last_write = Instant::now();
+        }
+        s.after = batch.scanned_to;
+        if batch.more {
+            continue;
+        }
+        let beat_at = last_write + s.heartbeat;
+        let woken = out
+            .wait(futures_lite::future::or(
+                async {
+                    feed.changed(gen).await;
+                    Woken::Changed
+                },
+                async {
+                    glommio::timer::sleep(beat_at.saturating_duration_since(Instant::now())).await;
+                    Woken::Heartbeat
+                },
+            ))
+            .await?;
+        if let Woken::Heartbeat = woken {
+            out.buffer().extend_from_slice(b": heartbeat\n\n");
+            out.flush(stall()).await?;
+            bump(&counters.sse_heartbeats, 1);
+            last_write = Instant::now();
+        }
+    }
+}
+
+/// `GET /changefeed/stats`.
+pub fn stats(shard: &Shard, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    require_enabled(shard)?;
+    let shared = &shard.shared;
+    let feed = &shared.changefeed;
+    let shards = shared.shard_snapshots();
+    let v = serde_json::json!({
+        "first_sequence": feed.first(),
+        "latest_sequence": feed.latest(),
+        "event_count": feed.event_count(),
+        "size_bytes": shared.storage.changefeed_size_bytes(),
+        "sequence_gaps": feed.gaps(),
+        "retention_hours": shard.runtime().cdc_retention_hours,
+        "sse_subscribers": shards.iter().map(|s| s.sse_active).sum::<u64>(),
+    });
+    resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
+    Ok(())
+}
+
+/// `POST /changefeed/retention` with `{"before_sequence": N}` or
+/// `{"max_age_hours": H}`.
+pub async fn retention(
+    shard: &Shard,
+    body: &[u8],
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
+    require_enabled(shard)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let obj = v.as_object().ok_or_else(|| {
+        ApiError::BadRequest(
+            "body must be {\"before_sequence\": N} or {\"max_age_hours\": H}".into(),
+        )
+    })?;
+    for k in obj.keys() {
+        if k != "before_sequence" && k != "max_age_hours" {
+            return Err(ApiError::BadRequest(format!(
+                "unknown field {k:?} (allowed: before_sequence, max_age_hours)"
+            )));
+        }
+    }
+    enum Prune {
+        Before(u64),
+        Age(u64),
+    }
+    let prune = match (obj.get("before_sequence"), obj.get("max_age_hours")) {
+        (Some(b), None) => match b.as_u64() {
+            Some(n) if n >= 1 => Prune::Before(n),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "before_sequence: must be an integer >= 1, got {b}"
+                )))
+            }
+        },
+        (None, Some(h)) => match h.as_f64() {
+            Some(x) if x > 0.0 && x <= 87_600.0 => Prune::Age((x * 3_600_000.0) as u64),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "max_age_hours: must be a number in (0, 87600], got {h}"
+                )))
+            }
+        },
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of before_sequence and max_age_hours".into(),
+            ))
+        }
+    };
+    let shared = shard.shared.clone();
+    let outcome = glommio::executor()
+        .spawn_blocking(move || {
+            let feed = &shared.changefeed;
+            match prune {
+                Prune::Before(n) => feed.prune_before(&shared.storage, n),
+                Prune::Age(ms) => feed.prune_older_than(&shared.storage, ms),
+            }
+        })
+        .await?;
+    let v = serde_json::json!({
+        "deleted": outcome.deleted,
+        "first_sequence": outcome.first_sequence,
+        "latest_sequence": shard.shared.changefeed.latest(),
+    });
+    resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_frame;
+
+    #[test]
+    fn frames_split_line_breaks_into_data_lines() {
+        let mut out = Vec::new();
+        write_frame(&mut out, 7, b"{\"a\":1}");
+        assert_eq!(out, b"id: 7\ndata: {\"a\":1}\n\n");
+        out.clear();
+        write_frame(&mut out, 8, b"{\n\"a\":1}");
+        assert_eq!(out, b"id: 8\ndata: {\ndata: \"a\":1}\n\n");
+    }
+}

@@ -1,0 +1,290 @@
+//! `ChangeFeed`: change data capture.
+//!
+//! Every entity PUT and DELETE that changes data appends one event, in the
+//! same RocksDB batch as the change ([`ChangeFeed::commit`]), so after any
+//! crash the feed and the data agree. Events carry one server-wide sequence
+//! (1, 2, 3, …) handed out by the [`Sequencer`], which also tells readers how
+//! far they may read without ever skipping an event that is still being
+//! committed on another core.
+//!
+//! The pieces:
+//! * [`sequencer`]: the sequence counter and the visible watermark.
+//! * [`record`]: the stored form of an event and its JSON.
+//! * [`local`]: each core's cache of recent events and the wake-ups of the
+//!   readers (long polls and SSE streams) waiting on that core.
+//! * [`http`]: `/changefeed`, `/changefeed/stream`, `/changefeed/stats`,
+//!   `/changefeed/retention`.
+//! * Retention ([`ChangeFeed::prune_before`], [`ChangeFeed::prune_older_than`])
+//!   runs on glommio's blocking pool, never on a reactor.
+//!
+//! Invariants:
+//! * A record with sequence `s` is in RocksDB iff the change it describes
+//!   is (one batch).
+//! * Readers never read past [`Sequencer::visible`]; below it every
+//!   sequence is either readable, pruned (then `< first`), or a hole left by
+//!   a write that failed after taking its sequence (counted in
+//!   `sequence_gaps`).
+//! * `first` (the oldest sequence that may still be read) only grows, and is
+//!   persisted by every prune, so sequences are never reused after a restart
+//!   even when every record was pruned.
+
+pub mod http;
+pub mod local;
+pub mod record;
+pub mod sequencer;
+
+use crate::storage::{Storage, StorageError};
+use record::{ChangeKind, Event, Filter};
+use sequencer::Sequencer;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The server-wide change feed.
+pub struct ChangeFeed {
+    pub sequencer: Sequencer,
+    /// The oldest sequence that may still be read.
+    first: AtomicU64,
+    /// Sequences taken by writes that then failed.
+    gaps: AtomicU64,
+    /// Serialises prunes (they run on blocking threads, never on a core).
+    prune_lock: Mutex<()>,
+    /// Test-only: shifts event timestamps (to test age-based retention).
+    time_offset_ms: i64,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PruneOutcome {
+    pub deleted: u64,
+    pub first_sequence: u64,
+}
+
+/// Why a read cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error(
+        "events after sequence {requested} were pruned; the oldest available sequence is {oldest}"
+    )]
+    Gone { requested: u64, oldest: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Events read from storage, and how far the read looked.
+#[derive(Debug, Default)]
+pub struct StoredBatch {
+    pub events: Vec<Event>,
+    /// Every sequence `<= scanned_to` was examined.
+    pub scanned_to: u64,
+    /// The read stopped at a limit before `upto`.
+    pub more: bool,
+}
+
+/// Bounds of one read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// Most records examined (matching or not) by one read.
+    pub max_scan: usize,
+}
+
+impl ChangeFeed {
+    /// Recovers the feed's position from storage.
+    pub fn open(
+        storage: &Storage,
+        cores: usize,
+        time_offset_ms: i64,
+    ) -> Result<ChangeFeed, StorageError> {
+        let pruned_before = storage.changefeed_pruned_before()?;
+        let (first, last) = match storage.changefeed_bounds()? {
+            Some((first, last)) => (first.max(pruned_before), last),
+            None => {
+                let last = pruned_before.saturating_sub(1);
+                (last + 1, last)
+            }
+        };
+        let first = first.max(1);
+        tracing::info!(
+            first_sequence = first,
+            latest_sequence = last,
+            "change feed recovered"
+        );
+        Ok(ChangeFeed {
+            sequencer: Sequencer::new(cores, last),
+            first: AtomicU64::new(first),
+            gaps: AtomicU64::new(0),
+            prune_lock: Mutex::new(()),
+            time_offset_ms,
+        })
+    }
+
+    /// Every sequence up to this one may be read.
+    pub fn latest(&self) -> u64 {
+        self.sequencer.visible()
+    }
+
+    /// The oldest sequence still stored (may exceed `latest` when empty).
+    pub fn first(&self) -> u64 {
+        self.first.load(Ordering::Acquire)
+    }
+
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    /// Events available now (holes left by failed writes excepted).
+    pub fn event_count(&self) -> u64 {
+        (self.latest() + 1).saturating_sub(self.first())
+    }
+
+    /// The timestamp given to a new event.
+    pub fn now_ms(&self) -> u64 {
+        (wall_clock_ms() as i64)
+            .saturating_add(self.time_offset_ms)
+            .max(0) as u64
+    }
+
+    /// Writes an entity change and its event atomically, on core `core`
+    /// (the key's owner). `record` is scratch space for the event.
+    pub fn commit(
+        &self,
+        storage: &Storage,
+        core: usize,
+        key: &str,
+        value: Option<&[u8]>,
+        record: &mut Vec<u8>,
+    ) -> Result<u64, StorageError> {
+        let kind = if value.is_some() {
+            ChangeKind::Put
+        } else {
+            ChangeKind::Delete
+        };
+        let ticket = self.sequencer.begin(core);
+        record::encode(record, ticket.seq, kind, key, value, self.now_ms());
+        let result = storage.write_change(key.as_bytes(), value, Some((ticket.seq, record)));
+        if result.is_err() {
+            self.gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        let seq = ticket.seq;
+        drop(ticket);
+        result.map(|()| seq)
+    }
+
+    /// Checks that events after `after` are still available; returns where
+    /// reading really starts (`after`, or just below `first` for 0).
+    pub fn start_after(&self, after: u64) -> Result<u64, FeedError> {
+        let first = self.first();
+        if after == 0 {
+            return Ok(first.saturating_sub(1));
+        }
+        if after + 1 < first {
+            return Err(FeedError::Gone {
+                requested: after,
+                oldest: first,
+            });
+        }
+        Ok(after)
+    }
+
+    /// Reads matching events with `after < seq <= upto` from storage.
+    /// Sequential I/O: call on a blocking thread.
+    pub fn read_stored(
+        &self,
+        storage: &Storage,
+        after: u64,
+        upto: u64,
+        filter: &Filter,
+        limits: ReadLimits,
+    ) -> Result<StoredBatch, StorageError> {
+        let mut batch = StoredBatch {
+            events: Vec::new(),
+            scanned_to: after,
+            more: false,
+        };
+        let (mut bytes, mut scanned, mut complete) = (0usize, 0usize, true);
+        storage.scan_changefeed(after, upto, |seq, rec| {
+            if batch.events.len() >= limits.max_events
+                || bytes >= limits.max_bytes
+                || scanned >= limits.max_scan
+            {
+                complete = false;
+                return false;
+            }
+            scanned += 1;
+            batch.scanned_to = seq;
+            if let Some(e) = Event::from_record(seq, rec) {
+                if filter.matches(&e) {
+                    bytes += e.json().len();
+                    batch.events.push(e);
+                }
+            }
+            true
+        })?;
+        if complete {
+            batch.scanned_to = upto.max(after);
+        } else {
+            batch.more = true;
+        }
+        Ok(batch)
+    }
+
+    /// Deletes every event with sequence `< before` (clamped to what is
+    /// visible). Blocking: run on a blocking thread.
+    pub fn prune_before(
+        &self,
+        storage: &Storage,
+        before: u64,
+    ) -> Result<PruneOutcome, StorageError> {
+        let _guard = self.prune_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let first = self.first();
+        let before = before.min(self.latest() + 1);
+        if before <= first {
+            return Ok(PruneOutcome {
+                deleted: 0,
+                first_sequence: first,
+            });
+        }
+        let mut deleted = 0u64;
+        storage.scan_changefeed(first - 1, before - 1, |_, _| {
+            deleted += 1;
+            true
+        })?;
+        storage.prune_changefeed(before)?;
+        self.first.store(before, Ordering::Release);
+        tracing::info!(deleted, first_sequence = before, "change feed pruned");
+        Ok(PruneOutcome {
+            deleted,
+            first_sequence: before,
+        })
+    }
+
+    /// Deletes every event older than `max_age_ms`. Blocking.
+    pub fn prune_older_than(
+        &self,
+        storage: &Storage,
+        max_age_ms: u64,
+    ) -> Result<PruneOutcome, StorageError> {
+        let cutoff = wall_clock_ms().saturating_sub(max_age_ms);
+        let upto = self.latest();
+        let mut before = upto + 1;
+        storage.scan_changefeed(self.first().saturating_sub(1), upto, |seq, rec| {
+            match record::timestamp_of(rec) {
+                Some(ts) if ts < cutoff => true,
+                _ => {
+                    before = seq;
+                    false
+                }
+            }
+        })?;
+        self.prune_before(storage, before)
+    }
+}
