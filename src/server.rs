@@ -210,20 +210,27 @@ pub fn usable_cpus() -> Vec<usize> {
     }
 }
 
-/// glommio registers memory with io_uring and needs RLIMIT_MEMLOCK; raise
-/// the soft limit to the hard one.
-fn raise_memlock_limit() {
+/// Raises a resource's soft limit to its hard limit.
+fn raise_soft_limit(resource: libc::__rlimit_resource_t) {
     // SAFETY: plain getrlimit/setrlimit on a stack value.
     unsafe {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+            libc::setrlimit(resource, &lim);
         }
     }
+}
+
+/// glommio registers memory with io_uring and needs RLIMIT_MEMLOCK; every
+/// client connection and SSE subscriber is a file descriptor, and the
+/// common soft limit of 1024 is far below what a server holds.
+fn raise_limits() {
+    raise_soft_limit(libc::RLIMIT_MEMLOCK);
+    raise_soft_limit(libc::RLIMIT_NOFILE);
 }
 
 struct Coordination {
@@ -259,7 +266,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
 
     let storage = Storage::open(&config.storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
-    raise_memlock_limit();
+    raise_limits();
 
     let shared = Arc::new(Shared {
         counters: (0..n).map(|_| ShardCounters::default()).collect(),
