@@ -7,14 +7,18 @@
 use crate::changefeed::{self, http::SseStream, local::LocalFeed};
 use crate::entity::{self, DocScratch};
 use crate::error::ApiError;
+use crate::index::Catalog;
 use crate::key::{decode_path_key, parse_key};
 use crate::metrics::{LatencySnapshot, Route, ShardLatency};
+use crate::published::LocalCopy;
 use crate::router::{EntityOp, ShardAnswer, ShardCall, ShardReply, ShardRequest, ShardRouter};
 use crate::runtime::{LocalRuntime, Runtime};
 use crate::server::Shared;
 use crate::stats::bump;
+use crate::storage::{Family, IndexWrites};
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use themis_io::connection::ProtocolError;
@@ -45,6 +49,14 @@ pub struct Shard {
     /// Scratch for change-feed records (separate: written while `scratch`
     /// is borrowed).
     record: RefCell<Vec<u8>>,
+    /// Scratch for parsing old and new documents for index entries.
+    index_scratch: RefCell<Vec<u8>>,
+    /// This core's copy of the index catalog.
+    catalog: LocalCopy<Catalog>,
+    /// Unique values this core arbitrates: encoded value → (key, since).
+    claims: RefCell<HashMap<Vec<u8>, (String, Instant)>>,
+    /// This shard itself, for spawning tasks that outlive a request.
+    me: Weak<Shard>,
 }
 
 const ENTITY_METHODS: &str = "GET, HEAD, PUT, DELETE";
@@ -55,9 +67,14 @@ impl Shard {
         shared: Arc<Shared>,
         router: ShardRouter,
         spans: Option<crate::otlp::CoreSpans>,
-    ) -> Self {
+    ) -> Rc<Self> {
         let runtime = LocalRuntime::new(&shared.runtime);
-        Shard {
+        let catalog = LocalCopy::new(&shared.indexes.catalog);
+        Rc::new_cyclic(|me| Shard {
+            catalog,
+            claims: RefCell::new(HashMap::new()),
+            me: me.clone(),
+            index_scratch: RefCell::new(Vec::new()),
             id,
             shared,
             router,
@@ -67,6 +84,18 @@ impl Shard {
             feed: Rc::new(LocalFeed::default()),
             scratch: RefCell::new(Scratch::default()),
             record: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// The index catalog for the current request.
+    pub fn catalog(&self) -> Rc<Catalog> {
+        self.catalog.get(&self.shared.indexes.catalog)
+    }
+
+    /// Starts this core's share of an index build.
+    pub fn spawn_index_build(&self, id: u32) {
+        if let Some(me) = self.me.upgrade() {
+            glommio::spawn_local(crate::index::build::run(me, id)).detach();
         }
     }
 
@@ -79,7 +108,7 @@ impl Shard {
         self.runtime.get(&self.shared.runtime)
     }
 
-    fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.runtime().request_timeout_ms)
     }
 
@@ -105,6 +134,9 @@ impl Shard {
             ("/changefeed/stream", Method::Get) => Route::ChangefeedStream,
             ("/changefeed/stats", Method::Get | Method::Head) => Route::ChangefeedStats,
             ("/changefeed/retention", Method::Post) => Route::ChangefeedRetention,
+            ("/query", Method::Post) => Route::Query,
+            ("/index/create" | "/index/drop" | "/index/rebuild", Method::Post) => Route::IndexAdmin,
+            ("/index/stats", Method::Get | Method::Head) => Route::IndexAdmin,
             _ => Route::Other,
         }
     }
@@ -150,6 +182,18 @@ impl Shard {
             Route::ChangefeedPoll => changefeed::http::poll(self, req, resp).await,
             Route::ChangefeedStats => changefeed::http::stats(self, resp),
             Route::ChangefeedRetention => changefeed::http::retention(self, req.body, resp).await,
+            Route::Query => {
+                let q = crate::query::parse(req.body)?;
+                let v = crate::query::exec::execute(self, q).await?;
+                resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
+                Ok(())
+            }
+            Route::IndexAdmin => match req.path {
+                "/index/create" => crate::index::http::create(self, req.body, resp).await,
+                "/index/drop" => crate::index::http::drop(self, req.body, resp).await,
+                "/index/rebuild" => crate::index::http::rebuild(self, req.body, resp).await,
+                _ => crate::index::http::stats(self, req, resp).await,
+            },
             Route::ChangefeedStream | Route::Other => Err(unrouted(req)),
         }
     }
@@ -161,7 +205,52 @@ impl Shard {
     fn apply_change(&self, key: &str, value: Option<&[u8]>) -> Result<bool, ApiError> {
         bump(&self.counters().entity_ops, 1);
         let storage = &self.shared.storage;
-        let existed = storage.entity_exists(key.as_bytes())?;
+        let catalog = self.catalog();
+        let table = key.split_once(':').map_or(key, |(t, _)| t);
+        let mut index = IndexWrites::default();
+        let existed = if catalog.has_table(table) {
+            // Old entries out, new entries in, in the entity's own batch.
+            let mut scratch = self.index_scratch.borrow_mut();
+            let old = storage.with_entity(key.as_bytes(), |old| {
+                old.map(|o| {
+                    scratch.clear();
+                    scratch.extend_from_slice(o);
+                })
+            })?;
+            let mut old_entries = Vec::new();
+            if old.is_some() {
+                if let Ok(doc) = simd_json::to_borrowed_value(&mut scratch) {
+                    old_entries = catalog
+                        .for_table(table)
+                        .map(|d| d.entry(&doc, key))
+                        .collect();
+                }
+            }
+            let mut new_entries = Vec::new();
+            if let Some(v) = value {
+                scratch.clear();
+                scratch.extend_from_slice(v);
+                if let Ok(doc) = simd_json::to_borrowed_value(&mut scratch) {
+                    new_entries = catalog
+                        .for_table(table)
+                        .map(|d| d.entry(&doc, key))
+                        .collect();
+                }
+            }
+            for e in &old_entries {
+                if !new_entries.contains(e) {
+                    index.deletes.push(e.clone());
+                }
+            }
+            for e in new_entries {
+                if !old_entries.contains(&e) {
+                    index.puts.push(e);
+                }
+            }
+            old.is_some()
+        } else {
+            storage.entity_exists(key.as_bytes())?
+        };
         if value.is_none() && !existed {
             return Ok(false);
         }
@@ -169,13 +258,92 @@ impl Shard {
             let mut record = self.record.borrow_mut();
             self.shared
                 .changefeed
-                .commit(storage, self.id, key, value, &mut record)?;
+                .commit(storage, self.id, key, value, &index, &mut record)?;
             bump(&self.counters().feed_events, 1);
             self.feed.poke();
         } else {
-            storage.write_change(key.as_bytes(), value, None)?;
+            storage.write_change(key.as_bytes(), value, None, &index)?;
         }
         Ok(existed)
+    }
+
+    /// Claims a unique value on this core (its arbiter): refused while
+    /// another key holds a live claim or an index entry for it.
+    fn claim_unique(&self, prefix: &[u8], key: &str) -> Result<(), ApiError> {
+        let lease = self.request_timeout() * 2;
+        let now = Instant::now();
+        let mut claims = self.claims.borrow_mut();
+        if let Some((holder, at)) = claims.get(prefix) {
+            if holder != key && now.duration_since(*at) < lease {
+                return Err(ApiError::Conflict(format!(
+                    "unique index: the value is being written by {holder}"
+                )));
+            }
+        }
+        let mut end = prefix.to_vec();
+        end.push(0xFF);
+        let mut holder = None;
+        self.shared
+            .storage
+            .scan(Family::Indexes, prefix, &end, false, |k, _| {
+                let other = &k[prefix.len()..];
+                if other != key.as_bytes() {
+                    holder = Some(String::from_utf8_lossy(other).into_owned());
+                    return false;
+                }
+                true
+            })?;
+        if let Some(h) = holder {
+            return Err(ApiError::Conflict(format!(
+                "unique index: entity {h} already has this value"
+            )));
+        }
+        claims.insert(prefix.to_vec(), (key.to_string(), now));
+        Ok(())
+    }
+
+    fn release_unique(&self, prefix: &[u8], key: &str) {
+        let mut claims = self.claims.borrow_mut();
+        if claims.get(prefix).is_some_and(|(k, _)| k == key) {
+            claims.remove(prefix);
+        }
+    }
+
+    /// Claims (`release == false`) or releases a unique value on its
+    /// arbiter core.
+    async fn unique_call(&self, prefix: Vec<u8>, key: &str, release: bool) -> Result<(), ApiError> {
+        let arbiter = if self.router.shards() == 1 {
+            0
+        } else {
+            crate::router::owner_of(&prefix, self.router.shards())
+        };
+        if arbiter == self.id {
+            if release {
+                self.release_unique(&prefix, key);
+                return Ok(());
+            }
+            return self.claim_unique(&prefix, key);
+        }
+        let call = if release {
+            ShardCall::UniqueRelease {
+                prefix,
+                key: key.to_string(),
+            }
+        } else {
+            ShardCall::UniqueClaim {
+                prefix,
+                key: key.to_string(),
+            }
+        };
+        match self
+            .router
+            .call(arbiter, call, self.request_timeout())
+            .await?
+        {
+            ShardAnswer::Claim(Ok(())) => Ok(()),
+            ShardAnswer::Claim(Err(msg)) => Err(ApiError::Conflict(msg)),
+            _ => Err(ApiError::Unavailable("unexpected answer from a shard")),
+        }
     }
 
     async fn get_entity(&self, raw_key: &str, resp: &mut Response<'_>) -> Result<(), ApiError> {
@@ -237,7 +405,7 @@ impl Shard {
         key_in_body: bool,
         resp: &mut Response<'_>,
     ) -> Result<(), ApiError> {
-        let (key, value) = {
+        let (key, value, claims) = {
             let mut guard = self.scratch.borrow_mut();
             let s = &mut *guard;
             let from_body = entity::prepare_document(body, key_in_body, &mut s.doc, &mut s.value)?;
@@ -248,18 +416,60 @@ impl Shard {
                 }
                 None => key,
             };
+            let catalog = self.catalog();
+            let table = key.split_once(':').map_or(key.as_str(), |(t, _)| t);
+            let claims = if catalog.for_table(table).any(|d| d.unique) {
+                let mut copy = s.value.clone();
+                let claims = match simd_json::to_borrowed_value(&mut copy) {
+                    Ok(doc) => crate::index::http::unique_claims(&catalog, table, &doc),
+                    Err(_) => Vec::new(),
+                };
+                claims
+            } else {
+                Vec::new()
+            };
             let owner = self.router.owner(&key);
-            if owner == self.id {
+            if owner == self.id && claims.is_empty() {
                 let created = !self.apply_change(&key, Some(&s.value))?;
                 s.body.clear();
                 entity::render_put(&mut s.body, &key, created);
                 resp.json(if created { 201 } else { 200 }, &s.body);
                 return Ok(());
             }
-            (key, s.value.clone())
+            (key, s.value.clone(), claims)
         };
-        let owner = self.router.owner(&key);
-        self.forward(owner, key, EntityOp::Put(value), resp).await
+        // Unique values: claim each on its arbiter core first, write, then
+        // release (the committed index entry now holds the value).
+        let mut claimed = Vec::new();
+        let mut result = Ok(());
+        for prefix in claims {
+            match self.unique_call(prefix.clone(), &key, false).await {
+                Ok(()) => claimed.push(prefix),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let owner = self.router.owner(&key);
+            result = if owner == self.id {
+                self.apply_change(&key, Some(&value)).map(|existed| {
+                    let mut body = Vec::new();
+                    entity::render_put(&mut body, &key, !existed);
+                    resp.json(if existed { 200 } else { 201 }, &body);
+                })
+            } else {
+                self.forward(owner, key.clone(), EntityOp::Put(value), resp)
+                    .await
+            };
+        }
+        for prefix in claimed {
+            if let Err(e) = self.unique_call(prefix, &key, true).await {
+                tracing::warn!("releasing a unique claim failed (it expires): {e}");
+            }
+        }
+        result
     }
 
     async fn delete_entity(&self, raw_key: &str, resp: &mut Response<'_>) -> Result<(), ApiError> {
@@ -296,9 +506,7 @@ impl Shard {
                 resp.json(status, &body);
                 Ok(())
             }
-            ShardAnswer::Snapshot(_) => {
-                Err(ApiError::Unavailable("unexpected answer from a shard"))
-            }
+            _ => Err(ApiError::Unavailable("unexpected answer from a shard")),
         }
     }
 
@@ -314,9 +522,7 @@ impl Shard {
                 .await?
             {
                 ShardAnswer::Snapshot(snap) => merged.merge(&snap),
-                ShardAnswer::Entity { .. } => {
-                    return Err(ApiError::Unavailable("unexpected answer from a shard"))
-                }
+                _ => return Err(ApiError::Unavailable("unexpected answer from a shard")),
             }
         }
         Ok(merged)
@@ -330,6 +536,33 @@ impl Shard {
                 ShardAnswer::Entity { status, body }
             }
             ShardCall::Snapshot => ShardAnswer::Snapshot(Box::new(self.latency.snapshot())),
+            ShardCall::BuildIndex { id } => {
+                self.spawn_index_build(id);
+                ShardAnswer::Ack
+            }
+            ShardCall::UniqueClaim { prefix, key } => {
+                ShardAnswer::Claim(self.claim_unique(&prefix, &key).map_err(|e| e.to_string()))
+            }
+            ShardCall::UniqueRelease { prefix, key } => {
+                self.release_unique(&prefix, &key);
+                ShardAnswer::Claim(Ok(()))
+            }
+            ShardCall::Query(task) => ShardAnswer::Query(
+                crate::query::run_share(self, *task).map_err(|e| (e.status(), e.body())),
+            ),
+        };
+        ShardReply { id: req.id, answer }
+    }
+
+    /// Answers a query share from another core (scans off the reactor).
+    pub async fn execute_query_share(&self, req: ShardRequest) -> ShardReply {
+        let answer = match req.call {
+            ShardCall::Query(task) => ShardAnswer::Query(
+                crate::query::exec::run_share_async(self, *task)
+                    .await
+                    .map_err(|e| (e.status(), e.body())),
+            ),
+            _ => ShardAnswer::Ack,
         };
         ShardReply { id: req.id, answer }
     }
@@ -433,6 +666,8 @@ fn unrouted(req: &Request<'_>) -> ApiError {
             "/changefeed" | "/changefeed/stats" => Some("GET, HEAD"),
             "/changefeed/stream" => Some("GET"),
             "/changefeed/retention" => Some("POST"),
+            "/query" | "/index/create" | "/index/drop" | "/index/rebuild" => Some("POST"),
+            "/index/stats" => Some("GET, HEAD"),
             _ => None,
         }
     };

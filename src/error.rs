@@ -22,6 +22,10 @@ pub enum ApiError {
     EntityNotFound(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("method {method} is not allowed on {path} (allowed: {allow})")]
     MethodNotAllowed {
         method: &'static str,
@@ -57,7 +61,8 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) | ApiError::InvalidKey(_) | ApiError::BadRequest(_) => 400,
             ApiError::Unprocessable(_) => 422,
-            ApiError::EntityNotFound(_) | ApiError::RouteNotFound(_) => 404,
+            ApiError::EntityNotFound(_) | ApiError::RouteNotFound(_) | ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::HeadersTooLarge => 431,
@@ -79,6 +84,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => "unprocessable_entity",
             ApiError::EntityNotFound(_) => "not_found",
             ApiError::RouteNotFound(_) => "route_not_found",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::HeadersTooLarge => "headers_too_large",

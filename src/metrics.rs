@@ -25,12 +25,15 @@ pub enum Route {
     ChangefeedStream,
     ChangefeedStats,
     ChangefeedRetention,
+    Query,
+    /// `/index/create|drop|rebuild|stats`.
+    IndexAdmin,
     /// Unknown path, wrong method, or a request refused before routing.
     Other,
 }
 
 impl Route {
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 15] = [
         Route::EntityGet,
         Route::EntityPut,
         Route::EntityPost,
@@ -43,6 +46,8 @@ impl Route {
         Route::ChangefeedStream,
         Route::ChangefeedStats,
         Route::ChangefeedRetention,
+        Route::Query,
+        Route::IndexAdmin,
         Route::Other,
     ];
 
@@ -61,6 +66,8 @@ impl Route {
             Route::ChangefeedStream => "GET /changefeed/stream",
             Route::ChangefeedStats => "GET /changefeed/stats",
             Route::ChangefeedRetention => "POST /changefeed/retention",
+            Route::Query => "POST /query",
+            Route::IndexAdmin => "/index",
             Route::Other => "other",
         }
     }

@@ -37,6 +37,15 @@ pub enum ShardCall {
     Entity { key: String, op: EntityOp },
     /// The callee's latency histograms (for `/metrics`).
     Snapshot,
+    /// Start the callee's share of building index `id`.
+    BuildIndex { id: u32 },
+    /// Claim a unique index value (the callee is its arbiter).
+    UniqueClaim { prefix: Vec<u8>, key: String },
+    /// Release a claim after the write committed (or failed).
+    UniqueRelease { prefix: Vec<u8>, key: String },
+    /// Fetch and filter a share of a query's candidates (or scan the
+    /// callee's share of a table).
+    Query(Box<crate::query::ShardTask>),
 }
 
 /// The callee's answer.
@@ -48,6 +57,11 @@ pub enum ShardAnswer {
         body: Vec<u8>,
     },
     Snapshot(Box<crate::metrics::LatencySnapshot>),
+    Ack,
+    /// A unique claim: granted, or refused with the reason.
+    Claim(Result<(), String>),
+    /// A query share's rows, or the error's status and body.
+    Query(Result<crate::query::ShardRows, (u16, Vec<u8>)>),
 }
 
 /// A call travelling to another core.

@@ -1,20 +1,16 @@
 //! Hot-reloadable settings: what `POST /config` and SIGHUP may change while
 //! the server runs, and how every core picks the change up.
 //!
-//! The current [`Runtime`] lives in one [`RuntimeState`] behind a mutex with
-//! a generation counter. A core keeps its own copy ([`LocalRuntime`]) and
-//! compares the generation (one relaxed-read atomic load of a cache line
-//! that is only written on reload) before each request; only after a change
-//! does it take the mutex, once, to refresh its copy. So a change is seen by
-//! every core's next request, and the request path takes no lock.
+//! The current [`Runtime`] is a [`Published`] value ([`RuntimeState`]); each
+//! core reads it through its own copy ([`LocalRuntime`]), so a change is seen
+//! by every core's next request and the request path takes no lock.
 
 use crate::config::{Config, LOG_FORMATS, LOG_LEVELS};
+use crate::published::{LocalCopy, Published};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Feature flags (`features.*`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -277,24 +273,15 @@ pub fn parse_update(current: &Runtime, body: &Value) -> Result<Runtime, Vec<Stri
 }
 
 /// The shared current settings.
-pub struct RuntimeState {
-    generation: AtomicU64,
-    current: Mutex<Arc<Runtime>>,
-}
+pub struct RuntimeState(Published<Runtime>);
 
 impl RuntimeState {
     pub fn new(r: Runtime) -> RuntimeState {
-        RuntimeState {
-            generation: AtomicU64::new(1),
-            current: Mutex::new(Arc::new(r)),
-        }
+        RuntimeState(Published::new(r))
     }
 
     pub fn current(&self) -> Arc<Runtime> {
-        match self.current.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.current()
     }
 
     /// Makes `r` current for every core's next request, and applies the
@@ -303,43 +290,21 @@ impl RuntimeState {
         if let Err(e) = crate::logging::apply(&r.log_level, &r.log_format) {
             tracing::error!("applying logging settings: {e}");
         }
-        {
-            let mut g = match self.current.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            *g = Arc::new(r);
-        }
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.0.publish(r);
     }
 }
 
 /// One core's copy of the settings.
-pub struct LocalRuntime {
-    seen: Cell<u64>,
-    value: RefCell<Rc<Runtime>>,
-}
+pub struct LocalRuntime(LocalCopy<Runtime>);
 
 impl LocalRuntime {
     pub fn new(state: &RuntimeState) -> LocalRuntime {
-        LocalRuntime {
-            seen: Cell::new(state.generation()),
-            value: RefCell::new(Rc::new((*state.current()).clone())),
-        }
+        LocalRuntime(LocalCopy::new(&state.0))
     }
 
     /// The settings for this request.
     pub fn get(&self, state: &RuntimeState) -> Rc<Runtime> {
-        let g = state.generation();
-        if g != self.seen.get() {
-            *self.value.borrow_mut() = Rc::new((*state.current()).clone());
-            self.seen.set(g);
-        }
-        self.value.borrow().clone()
+        self.0.get(&state.0)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Shared {
     pub storage: Storage,
     /// The change feed's sequencer and position (server-wide).
     pub changefeed: crate::changefeed::ChangeFeed,
+    /// The index catalog, and the progress of index builds.
+    pub indexes: crate::index::Indexes,
+    pub builds: crate::index::build::Builds,
     pub counters: Box<[ShardCounters]>,
     /// The CPU each shard is pinned to.
     pub cpus: Vec<usize>,
@@ -266,6 +269,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
 
     let storage = Storage::open(&config.storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
+    let indexes = crate::index::Indexes::open(&storage)?;
     raise_limits();
 
     let shared = Arc::new(Shared {
@@ -276,6 +280,8 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         runtime: RuntimeState::new(Runtime::from_config(&config)),
         storage,
         changefeed,
+        indexes,
+        builds: Default::default(),
         config,
         reload,
     });
@@ -523,12 +529,19 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
     } else {
         (None, None, None, None)
     };
-    let shard = Rc::new(Shard::new(
+    let shard = Shard::new(
         id,
         shared.clone(),
         ShardRouter::new(id, n, req_tx, faults.forward_delay),
         spans_tx.map(|tx| crate::otlp::CoreSpans::new(tx, id)),
-    ));
+    );
+    // Index builds interrupted by a stop resume where every core left
+    // them: from the start (entries already written are rewritten).
+    for d in shared.indexes.catalog.current().indexes.iter() {
+        if d.state == crate::index::IndexState::Building {
+            shard.spawn_index_build(d.id);
+        }
+    }
     if shard.spans.is_some() {
         // Ship buffered spans at least every half second.
         let (shard, coord) = (shard.clone(), coord.clone());
@@ -565,6 +578,17 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
             peer_tasks.push(glommio::spawn_local(async move {
                 while let Some(req) = rx.recv().await {
                     let from = req.from;
+                    if let crate::router::ShardCall::Query(_) = req.call {
+                        // Query shares may scan: run them as their own task
+                        // so this loop keeps serving other calls meanwhile.
+                        let (shard, rep_tx) = (shard.clone(), rep_tx.clone());
+                        glommio::spawn_local(async move {
+                            let reply = shard.execute_query_share(req).await;
+                            let _ = rep_tx.send_to(from, reply).await;
+                        })
+                        .detach();
+                        continue;
+                    }
                     let reply = shard.execute_forwarded(req);
                     if rep_tx.send_to(from, reply).await.is_err() {
                         break;

@@ -32,6 +32,16 @@ pub struct ShardCounters {
     /// Events a stream had not delivered when it was cut off (stalled or
     /// pruned history); the subscriber can resume from its last id.
     pub sse_dropped_events: AtomicU64,
+    /// Index builds finished (by the core that finished them).
+    pub index_rebuilds: AtomicU64,
+    pub index_rebuild_ms: AtomicU64,
+    pub index_rebuild_entities: AtomicU64,
+    /// Queries resumed from a cursor.
+    pub cursor_anchor_hits: AtomicU64,
+    /// Index entries visited by queries.
+    pub range_scan_steps: AtomicU64,
+    pub query_index_hits: AtomicU64,
+    pub query_full_scans: AtomicU64,
 }
 
 /// Adds `n` to a counter that only the calling core writes.
@@ -66,6 +76,13 @@ pub struct ShardSnapshot {
     pub sse_events_sent: u64,
     pub sse_heartbeats: u64,
     pub sse_dropped_events: u64,
+    pub index_rebuilds: u64,
+    pub index_rebuild_ms: u64,
+    pub index_rebuild_entities: u64,
+    pub cursor_anchor_hits: u64,
+    pub range_scan_steps: u64,
+    pub query_index_hits: u64,
+    pub query_full_scans: u64,
 }
 
 impl ShardCounters {
@@ -86,6 +103,13 @@ impl ShardCounters {
             sse_events_sent: r(&self.sse_events_sent),
             sse_heartbeats: r(&self.sse_heartbeats),
             sse_dropped_events: r(&self.sse_dropped_events),
+            index_rebuilds: r(&self.index_rebuilds),
+            index_rebuild_ms: r(&self.index_rebuild_ms),
+            index_rebuild_entities: r(&self.index_rebuild_entities),
+            cursor_anchor_hits: r(&self.cursor_anchor_hits),
+            range_scan_steps: r(&self.range_scan_steps),
+            query_index_hits: r(&self.query_index_hits),
+            query_full_scans: r(&self.query_full_scans),
         }
     }
 }

@@ -27,11 +27,44 @@ use std::path::{Path, PathBuf};
 /// Entities (user data).
 pub const CF_ENTITIES: &str = "entities";
 /// Column families reserved for internal data.
-pub const CF_INTERNAL: &[&str] = &["indexes", CF_CHANGEFEED, "vectors", "timeseries", CF_META];
+pub const CF_INTERNAL: &[&str] = &[CF_INDEXES, CF_CHANGEFEED, "vectors", "timeseries", CF_META];
 /// Change-feed records, keyed by sequence (8 bytes big-endian).
 pub const CF_CHANGEFEED: &str = "changefeed";
-/// Small server metadata.
+/// Small server metadata (index definitions, the feed's first sequence).
 pub const CF_META: &str = "meta";
+/// Secondary index entries.
+pub const CF_INDEXES: &str = "indexes";
+
+/// The column families a range [`Storage::scan`] may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Entities,
+    Indexes,
+    Meta,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Entities => CF_ENTITIES,
+            Family::Indexes => CF_INDEXES,
+            Family::Meta => CF_META,
+        }
+    }
+}
+
+/// Index entries one entity change removes and adds.
+#[derive(Debug, Default, Clone)]
+pub struct IndexWrites {
+    pub deletes: Vec<Vec<u8>>,
+    pub puts: Vec<Vec<u8>>,
+}
+
+impl IndexWrites {
+    pub fn is_empty(&self) -> bool {
+        self.deletes.is_empty() && self.puts.is_empty()
+    }
+}
 /// Meta key: the change feed's first sequence after the last prune.
 const META_FEED_FIRST: &[u8] = b"changefeed.first_sequence";
 
@@ -267,6 +300,7 @@ impl Storage {
         key: &[u8],
         value: Option<&[u8]>,
         event: Option<(u64, &[u8])>,
+        index: &IndexWrites,
     ) -> Result<(), StorageError> {
         let cf = self.entities()?;
         let mut batch = WriteBatch::default();
@@ -277,7 +311,103 @@ impl Storage {
         if let Some((seq, record)) = event {
             batch.put_cf(self.cf(CF_CHANGEFEED)?, seq.to_be_bytes(), record);
         }
+        if !index.is_empty() {
+            let icf = self.cf(CF_INDEXES)?;
+            for k in &index.deletes {
+                batch.delete_cf(icf, k);
+            }
+            for k in &index.puts {
+                batch.put_cf(icf, k, b"");
+            }
+        }
         self.db.write_opt(batch, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Adds index entries (a backfill step), in one batch.
+    pub fn put_index_entries(&self, keys: &[Vec<u8>]) -> Result<(), StorageError> {
+        let icf = self.cf(CF_INDEXES)?;
+        let mut batch = WriteBatch::default();
+        for k in keys {
+            batch.put_cf(icf, k, b"");
+        }
+        self.db.write_opt(batch, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Deletes every index entry in `[from, to)`. Off the reactor.
+    pub fn delete_index_range(&self, from: &[u8], to: &[u8]) -> Result<(), StorageError> {
+        let icf = self.cf(CF_INDEXES)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(icf, from, to);
+        self.db.write_opt(batch, &self.write_opts)?;
+        self.db.compact_range_cf(icf, Some(from), Some(to));
+        Ok(())
+    }
+
+    /// Calls `f(key, value)` for the keys of column family `family` in
+    /// `[from, to)` (ascending, or descending with `reverse`) until `f`
+    /// returns false. A range read: off the reactor unless it is short.
+    pub fn scan(
+        &self,
+        family: Family,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let cf = self.cf(family.name())?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(from.to_vec());
+        opts.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        if reverse {
+            it.seek_to_last();
+        } else {
+            it.seek_to_first();
+        }
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !f(k, v) {
+                break;
+            }
+            if reverse {
+                it.prev();
+            } else {
+                it.next();
+            }
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Reads several entities at once (values copied).
+    pub fn multi_get_entities(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let cf = self.entities()?;
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, *k)))
+            .into_iter()
+            .map(|r| r.map_err(StorageError::from))
+            .collect()
+    }
+
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_META)?, key)?)
+    }
+
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META)?, key, value, &opts)?;
+        Ok(())
+    }
+
+    pub fn meta_delete(&self, key: &[u8]) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.delete_cf_opt(self.cf(CF_META)?, key, &opts)?;
         Ok(())
     }
 
@@ -285,7 +415,7 @@ impl Storage {
     /// Owner-only, as [`Storage::write_change`].
     pub fn put_entity(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
         let existed = self.entity_exists(key)?;
-        self.write_change(key, Some(value), None)?;
+        self.write_change(key, Some(value), None, &IndexWrites::default())?;
         Ok(!existed)
     }
 
@@ -293,7 +423,7 @@ impl Storage {
     pub fn delete_entity(&self, key: &[u8]) -> Result<bool, StorageError> {
         let existed = self.entity_exists(key)?;
         if existed {
-            self.write_change(key, None, None)?;
+            self.write_change(key, None, None, &IndexWrites::default())?;
         }
         Ok(existed)
     }

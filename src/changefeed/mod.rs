@@ -161,6 +161,7 @@ impl ChangeFeed {
         core: usize,
         key: &str,
         value: Option<&[u8]>,
+        index: &crate::storage::IndexWrites,
         record: &mut Vec<u8>,
     ) -> Result<u64, StorageError> {
         let kind = if value.is_some() {
@@ -170,7 +171,7 @@ impl ChangeFeed {
         };
         let ticket = self.sequencer.begin(core);
         record::encode(record, ticket.seq, kind, key, value, self.now_ms());
-        let result = storage.write_change(key.as_bytes(), value, Some((ticket.seq, record)));
+        let result = storage.write_change(key.as_bytes(), value, Some((ticket.seq, record)), index);
         if result.is_err() {
             self.gaps.fetch_add(1, Ordering::Relaxed);
         }

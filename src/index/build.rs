@@ -1,0 +1,280 @@
+//! Online index builds (create and rebuild), one task per core.
+//!
+//! Every core builds the entries of the entities it owns:
+//!
+//! 1. It refreshes its catalog copy, so every write it runs from now on
+//!    maintains the new index itself.
+//! 2. On the blocking pool it reads the table in chunks (key and value),
+//!    keeps the keys this core owns, and computes their entries.
+//! 3. Back on the core, for each entity it checks the stored value is still
+//!    the one the entry was computed from (a point read and a compare). If
+//!    it is, the entry is written; if not, a write changed the entity after
+//!    step 1 and already wrote the right entry. Writes to a key run only on
+//!    its owner, so nothing can change between that check and the entry's
+//!    write.
+//!
+//! The last core to finish verifies a unique index has no duplicate values
+//! (two cores could each have added one) and marks the index ready or
+//! failed. Progress is in `GET /index/stats`.
+
+use super::{IndexDef, IndexState, Indexes};
+use crate::api::Shard;
+use crate::stats::bump;
+use crate::storage::{Family, StorageError};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Entities read per chunk (one blocking read, then one batch write).
+const CHUNK: usize = 256;
+
+/// A build's progress, shared by the cores building it.
+#[derive(Debug)]
+pub struct BuildProgress {
+    pub entities_processed: AtomicU64,
+    pub cores_done: AtomicUsize,
+    pub started: Instant,
+    pub finished_ms: AtomicU64,
+}
+
+impl BuildProgress {
+    pub fn new() -> BuildProgress {
+        BuildProgress {
+            entities_processed: AtomicU64::new(0),
+            cores_done: AtomicUsize::new(0),
+            started: Instant::now(),
+            finished_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for BuildProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds in progress or finished since start, by index id.
+#[derive(Default)]
+pub struct Builds {
+    map: Mutex<std::collections::HashMap<u32, Arc<BuildProgress>>>,
+}
+
+impl Builds {
+    pub fn get_or_start(&self, id: u32) -> Arc<BuildProgress> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id).or_default().clone()
+    }
+
+    pub fn get(&self, id: u32) -> Option<Arc<BuildProgress>> {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id).cloned()
+    }
+}
+
+/// The key range of `table`'s entities: `[table:, table;)`.
+pub fn table_range(table: &str) -> (Vec<u8>, Vec<u8>) {
+    // ';' is the byte after ':'.
+    (
+        format!("{table}:").into_bytes(),
+        format!("{table};").into_bytes(),
+    )
+}
+
+/// Builds this core's share of index `id`. Spawned on every core.
+pub async fn run(shard: Rc<Shard>, id: u32) {
+    // Step 1: from here on this core's writes maintain the index.
+    let catalog = shard.catalog();
+    let Some(def) = catalog.by_id(id).cloned() else {
+        return;
+    };
+    if def.state != IndexState::Building {
+        return;
+    }
+    let progress = shard.shared.builds.get_or_start(id);
+    let me = shard.id;
+    let shards = shard.router.shards();
+    let (mut from, to) = table_range(&def.table);
+    let mut processed = 0u64;
+    loop {
+        // Step 2, off the reactor.
+        let (shared, d, start) = (shard.shared.clone(), def.clone(), from.clone());
+        let to2 = to.clone();
+        let chunk = glommio::executor()
+            .spawn_blocking(move || read_chunk(&shared, &d, &start, &to2, me, shards))
+            .await;
+        let (items, next) = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(index = id, "index build read failed: {e}");
+                return;
+            }
+        };
+        // Step 3, on the core.
+        let mut puts = Vec::with_capacity(items.len());
+        for (key, value, entry) in items {
+            let same = shard
+                .shared
+                .storage
+                .with_entity(key.as_bytes(), |cur| cur == Some(&value[..]))
+                .unwrap_or(false);
+            if same {
+                puts.push(entry);
+            }
+        }
+        if let Err(e) = shard.shared.storage.put_index_entries(&puts) {
+            tracing::error!(index = id, "index build write failed: {e}");
+            return;
+        }
+        let n = puts.len() as u64;
+        processed += n;
+        progress.entities_processed.fetch_add(n, Ordering::Relaxed);
+        bump(&shard.counters().index_rebuild_entities, n);
+        match next {
+            Some(k) => from = k,
+            None => break,
+        }
+        glommio::executor().yield_now().await;
+    }
+    tracing::debug!(index = id, shard = me, processed, "index build: core done");
+    if progress.cores_done.fetch_add(1, Ordering::AcqRel) + 1 == shards {
+        finish(&shard, &def, &progress).await;
+    }
+}
+
+type Chunk = (Vec<(String, Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// Reads up to [`CHUNK`] entities of the table from `from`; returns this
+/// core's (key, value, entry) and where the next chunk starts.
+fn read_chunk(
+    shared: &crate::server::Shared,
+    def: &IndexDef,
+    from: &[u8],
+    to: &[u8],
+    me: usize,
+    shards: usize,
+) -> Result<Chunk, StorageError> {
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    let mut next = None;
+    let mut scratch = Vec::new();
+    shared
+        .storage
+        .scan(Family::Entities, from, to, false, |k, v| {
+            if seen == CHUNK {
+                next = Some(k.to_vec());
+                return false;
+            }
+            seen += 1;
+            if crate::router::owner_of(k, shards) != me && shards > 1 {
+                return true;
+            }
+            let Ok(key) = std::str::from_utf8(k) else {
+                return true;
+            };
+            scratch.clear();
+            scratch.extend_from_slice(v);
+            if let Ok(doc) = simd_json::to_borrowed_value(&mut scratch) {
+                let entry = def.entry(&doc, key);
+                out.push((key.to_string(), v.to_vec(), entry));
+            }
+            true
+        })?;
+    Ok((out, next))
+}
+
+/// Marks the index ready (or failed, for duplicate unique values).
+async fn finish(shard: &Shard, def: &Arc<IndexDef>, progress: &BuildProgress) {
+    let shared = shard.shared.clone();
+    let d = def.clone();
+    let verdict = glommio::executor()
+        .spawn_blocking(move || {
+            if d.unique {
+                find_duplicate(&shared, &d)
+            } else {
+                Ok(None)
+            }
+        })
+        .await;
+    let mut next = (**def).clone();
+    match verdict {
+        Ok(None) => next.state = IndexState::Ready,
+        Ok(Some(msg)) => {
+            next.state = IndexState::Failed;
+            next.error = Some(msg);
+        }
+        Err(e) => {
+            next.state = IndexState::Failed;
+            next.error = Some(format!("verification failed: {e}"));
+        }
+    }
+    // Only if the index was not dropped or rebuilt meanwhile.
+    if shard
+        .shared
+        .indexes
+        .catalog
+        .current()
+        .by_id(def.id)
+        .is_none()
+    {
+        return;
+    }
+    let ms = progress.started.elapsed().as_millis() as u64;
+    progress.finished_ms.store(ms.max(1), Ordering::Release);
+    let c = shard.counters();
+    bump(&c.index_rebuilds, 1);
+    bump(&c.index_rebuild_ms, ms);
+    tracing::info!(
+        index = def.id,
+        table = %def.table,
+        columns = ?def.columns,
+        state = ?next.state,
+        ms,
+        "index build finished"
+    );
+    let shared = shard.shared.clone();
+    let saved = next.clone();
+    let _ = glommio::executor()
+        .spawn_blocking(move || Indexes::save(&shared.storage, &saved))
+        .await;
+    shard.shared.indexes.publish_def(next);
+}
+
+/// The first pair of entities with equal constrained values, if any.
+fn find_duplicate(
+    shared: &crate::server::Shared,
+    def: &IndexDef,
+) -> Result<Option<String>, StorageError> {
+    let mut prev: Option<(Vec<u8>, String)> = None;
+    let mut found = None;
+    shared
+        .storage
+        .scan(Family::Indexes, &def.prefix(), &def.end(), false, |k, _| {
+            let Some((vals, key)) = def.split_entry(k) else {
+                return true;
+            };
+            let constrained = {
+                let mut i = 0;
+                let mut ok = true;
+                while i < vals.len() {
+                    ok &= vals[i] > super::encoding::TAG_NULL;
+                    i += super::encoding::encoded_len(&vals[i..]).unwrap_or(vals.len());
+                }
+                ok
+            };
+            if constrained {
+                if let Some((pv, pk)) = &prev {
+                    if pv == vals {
+                        found = Some(format!(
+                            "duplicate value in unique index: entities {pk} and {key}"
+                        ));
+                        return false;
+                    }
+                }
+                prev = Some((vals.to_vec(), key.to_string()));
+            }
+            true
+        })?;
+    Ok(found)
+}

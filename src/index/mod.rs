@@ -1,0 +1,288 @@
+//! Secondary indexes: the catalog, index entries, and online builds.
+//!
+//! An index covers one table and one or more columns (dotted paths such as
+//! `address.city`). Every entity of the table has exactly one entry per
+//! index, in the `indexes` column family:
+//!
+//! ```text
+//! [index id: u32 big-endian][encoded column 1]…[encoded column N][entity key]
+//! ```
+//!
+//! with the column values encoded by [`encoding`] (order-preserving, so a
+//! range of values is a range of keys; missing values sort first). The
+//! entry has an empty value: the entity key is the suffix.
+//!
+//! Invariants:
+//! * Index entries change in the same `WriteBatch` as the entity they
+//!   describe (`Shard::apply_change`): no reader sees one without the other.
+//!   Updates delete the old entry, deletes remove it.
+//! * The catalog is a [`Published`] value: writers on every core read it
+//!   through their own copy, so an index created at runtime is maintained by
+//!   every write that starts after the core refreshed its copy. A build
+//!   refreshes its core's copy before reading any entity, which is what
+//!   makes the online backfill race-free (see [`build`]).
+//! * Index ids are never reused (a dropped index's entries may still be
+//!   being deleted).
+//! * `unique` indexes hold when two writes arrive on different cores at once:
+//!   a write first claims its value on the value's arbiter core (the owner
+//!   of the encoded value's hash) and releases the claim after its commit,
+//!   so at any moment a taken value is visible as a claim or as an entry.
+//!   Values containing null or a missing column are not constrained.
+
+pub mod build;
+pub mod encoding;
+pub mod http;
+
+use crate::published::Published;
+use crate::storage::{Family, Storage, StorageError};
+use serde::{Deserialize, Serialize};
+use simd_json::BorrowedValue;
+use std::sync::Arc;
+
+/// Meta key prefix of index definitions (`index/<id>`).
+const META_PREFIX: &[u8] = b"index/";
+const META_NEXT_ID: &[u8] = b"index.next_id";
+/// Longest accepted column path and most columns in a composite index.
+pub const MAX_COLUMNS: usize = 8;
+
+/// Where an index is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexState {
+    /// Maintained by writes, being backfilled; not used by queries yet.
+    Building,
+    /// Complete: queries may use it.
+    Ready,
+    /// The build found a violation (duplicate values in a unique index).
+    Failed,
+}
+
+/// One index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexDef {
+    pub id: u32,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub unique: bool,
+    pub state: IndexState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    paths: Vec<Vec<String>>,
+}
+
+impl IndexDef {
+    pub fn new(id: u32, table: &str, columns: Vec<String>, unique: bool) -> IndexDef {
+        let mut d = IndexDef {
+            id,
+            table: table.to_string(),
+            columns,
+            unique,
+            state: IndexState::Building,
+            error: None,
+            paths: Vec::new(),
+        };
+        d.prepare();
+        d
+    }
+
+    fn prepare(&mut self) {
+        self.paths = self
+            .columns
+            .iter()
+            .map(|c| c.split('.').map(str::to_string).collect())
+            .collect();
+    }
+
+    pub fn paths(&self) -> &[Vec<String>] {
+        &self.paths
+    }
+
+    /// `[id]`: the first key of this index's range.
+    pub fn prefix(&self) -> [u8; 4] {
+        self.id.to_be_bytes()
+    }
+
+    /// The first key after this index's range.
+    pub fn end(&self) -> [u8; 4] {
+        (self.id + 1).to_be_bytes()
+    }
+
+    /// `[id][values]` of a document (the unique-claim key), and whether the
+    /// values are constrained (no null or missing column).
+    pub fn value_prefix(&self, doc: &BorrowedValue<'_>, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        out.extend_from_slice(&self.prefix());
+        let mut constrained = true;
+        for p in &self.paths {
+            let start = out.len();
+            encoding::encode_doc_value(out, encoding::lookup(doc, p));
+            constrained &= out[start] > encoding::TAG_NULL;
+        }
+        constrained
+    }
+
+    /// The full entry key of `key` with document `doc`.
+    pub fn entry(&self, doc: &BorrowedValue<'_>, key: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + key.len());
+        self.value_prefix(doc, &mut out);
+        out.extend_from_slice(key.as_bytes());
+        out
+    }
+
+    /// Splits an entry key into the encoded values and the entity key.
+    pub fn split_entry<'a>(&self, entry: &'a [u8]) -> Option<(&'a [u8], &'a str)> {
+        let mut i = 4;
+        for _ in &self.paths {
+            i += encoding::encoded_len(entry.get(i..)?)?;
+        }
+        Some((&entry[4..i], std::str::from_utf8(&entry[i..]).ok()?))
+    }
+}
+
+/// Every index, grouped for the write path.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub indexes: Vec<Arc<IndexDef>>,
+}
+
+impl Catalog {
+    pub fn for_table<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a Arc<IndexDef>> + 'a {
+        self.indexes.iter().filter(move |d| d.table == table)
+    }
+
+    pub fn has_table(&self, table: &str) -> bool {
+        self.indexes.iter().any(|d| d.table == table)
+    }
+
+    pub fn find(&self, table: &str, columns: &[String]) -> Option<&Arc<IndexDef>> {
+        self.indexes
+            .iter()
+            .find(|d| d.table == table && d.columns == columns)
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&Arc<IndexDef>> {
+        self.indexes.iter().find(|d| d.id == id)
+    }
+}
+
+/// The server-wide index catalog.
+pub struct Indexes {
+    pub catalog: Published<Catalog>,
+}
+
+impl Indexes {
+    /// Loads the definitions stored in `meta`.
+    pub fn open(storage: &Storage) -> Result<Indexes, StorageError> {
+        let mut indexes = Vec::new();
+        let mut end = META_PREFIX.to_vec();
+        end.push(0xFF);
+        storage.scan(Family::Meta, META_PREFIX, &end, false, |_, v| {
+            match serde_json::from_slice::<IndexDef>(v) {
+                Ok(mut d) => {
+                    d.prepare();
+                    indexes.push(Arc::new(d));
+                }
+                Err(e) => tracing::error!("unreadable index definition skipped: {e}"),
+            }
+            true
+        })?;
+        tracing::info!(indexes = indexes.len(), "index catalog loaded");
+        Ok(Indexes {
+            catalog: Published::new(Catalog { indexes }),
+        })
+    }
+
+    /// Persists a definition (created or changed).
+    pub fn save(storage: &Storage, def: &IndexDef) -> Result<(), StorageError> {
+        let mut key = META_PREFIX.to_vec();
+        key.extend_from_slice(&def.id.to_be_bytes());
+        let v = serde_json::to_vec(def).unwrap_or_default();
+        storage.meta_put(&key, &v)
+    }
+
+    pub fn forget(storage: &Storage, id: u32) -> Result<(), StorageError> {
+        let mut key = META_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        storage.meta_delete(&key)
+    }
+
+    /// A fresh, never used index id.
+    pub fn next_id(storage: &Storage) -> Result<u32, StorageError> {
+        let cur = storage
+            .meta_get(META_NEXT_ID)?
+            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(1);
+        storage.meta_put(META_NEXT_ID, &(cur + 1).to_be_bytes())?;
+        Ok(cur)
+    }
+
+    /// Replaces one definition in the catalog (or adds it).
+    pub fn publish_def(&self, def: IndexDef) {
+        self.catalog.update(|c| {
+            let def = Arc::new(def);
+            match c.indexes.iter_mut().find(|d| d.id == def.id) {
+                Some(slot) => *slot = def,
+                None => c.indexes.push(def),
+            }
+        });
+    }
+
+    pub fn remove_def(&self, id: u32) {
+        self.catalog.update(|c| c.indexes.retain(|d| d.id != id));
+    }
+}
+
+/// Validates a column path.
+pub fn check_column(c: &str) -> Result<(), String> {
+    if c.is_empty() || c.len() > 256 {
+        return Err(format!("column {c:?}: must be 1..256 bytes"));
+    }
+    if c.split('.').any(str::is_empty) {
+        return Err(format!("column {c:?}: empty segment in dotted path"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(s: &str) -> BorrowedValue<'static> {
+        let bytes: &'static mut [u8] = s.as_bytes().to_vec().leak();
+        simd_json::to_borrowed_value(bytes).unwrap()
+    }
+
+    #[test]
+    fn entries_split_back_into_values_and_key() {
+        let d = IndexDef::new(7, "users", vec!["address.city".into(), "age".into()], false);
+        let v = doc(r#"{"address":{"city":"Köln"},"age":30}"#);
+        let e = d.entry(&v, "users:a:b");
+        assert_eq!(&e[..4], &7u32.to_be_bytes());
+        let (vals, key) = d.split_entry(&e).unwrap();
+        assert_eq!(key, "users:a:b");
+        let (city, n) = encoding::decode(vals).unwrap();
+        assert_eq!(city, encoding::Scalar::String("Köln".into()));
+        assert_eq!(
+            encoding::decode(&vals[n..]).unwrap().0,
+            encoding::Scalar::Number(30.0)
+        );
+    }
+
+    #[test]
+    fn missing_and_null_values_are_not_constrained() {
+        let d = IndexDef::new(1, "t", vec!["email".into()], true);
+        let mut out = Vec::new();
+        assert!(d.value_prefix(&doc(r#"{"email":"a@b"}"#), &mut out));
+        assert!(!d.value_prefix(&doc(r#"{"email":null}"#), &mut out));
+        assert!(!d.value_prefix(&doc(r#"{"other":1}"#), &mut out));
+        assert!(!d.value_prefix(&doc(r#"{"email":[1]}"#), &mut out));
+    }
+
+    #[test]
+    fn columns_are_checked() {
+        assert!(check_column("a.b").is_ok());
+        assert!(check_column("a..b").is_err());
+        assert!(check_column("").is_err());
+    }
+}

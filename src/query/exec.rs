@@ -1,0 +1,634 @@
+//! Planning and executing a [`Query`] across cores.
+
+use super::parse::{encode_cursor, Position, Query, Return};
+use super::Filter;
+use crate::api::Shard;
+use crate::error::ApiError;
+use crate::index::encoding::{Scalar, TAG_FALSE, TAG_TRUE};
+use crate::index::{build::table_range, IndexDef, IndexState};
+use crate::router::{ShardAnswer, ShardCall};
+use crate::stats::bump;
+use crate::storage::Family;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Entries counted inline when probing an index range.
+const PROBE: usize = 128;
+/// Entries counted (on the blocking pool) to compare large ranges.
+const COUNT_CAP: usize = 100_000;
+
+/// One matching row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub sort: Vec<u8>,
+}
+
+impl Row {
+    fn position(&self) -> Position {
+        Position {
+            sort: self.sort.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Work one core does for a query.
+#[derive(Debug)]
+pub enum ShardTask {
+    /// Fetch these keys (owned by the callee) and keep the matching ones.
+    Fetch {
+        keys: Vec<String>,
+        filter: Arc<Filter>,
+    },
+    /// Scan the callee's share of the table.
+    Scan(ScanTask),
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanTask {
+    pub table: String,
+    pub filter: Arc<Filter>,
+    pub after: Option<Position>,
+    pub desc: bool,
+    /// Rows wanted (the answer keeps the first `limit` in result order).
+    pub limit: usize,
+    pub count_only: bool,
+}
+
+/// A core's answer.
+#[derive(Debug, Default)]
+pub struct ShardRows {
+    pub rows: Vec<Row>,
+    pub count: u64,
+    pub scanned: u64,
+}
+
+/// Runs a fetch share on this core (point reads, inline).
+pub fn run_share(shard: &Shard, task: ShardTask) -> Result<ShardRows, ApiError> {
+    match task {
+        ShardTask::Fetch { keys, filter } => fetch(shard, &keys, &filter),
+        ShardTask::Scan(_) => Err(ApiError::Unavailable("scan shares run asynchronously")),
+    }
+}
+
+/// Runs any share on this core: scans on the blocking pool.
+pub async fn run_share_async(shard: &Shard, task: ShardTask) -> Result<ShardRows, ApiError> {
+    match task {
+        ShardTask::Scan(t) => {
+            let (shared, me, n) = (shard.shared.clone(), shard.id, shard.router.shards());
+            Ok(glommio::executor()
+                .spawn_blocking(move || scan_share(&shared, &t, me, n))
+                .await?)
+        }
+        t => run_share(shard, t),
+    }
+}
+
+fn fetch(shard: &Shard, keys: &[String], filter: &Filter) -> Result<ShardRows, ApiError> {
+    let mut out = ShardRows::default();
+    let mut scratch = Vec::new();
+    for k in keys {
+        let row = shard.shared.storage.with_entity(k.as_bytes(), |v| {
+            v.and_then(|v| {
+                filter.check(v, &mut scratch).map(|sort| Row {
+                    key: k.clone(),
+                    value: v.to_vec(),
+                    sort,
+                })
+            })
+        })?;
+        out.scanned += 1;
+        if let Some(r) = row {
+            out.rows.push(r);
+        }
+    }
+    out.count = out.rows.len() as u64;
+    Ok(out)
+}
+
+/// Keeps the first `limit` rows of `rows` in result order.
+fn keep_first(rows: &mut Vec<Row>, limit: usize, desc: bool) {
+    rows.sort_by(|a, b| {
+        let o = (&a.sort, &a.key).cmp(&(&b.sort, &b.key));
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    rows.truncate(limit);
+}
+
+/// Scans the table's keys owned by core `me` (on a blocking thread).
+fn scan_share(
+    shared: &crate::server::Shared,
+    t: &ScanTask,
+    me: usize,
+    shards: usize,
+) -> Result<ShardRows, crate::storage::StorageError> {
+    let (mut from, to) = table_range(&t.table);
+    let key_order = t.filter.order_path.is_none();
+    if let (Some(a), true, false) = (&t.after, key_order, t.desc) {
+        // Key order: start right after the cursor's key.
+        from = a.key.as_bytes().to_vec();
+        from.push(0);
+    }
+    let mut out = ShardRows::default();
+    let mut scratch = Vec::new();
+    shared
+        .storage
+        .scan(Family::Entities, &from, &to, false, |k, v| {
+            if shards > 1 && crate::router::owner_of(k, shards) != me {
+                return true;
+            }
+            out.scanned += 1;
+            let Some(sort) = t.filter.check(v, &mut scratch) else {
+                return true;
+            };
+            let key = String::from_utf8_lossy(k).into_owned();
+            let pos = Position { sort, key };
+            if let Some(a) = &t.after {
+                if !pos.after(a, t.desc) {
+                    return true;
+                }
+            }
+            out.count += 1;
+            if t.count_only {
+                return true;
+            }
+            out.rows.push(Row {
+                key: pos.key,
+                value: v.to_vec(),
+                sort: pos.sort,
+            });
+            if key_order && !t.desc && out.rows.len() >= t.limit {
+                return false; // rows arrive in key order: enough
+            }
+            if out.rows.len() >= 2 * t.limit.max(64) {
+                keep_first(&mut out.rows, t.limit, t.desc);
+            }
+            true
+        })?;
+    if !t.count_only {
+        keep_first(&mut out.rows, t.limit, t.desc);
+    }
+    Ok(out)
+}
+
+/// How the rows are found.
+#[derive(Debug, Clone)]
+struct IndexAccess {
+    def: Arc<IndexDef>,
+    from: Vec<u8>,
+    to: Vec<u8>,
+    /// Index order is the result order (read with early stop).
+    streamable: bool,
+    reverse: bool,
+    /// Bytes before the sort value / key in an entry (for cursor anchors).
+    eq_prefix: Vec<u8>,
+    /// The order column is the index column after the equality prefix.
+    order_in_index: bool,
+}
+
+fn type_range(b: &Scalar) -> (u8, u8) {
+    match b.tag() {
+        TAG_FALSE | TAG_TRUE => (TAG_FALSE, TAG_TRUE + 1),
+        t => (t, t + 1),
+    }
+}
+
+/// The key range of `def` that holds every row the query can match, if the
+/// index helps at all.
+fn index_access(def: &Arc<IndexDef>, q: &Query) -> Option<IndexAccess> {
+    let conds = &q.filter.conds;
+    let mut prefix = def.prefix().to_vec();
+    let mut k = 0;
+    for col in &def.columns {
+        match conds.iter().find(|c| &c.column == col && c.eq.is_some()) {
+            Some(c) => {
+                if let Some(e) = &c.eq {
+                    e.encode(&mut prefix);
+                }
+                k += 1;
+            }
+            None => break,
+        }
+    }
+    let eq_prefix = prefix.clone();
+    let n = def.columns.len();
+    let order_col = q.order.as_ref().map(|o| o.column.as_str());
+    let desc = q.order.as_ref().is_some_and(|o| o.desc);
+    let (from, to, ranged) = if k < n {
+        let next = &def.columns[k];
+        match conds.iter().find(|c| &c.column == next && c.eq.is_none()) {
+            Some(c) => {
+                let bound_type = c.lower.as_ref().or(c.upper.as_ref()).map(|(b, _)| b)?;
+                let (t0, t1) = type_range(bound_type);
+                let mut from = prefix.clone();
+                match &c.lower {
+                    Some((b, inclusive)) => {
+                        b.encode(&mut from);
+                        if !inclusive {
+                            from.push(0xFF);
+                        }
+                    }
+                    None => from.push(t0),
+                }
+                let mut to = prefix.clone();
+                match &c.upper {
+                    Some((b, inclusive)) => {
+                        b.encode(&mut to);
+                        if *inclusive {
+                            to.push(0xFF);
+                        }
+                    }
+                    None => to.push(t1),
+                }
+                (from, to, true)
+            }
+            None => {
+                let mut to = prefix.clone();
+                to.push(0xFF);
+                (prefix, to, false)
+            }
+        }
+    } else {
+        let mut to = prefix.clone();
+        to.push(0xFF);
+        (prefix, to, false)
+    };
+    let order_in_index = order_col.is_some_and(|c| k < n && def.columns[k] == c && k + 1 == n);
+    let order_is_eq_col = order_col.is_some_and(|c| def.columns[..k].iter().any(|x| x == c));
+    let usable = k > 0 || ranged || order_in_index;
+    if !usable {
+        return None;
+    }
+    let streamable = match order_col {
+        None => k == n,
+        Some(_) => order_in_index || (k == n && order_is_eq_col),
+    };
+    Some(IndexAccess {
+        def: def.clone(),
+        from,
+        to,
+        streamable,
+        reverse: streamable && desc,
+        eq_prefix,
+        order_in_index,
+    })
+}
+
+/// Entity keys of the index entries in `[from, to)`, at most `cap`.
+struct Entries {
+    keys: Vec<String>,
+    /// All entries of the range were read.
+    complete: bool,
+    /// The last entry read (where a continuation starts).
+    last: Option<Vec<u8>>,
+}
+
+fn read_entries(
+    shared: &crate::server::Shared,
+    def: &IndexDef,
+    from: &[u8],
+    to: &[u8],
+    reverse: bool,
+    cap: usize,
+) -> Result<Entries, crate::storage::StorageError> {
+    let mut e = Entries {
+        keys: Vec::new(),
+        complete: true,
+        last: None,
+    };
+    shared
+        .storage
+        .scan(Family::Indexes, from, to, reverse, |k, _| {
+            if e.keys.len() >= cap {
+                e.complete = false;
+                return false;
+            }
+            if let Some((_, key)) = def.split_entry(k) {
+                e.keys.push(key.to_string());
+            }
+            e.last = Some(k.to_vec());
+            true
+        })?;
+    Ok(e)
+}
+
+/// The plan, for `explain`.
+#[derive(Debug, Default)]
+struct PlanInfo {
+    mode: &'static str,
+    index: Option<Arc<IndexDef>>,
+    estimated: u64,
+    actual: u64,
+    cursor_anchor: bool,
+}
+
+/// Executes `q` and writes the answer.
+pub async fn execute(shard: &Shard, q: Query) -> Result<serde_json::Value, ApiError> {
+    let rt = shard.runtime();
+    let (threshold, batch) = (rt.parallel_threshold, rt.batch_size.max(1));
+    let catalog = shard.catalog();
+    let shared = shard.shared.clone();
+    let desc = q.order.as_ref().is_some_and(|o| o.desc);
+    let count_only = q.ret == Return::Count;
+    let want = if count_only { usize::MAX } else { q.limit + 1 };
+
+    // Plan: probe every usable ready index (bounded, inline), keep the
+    // smallest range; compare large ones with a capped count.
+    let mut best: Option<(IndexAccess, u64, Option<Vec<String>>)> = None;
+    let mut large = Vec::new();
+    for def in catalog
+        .for_table(&q.table)
+        .filter(|d| d.state == IndexState::Ready)
+    {
+        let Some(acc) = index_access(def, &q) else {
+            continue;
+        };
+        let e = read_entries(&shared, &acc.def, &acc.from, &acc.to, acc.reverse, PROBE)?;
+        if e.complete {
+            let n = e.keys.len() as u64;
+            if best.as_ref().is_none_or(|(_, b, _)| n < *b) {
+                best = Some((acc, n, Some(e.keys)));
+            }
+        } else {
+            large.push(acc);
+        }
+    }
+    if best.is_none() && !large.is_empty() {
+        let s2 = shared.clone();
+        let ranges: Vec<_> = large
+            .iter()
+            .map(|a| (a.def.clone(), a.from.clone(), a.to.clone()))
+            .collect();
+        let counts = glommio::executor()
+            .spawn_blocking(move || {
+                ranges
+                    .iter()
+                    .map(|(d, f, t)| {
+                        read_entries(&s2, d, f, t, false, COUNT_CAP).map(|r| r.keys.len())
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        let (i, n) = counts
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| **n)
+            .map(|(i, n)| (i, *n as u64))
+            .unwrap_or((0, 0));
+        best = Some((large.swap_remove(i), n, None));
+    }
+
+    let mut info = PlanInfo::default();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut total = 0u64;
+    let filter = Arc::new(q.filter.clone());
+    let counters = shard.counters();
+    match best {
+        Some((mut acc, estimated, probed)) => {
+            bump(&counters.query_index_hits, 1);
+            info.index = Some(acc.def.clone());
+            info.estimated = estimated;
+            // A streamable plan starts right after the cursor's entry.
+            let mut probed = probed;
+            if let (Some(c), true) = (&q.cursor, acc.streamable) {
+                let mut anchor = acc.eq_prefix.clone();
+                if acc.order_in_index {
+                    anchor.extend_from_slice(&c.sort);
+                }
+                anchor.extend_from_slice(c.key.as_bytes());
+                if acc.reverse {
+                    if anchor < acc.to {
+                        acc.to = anchor;
+                    }
+                } else {
+                    anchor.push(0);
+                    if anchor > acc.from {
+                        acc.from = anchor;
+                    }
+                }
+                probed = None;
+                info.cursor_anchor = true;
+                bump(&counters.cursor_anchor_hits, 1);
+            }
+            let parallel = estimated as usize >= threshold;
+            info.mode = if parallel {
+                "index_parallel"
+            } else {
+                "index_optimized"
+            };
+            let mut pending: Option<Vec<String>> = probed;
+            let mut done = false;
+            while !done {
+                let chunk = match pending.take() {
+                    Some(keys) => {
+                        done = true;
+                        keys
+                    }
+                    None => {
+                        let (s2, d, f, t, r) = (
+                            shared.clone(),
+                            acc.def.clone(),
+                            acc.from.clone(),
+                            acc.to.clone(),
+                            acc.reverse,
+                        );
+                        let cap = batch.max(PROBE);
+                        let e = glommio::executor()
+                            .spawn_blocking(move || read_entries(&s2, &d, &f, &t, r, cap))
+                            .await?;
+                        match (e.complete, e.last) {
+                            (false, Some(mut last)) => {
+                                // Continue after the last entry read.
+                                if acc.reverse {
+                                    acc.to = last;
+                                } else {
+                                    last.push(0);
+                                    acc.from = last;
+                                }
+                            }
+                            _ => done = true,
+                        }
+                        e.keys
+                    }
+                };
+                info.actual += chunk.len() as u64;
+                bump(&counters.range_scan_steps, chunk.len() as u64);
+                let got = fetch_filter(shard, chunk, &filter, parallel, batch).await?;
+                for r in got {
+                    if let Some(c) = &q.cursor {
+                        if !r.position().after(c, desc) {
+                            continue;
+                        }
+                    }
+                    total += 1;
+                    if !count_only {
+                        rows.push(r);
+                    }
+                }
+                if acc.streamable && !count_only && rows.len() >= want {
+                    break;
+                }
+            }
+        }
+        None => {
+            bump(&counters.query_full_scans, 1);
+            info.mode = "full_scan_fallback";
+            let task = ScanTask {
+                table: q.table.clone(),
+                filter: filter.clone(),
+                after: q.cursor.clone(),
+                desc,
+                limit: if count_only { 0 } else { want },
+                count_only,
+            };
+            let shards = shard.router.shards();
+            let mut futures = Vec::new();
+            for s in 0..shards {
+                let t = ShardTask::Scan(task.clone());
+                futures.push(async move {
+                    if s == shard.id {
+                        run_share_async(shard, t).await
+                    } else {
+                        match shard
+                            .router
+                            .call(s, ShardCall::Query(Box::new(t)), shard.request_timeout())
+                            .await?
+                        {
+                            ShardAnswer::Query(Ok(r)) => Ok(r),
+                            ShardAnswer::Query(Err((_, body))) => Err(ApiError::Unprocessable(
+                                String::from_utf8_lossy(&body).into_owned(),
+                            )),
+                            _ => Err(ApiError::Unavailable("unexpected answer from a shard")),
+                        }
+                    }
+                });
+            }
+            for r in futures::future::join_all(futures).await {
+                let r = r?;
+                info.actual += r.scanned;
+                total += r.count;
+                rows.extend(r.rows);
+            }
+        }
+    }
+    if !count_only {
+        keep_first(&mut rows, want, desc);
+    }
+    let more = !count_only && rows.len() > q.limit;
+    rows.truncate(q.limit);
+
+    let mut out = serde_json::Map::new();
+    out.insert("table".into(), q.table.clone().into());
+    match q.ret {
+        Return::Count => {
+            out.insert("count".into(), total.into());
+        }
+        Return::Keys => {
+            out.insert("count".into(), rows.len().into());
+            out.insert(
+                "keys".into(),
+                rows.iter()
+                    .map(|r| r.key.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+        Return::Entities => {
+            out.insert("count".into(), rows.len().into());
+            let ents: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    let entity: serde_json::Value =
+                        serde_json::from_slice(&r.value).unwrap_or(serde_json::Value::Null);
+                    json!({"key": r.key, "entity": entity})
+                })
+                .collect();
+            out.insert("entities".into(), ents.into());
+        }
+    }
+    if more {
+        if let Some(last) = rows.last() {
+            out.insert(
+                "next_cursor".into(),
+                encode_cursor(&last.position(), q.fingerprint).into(),
+            );
+        }
+    }
+    if q.explain {
+        out.insert(
+            "plan".into(),
+            json!({
+                "mode": info.mode,
+                "index": info.index.as_ref().map(|d| json!({"id": d.id, "table": d.table, "columns": d.columns, "unique": d.unique})),
+                "estimated_candidates": info.estimated,
+                "actual_candidates": info.actual,
+                "cursor_anchor": info.cursor_anchor,
+                "shards": shard.router.shards(),
+                "parallel_threshold": threshold,
+                "batch_size": batch,
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Fetches and filters candidate keys, in their order: here, or grouped by
+/// owning core in batches.
+async fn fetch_filter(
+    shard: &Shard,
+    keys: Vec<String>,
+    filter: &Arc<Filter>,
+    parallel: bool,
+    batch: usize,
+) -> Result<Vec<Row>, ApiError> {
+    let shards = shard.router.shards();
+    if !parallel || shards == 1 {
+        return Ok(fetch(shard, &keys, filter)?.rows);
+    }
+    let mut by_owner: Vec<Vec<String>> = vec![Vec::new(); shards];
+    for k in &keys {
+        by_owner[shard.router.owner(k)].push(k.clone());
+    }
+    let mut futures = Vec::new();
+    for (owner, share) in by_owner.into_iter().enumerate() {
+        for part in share.chunks(batch) {
+            let part = part.to_vec();
+            let filter = filter.clone();
+            futures.push(async move {
+                if owner == shard.id {
+                    return Ok(fetch(shard, &part, &filter)?.rows);
+                }
+                let task = ShardTask::Fetch { keys: part, filter };
+                match shard
+                    .router
+                    .call(
+                        owner,
+                        ShardCall::Query(Box::new(task)),
+                        shard.request_timeout(),
+                    )
+                    .await?
+                {
+                    ShardAnswer::Query(Ok(r)) => Ok(r.rows),
+                    ShardAnswer::Query(Err((_, body))) => Err(ApiError::Unprocessable(
+                        String::from_utf8_lossy(&body).into_owned(),
+                    )),
+                    _ => Err(ApiError::Unavailable("unexpected answer from a shard")),
+                }
+            });
+        }
+    }
+    let mut found: HashMap<String, Row> = HashMap::new();
+    for r in futures::future::join_all(futures).await {
+        for row in r? {
+            found.insert(row.key.clone(), row);
+        }
+    }
+    Ok(keys.into_iter().filter_map(|k| found.remove(&k)).collect())
+}
