@@ -184,8 +184,8 @@ impl Shard {
             Route::ChangefeedRetention => changefeed::http::retention(self, req.body, resp).await,
             Route::Query => {
                 let q = crate::query::parse(req.body)?;
-                let v = crate::query::exec::execute(self, q).await?;
-                resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
+                let body = crate::query::exec::execute(self, q).await?;
+                resp.json(200, &body);
                 Ok(())
             }
             Route::IndexAdmin => match req.path {

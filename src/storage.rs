@@ -383,6 +383,20 @@ impl Storage {
         Ok(())
     }
 
+    /// Approximate bytes of entities in `[from, to)`, from the SST files'
+    /// index (memtables are not counted). Cheap: no data is read.
+    pub fn approximate_entity_bytes(&self, from: &[u8], to: &[u8]) -> u64 {
+        match self.entities() {
+            Ok(cf) => self
+                .db
+                .get_approximate_sizes_cf(cf, &[rocksdb::Range::new(from, to)])
+                .first()
+                .copied()
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
     /// Reads several entities at once (values copied).
     pub fn multi_get_entities(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let cf = self.entities()?;

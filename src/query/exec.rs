@@ -3,6 +3,7 @@
 use super::parse::{encode_cursor, Position, Query, Return};
 use super::Filter;
 use crate::api::Shard;
+use crate::entity::write_json_str;
 use crate::error::ApiError;
 use crate::index::encoding::{Scalar, TAG_FALSE, TAG_TRUE};
 use crate::index::{build::table_range, IndexDef, IndexState};
@@ -50,6 +51,9 @@ pub enum ShardTask {
 #[derive(Debug, Clone)]
 pub struct ScanTask {
     pub table: String,
+    /// The key range this core scans whole; `None`: scan the table and keep
+    /// the keys this core owns.
+    pub range: Option<(Vec<u8>, Vec<u8>)>,
     pub filter: Arc<Filter>,
     pub after: Option<Position>,
     pub desc: bool,
@@ -129,19 +133,26 @@ fn scan_share(
     me: usize,
     shards: usize,
 ) -> Result<ShardRows, crate::storage::StorageError> {
-    let (mut from, to) = table_range(&t.table);
+    let (mut from, to) = t.range.clone().unwrap_or_else(|| table_range(&t.table));
+    let by_owner = t.range.is_none() && shards > 1;
     let key_order = t.filter.order_path.is_none();
     if let (Some(a), true, false) = (&t.after, key_order, t.desc) {
         // Key order: start right after the cursor's key.
-        from = a.key.as_bytes().to_vec();
-        from.push(0);
+        let mut after = a.key.as_bytes().to_vec();
+        after.push(0);
+        if after > from {
+            from = after;
+        }
+    }
+    if from >= to {
+        return Ok(ShardRows::default());
     }
     let mut out = ShardRows::default();
     let mut scratch = Vec::new();
     shared
         .storage
         .scan(Family::Entities, &from, &to, false, |k, v| {
-            if shards > 1 && crate::router::owner_of(k, shards) != me {
+            if by_owner && crate::router::owner_of(k, shards) != me {
                 return true;
             }
             out.scanned += 1;
@@ -176,6 +187,59 @@ fn scan_share(
         keep_first(&mut out.rows, t.limit, t.desc);
     }
     Ok(out)
+}
+
+/// Tables smaller than this (in SST bytes) are split by ownership.
+const SPLIT_MIN_BYTES: u64 = 8 << 20;
+
+/// Splits the table's key range into `n` ranges holding about equal bytes
+/// (RocksDB's size estimates of the SST files, found by bisection over the
+/// 8 key bytes after `table:`). `None` when the table is small or mostly
+/// still in memtables: then every core scans the table and keeps the keys
+/// it owns.
+fn split_table(
+    shared: &crate::server::Shared,
+    table: &str,
+    n: usize,
+) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let (from, to) = table_range(table);
+    let total = shared.storage.approximate_entity_bytes(&from, &to);
+    if total < SPLIT_MIN_BYTES {
+        return None;
+    }
+    let key_at = |x: u64| {
+        let mut k = from.clone();
+        k.extend_from_slice(&x.to_be_bytes());
+        k
+    };
+    let mut bounds = vec![from.clone()];
+    for i in 1..n {
+        let target = total / n as u64 * i as u64;
+        let (mut lo, mut hi) = (0u64, u64::MAX);
+        for _ in 0..64 {
+            if hi - lo <= 1 {
+                break;
+            }
+            let mid = lo + (hi - lo) / 2;
+            if shared.storage.approximate_entity_bytes(&from, &key_at(mid)) < target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let b = key_at(hi);
+        if b <= *bounds.last()? {
+            return None;
+        }
+        bounds.push(b);
+    }
+    bounds.push(to);
+    Some(
+        bounds
+            .windows(2)
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect(),
+    )
 }
 
 /// How the rows are found.
@@ -327,10 +391,12 @@ struct PlanInfo {
     estimated: u64,
     actual: u64,
     cursor_anchor: bool,
+    /// How a full scan was divided over the cores.
+    scan_split: Option<&'static str>,
 }
 
 /// Executes `q` and writes the answer.
-pub async fn execute(shard: &Shard, q: Query) -> Result<serde_json::Value, ApiError> {
+pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
     let rt = shard.runtime();
     let (threshold, batch) = (rt.parallel_threshold, rt.batch_size.max(1));
     let catalog = shard.catalog();
@@ -480,7 +546,23 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<serde_json::Value, ApiEr
         None => {
             bump(&counters.query_full_scans, 1);
             info.mode = "full_scan_fallback";
+            let shards = shard.router.shards();
+            let s2 = shared.clone();
+            let table = q.table.clone();
+            let ranges = if shards > 1 {
+                glommio::executor()
+                    .spawn_blocking(move || split_table(&s2, &table, shards))
+                    .await
+            } else {
+                None
+            };
+            info.scan_split = Some(if ranges.is_some() {
+                "key_ranges"
+            } else {
+                "ownership"
+            });
             let task = ScanTask {
+                range: None,
                 table: q.table.clone(),
                 filter: filter.clone(),
                 after: q.cursor.clone(),
@@ -488,10 +570,11 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<serde_json::Value, ApiEr
                 limit: if count_only { 0 } else { want },
                 count_only,
             };
-            let shards = shard.router.shards();
             let mut futures = Vec::new();
             for s in 0..shards {
-                let t = ShardTask::Scan(task.clone());
+                let mut part = task.clone();
+                part.range = ranges.as_ref().map(|r| r[s].clone());
+                let t = ShardTask::Scan(part);
                 futures.push(async move {
                     if s == shard.id {
                         run_share_async(shard, t).await
@@ -524,59 +607,66 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<serde_json::Value, ApiEr
     let more = !count_only && rows.len() > q.limit;
     rows.truncate(q.limit);
 
-    let mut out = serde_json::Map::new();
-    out.insert("table".into(), q.table.clone().into());
+    // The answer is written directly: stored entities are copied as they
+    // are, never parsed and re-encoded.
+    let mut out = Vec::with_capacity(
+        64 + rows
+            .iter()
+            .map(|r| r.key.len() + r.value.len() + 24)
+            .sum::<usize>(),
+    );
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"table\":");
+    write_json_str(&mut out, &q.table);
+    out.extend_from_slice(b",\"count\":");
+    let count = if count_only { total } else { rows.len() as u64 };
+    out.extend_from_slice(num.format(count).as_bytes());
     match q.ret {
-        Return::Count => {
-            out.insert("count".into(), total.into());
-        }
+        Return::Count => {}
         Return::Keys => {
-            out.insert("count".into(), rows.len().into());
-            out.insert(
-                "keys".into(),
-                rows.iter()
-                    .map(|r| r.key.clone())
-                    .collect::<Vec<_>>()
-                    .into(),
-            );
+            out.extend_from_slice(b",\"keys\":[");
+            for (i, r) in rows.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_str(&mut out, &r.key);
+            }
+            out.push(b']');
         }
         Return::Entities => {
-            out.insert("count".into(), rows.len().into());
-            let ents: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|r| {
-                    let entity: serde_json::Value =
-                        serde_json::from_slice(&r.value).unwrap_or(serde_json::Value::Null);
-                    json!({"key": r.key, "entity": entity})
-                })
-                .collect();
-            out.insert("entities".into(), ents.into());
+            out.extend_from_slice(b",\"entities\":[");
+            for (i, r) in rows.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                crate::entity::render_get(&mut out, &r.key, &r.value);
+            }
+            out.push(b']');
         }
     }
     if more {
         if let Some(last) = rows.last() {
-            out.insert(
-                "next_cursor".into(),
-                encode_cursor(&last.position(), q.fingerprint).into(),
-            );
+            out.extend_from_slice(b",\"next_cursor\":");
+            write_json_str(&mut out, &encode_cursor(&last.position(), q.fingerprint));
         }
     }
     if q.explain {
-        out.insert(
-            "plan".into(),
-            json!({
-                "mode": info.mode,
-                "index": info.index.as_ref().map(|d| json!({"id": d.id, "table": d.table, "columns": d.columns, "unique": d.unique})),
-                "estimated_candidates": info.estimated,
-                "actual_candidates": info.actual,
-                "cursor_anchor": info.cursor_anchor,
-                "shards": shard.router.shards(),
-                "parallel_threshold": threshold,
-                "batch_size": batch,
-            }),
-        );
+        let plan = json!({
+            "mode": info.mode,
+            "index": info.index.as_ref().map(|d| json!({"id": d.id, "table": d.table, "columns": d.columns, "unique": d.unique})),
+            "estimated_candidates": info.estimated,
+            "actual_candidates": info.actual,
+            "cursor_anchor": info.cursor_anchor,
+            "scan_split": info.scan_split,
+            "shards": shard.router.shards(),
+            "parallel_threshold": threshold,
+            "batch_size": batch,
+        });
+        out.extend_from_slice(b",\"plan\":");
+        let _ = serde_json::to_writer(&mut out, &plan);
     }
-    Ok(serde_json::Value::Object(out))
+    out.push(b'}');
+    Ok(out)
 }
 
 /// Fetches and filters candidate keys, in their order: here, or grouped by

@@ -1,0 +1,233 @@
+//! `themis-query-bench`: figures for indexed queries and full scans.
+//!
+//! * `load`: writes N entities `qb:<i>` with `{"grp": i % groups,
+//!   "grp_copy": i % groups, "pad": …}` over pipelined connections (with
+//!   N / groups entities per group, an equality query on `grp` returns that
+//!   many rows).
+//! * `run --mode indexed|scan|get`: closed loop over C connections for D
+//!   seconds; `indexed` queries `grp = random group` (the index), `scan`
+//!   the same on the unindexed `grp_copy` (a full scan), `get` fetches one
+//!   random entity. Prints requests/s and latency percentiles as JSON.
+//!
+//! Plain threads and blocking sockets, one per connection.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    addr: SocketAddr,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Indexed,
+    Scan,
+    Get,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    Load {
+        #[arg(long, default_value_t = 1_000_000)]
+        entities: u64,
+        #[arg(long, default_value_t = 100_000)]
+        groups: u64,
+        #[arg(long, default_value_t = 16)]
+        connections: u64,
+        #[arg(long, default_value_t = 128)]
+        pad: usize,
+    },
+    Run {
+        #[arg(long, value_enum)]
+        mode: Mode,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 1_000_000)]
+        entities: u64,
+        #[arg(long, default_value_t = 100_000)]
+        groups: u64,
+    },
+}
+
+/// Reads one response; returns its status.
+fn read_response(r: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> u16 {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    body.resize(len, 0);
+    r.read_exact(body).expect("body");
+    status
+}
+
+fn load(addr: SocketAddr, entities: u64, groups: u64, connections: u64, pad: usize) {
+    let start = Instant::now();
+    let pad = "x".repeat(pad);
+    let handles: Vec<_> = (0..connections)
+        .map(|c| {
+            let pad = pad.clone();
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(addr).expect("connect");
+                s.set_nodelay(true).expect("nodelay");
+                let mut w = s.try_clone().expect("clone");
+                let mut r = BufReader::new(s);
+                let mut body = Vec::new();
+                let mine: Vec<u64> = (c..entities).step_by(connections as usize).collect();
+                for chunk in mine.chunks(64) {
+                    let mut out = Vec::new();
+                    for i in chunk {
+                        let g = i % groups;
+                        let doc = format!(r#"{{"grp":{g},"grp_copy":{g},"pad":"{pad}"}}"#);
+                        out.extend_from_slice(
+                            format!(
+                                "PUT /entities/qb:{i} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{doc}",
+                                doc.len()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    w.write_all(&out).expect("write");
+                    for _ in chunk {
+                        let st = read_response(&mut r, &mut body);
+                        assert!(st < 300, "PUT failed: {st}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("loader");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"entities\":{entities},\"groups\":{groups},\"seconds\":{secs:.1},\"puts_per_s\":{:.0}}}",
+        entities as f64 / secs
+    );
+}
+
+fn run(
+    addr: SocketAddr,
+    mode: Mode,
+    connections: usize,
+    duration: f64,
+    entities: u64,
+    groups: u64,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..connections)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(addr).expect("connect");
+                s.set_nodelay(true).expect("nodelay");
+                let mut w = s.try_clone().expect("clone");
+                let mut r = BufReader::new(s);
+                let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("hist");
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
+                let mut body = Vec::new();
+                let mut rows = 0u64;
+                let mut errors = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let req = match mode {
+                        Mode::Get => format!("GET /entities/qb:{} HTTP/1.1\r\nHost: b\r\n\r\n", x % entities),
+                        Mode::Indexed | Mode::Scan => {
+                            let col = if matches!(mode, Mode::Indexed) { "grp" } else { "grp_copy" };
+                            let q = format!(
+                                r#"{{"table":"qb","predicates":[{{"column":"{col}","value":{}}}],"limit":100}}"#,
+                                x % groups
+                            );
+                            format!(
+                                "POST /query HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{q}",
+                                q.len()
+                            )
+                        }
+                    };
+                    let t = Instant::now();
+                    w.write_all(req.as_bytes()).expect("write");
+                    let st = read_response(&mut r, &mut body);
+                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                    if st != 200 {
+                        errors += 1;
+                    } else if !matches!(mode, Mode::Get) {
+                        // "count":N
+                        let s = String::from_utf8_lossy(&body);
+                        if let Some(p) = s.find("\"count\":") {
+                            let n: String = s[p + 8..].chars().take_while(char::is_ascii_digit).collect();
+                            rows += n.parse::<u64>().unwrap_or(0);
+                        }
+                    }
+                }
+                (h, rows, errors)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(duration));
+    stop.store(true, Ordering::Relaxed);
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("hist");
+    let (mut rows, mut errors) = (0, 0);
+    for h in handles {
+        let (hist, r, e) = h.join().expect("worker");
+        merged.add(&hist).expect("merge");
+        rows += r;
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = merged.len();
+    let q = |p: f64| merged.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "{{\"mode\":\"{mode:?}\",\"connections\":{connections},\"requests\":{n},\"errors\":{errors},\"per_s\":{:.1},\"rows_per_request\":{:.2},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+        n as f64 / secs,
+        if n > 0 { rows as f64 / n as f64 } else { 0.0 },
+        q(0.5),
+        q(0.99),
+        merged.max() as f64 / 1000.0
+    );
+}
+
+fn main() {
+    let a = Args::parse();
+    match a.cmd {
+        Cmd::Load {
+            entities,
+            groups,
+            connections,
+            pad,
+        } => load(a.addr, entities, groups, connections, pad),
+        Cmd::Run {
+            mode,
+            connections,
+            duration,
+            entities,
+            groups,
+        } => run(a.addr, mode, connections, duration, entities, groups),
+    }
+}
