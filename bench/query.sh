@@ -9,7 +9,9 @@
 #      (closed loop, 32 connections); single-entity GET the same way, for
 #      the ratio.
 #   3. The same query on the unindexed copy "grp_copy": a full scan.
-#   4. The full scan with the server on 1 core and on 2 cores.
+#   4. Indexed query and GET again after a restart (data flushed to SST
+#      files, block cache warmed by one discarded run).
+#   5. The full scan with the server on 1 core and on 2 cores.
 #
 # Prints a Markdown summary; raw results go to bench/results/query.json.
 set -euo pipefail
@@ -73,6 +75,12 @@ qb run --mode indexed --duration "$DURATION" --entities "$ENTITIES" --groups "$N
 qb run --mode get --duration "$DURATION" --entities "$ENTITIES" --groups "$NGROUPS" | tee "$WORK/get.json"
 qb run --mode scan --connections 1 --duration "$(( DURATION * 2 ))" --entities "$ENTITIES" --groups "$NGROUPS" | tee "$WORK/scan.json"
 stop
+echo "== after a restart: data in SST files, block cache warmed by one discarded run"
+start "0-$((SERVER_CPUS - 1))" "$SERVER_CPUS"
+qb run --mode indexed --duration "$DURATION" --entities "$ENTITIES" --groups "$NGROUPS" > /dev/null
+qb run --mode indexed --duration "$DURATION" --entities "$ENTITIES" --groups "$NGROUPS" | tee "$WORK/indexed_sst.json"
+qb run --mode get --duration "$DURATION" --entities "$ENTITIES" --groups "$NGROUPS" | tee "$WORK/get_sst.json"
+stop
 echo "== full scan: 1 core vs 2 cores (client shares the CPUs; it only waits)"
 start 0 1
 qb run --mode scan --connections 1 --duration "$(( DURATION * 2 ))" --entities "$ENTITIES" --groups "$NGROUPS" | tee "$WORK/scan1.json"
@@ -88,7 +96,7 @@ python3 - "$WORK" <<'PY'
 import json, os, sys
 w = sys.argv[1]
 j = lambda n: json.load(open(os.path.join(w, n + ".json"))) if os.path.exists(os.path.join(w, n + ".json")) else None
-r = {k: j(k) for k in ("load", "build", "indexed", "get", "scan", "scan1", "scan2")}
+r = {k: j(k) for k in ("load", "build", "indexed", "get", "indexed_sst", "get_sst", "scan", "scan1", "scan2")}
 json.dump(r, open("bench/results/query.json", "w"), indent=2)
 i, g, s = r["indexed"], r["get"], r["scan"]
 print()
@@ -97,6 +105,10 @@ print("| --- | ---: |")
 print(f"| Indexed equality query (10 of {r['load']['entities']:,}) | {i['per_s']:,.0f} q/s, p50 {i['p50_ms']:.3f} ms, p99 {i['p99_ms']:.3f} ms, {i['rows_per_request']:.1f} rows |")
 print(f"| Single-entity GET, same client | {g['per_s']:,.0f} req/s, p99 {g['p99_ms']:.3f} ms |")
 print(f"| Indexed query / GET throughput | {100 * i['per_s'] / g['per_s']:.0f}% |")
+i2, g2 = r["indexed_sst"], r["get_sst"]
+print(f"| After a restart (SST files, warm cache): indexed query | {i2['per_s']:,.0f} q/s, p99 {i2['p99_ms']:.3f} ms |")
+print(f"| After a restart: GET | {g2['per_s']:,.0f} req/s, p99 {g2['p99_ms']:.3f} ms |")
+print(f"| After a restart: indexed query / GET throughput | {100 * i2['per_s'] / g2['per_s']:.0f}% |")
 print(f"| Same query as a full scan | {s['per_s']:.2f} q/s, p50 {s['p50_ms']:.0f} ms |")
 print(f"| Indexed vs full scan (latency p50) | {s['p50_ms'] / i['p50_ms']:,.0f}x |")
 if r["scan1"] and r["scan2"]:

@@ -57,6 +57,8 @@ pub struct Shard {
     claims: RefCell<HashMap<Vec<u8>, (String, Instant)>>,
     /// This shard itself, for spawning tasks that outlive a request.
     me: Weak<Shard>,
+    /// Parse state for query filters.
+    check_scratch: RefCell<crate::query::CheckScratch>,
 }
 
 const ENTITY_METHODS: &str = "GET, HEAD, PUT, DELETE";
@@ -74,6 +76,7 @@ impl Shard {
             catalog,
             claims: RefCell::new(HashMap::new()),
             me: me.clone(),
+            check_scratch: RefCell::new(Default::default()),
             index_scratch: RefCell::new(Vec::new()),
             id,
             shared,
@@ -85,6 +88,10 @@ impl Shard {
             scratch: RefCell::new(Scratch::default()),
             record: RefCell::new(Vec::new()),
         })
+    }
+
+    pub(crate) fn check_scratch(&self) -> &RefCell<crate::query::CheckScratch> {
+        &self.check_scratch
     }
 
     /// The index catalog for the current request.

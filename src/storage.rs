@@ -397,6 +397,24 @@ impl Storage {
         }
     }
 
+    /// Reads several entities in one batched lookup and hands each value
+    /// (pinned, not copied) to `f` with its position in `keys`.
+    pub fn with_entities(
+        &self,
+        keys: &[&[u8]],
+        mut f: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StorageError> {
+        let cf = self.entities()?;
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|i| keys[*i]);
+        let sorted: Vec<&[u8]> = order.iter().map(|i| keys[*i]).collect();
+        let results = self.db.batched_multi_get_cf(cf, &sorted, true);
+        for (i, r) in order.into_iter().zip(results) {
+            f(i, r?.as_deref());
+        }
+        Ok(())
+    }
+
     /// Reads several entities at once (values copied).
     pub fn multi_get_entities(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let cf = self.entities()?;

@@ -38,6 +38,11 @@ struct Padded(AtomicU64);
 pub struct Sequencer {
     /// The last sequence handed out.
     last: Padded,
+    /// The highest watermark computed so far (keeps it monotonic: a writer
+    /// that read the counter, then was descheduled, stores a stale, lower
+    /// bound, which would pull a fresh computation below an earlier one —
+    /// still safe, but readers should never see the feed go backwards).
+    high: Padded,
     /// Per core: 0, or a lower bound of the sequence that core is
     /// committing.
     slots: Box<[Padded]>,
@@ -61,6 +66,7 @@ impl Sequencer {
     pub fn new(cores: usize, last: u64) -> Sequencer {
         Sequencer {
             last: Padded(AtomicU64::new(last)),
+            high: Padded(AtomicU64::new(last)),
             slots: (0..cores).map(|_| Padded::default()).collect(),
         }
     }
@@ -76,6 +82,8 @@ impl Sequencer {
     }
 
     /// Every sequence up to this one has committed (or was abandoned).
+    /// Never decreases: once every sequence up to `v` has committed, that
+    /// stays true, so the maximum of all computed watermarks is one too.
     pub fn visible(&self) -> u64 {
         let mut v = self.last.0.load(SeqCst);
         for s in self.slots.iter() {
@@ -84,7 +92,7 @@ impl Sequencer {
                 v = v.min(bound - 1);
             }
         }
-        v
+        self.high.0.fetch_max(v, SeqCst).max(v)
     }
 
     /// The last sequence handed out (committed or not).

@@ -98,6 +98,10 @@ pub async fn run(shard: Rc<Shard>, id: u32) {
     let (mut from, to) = table_range(&def.table);
     let mut processed = 0u64;
     loop {
+        // Dropped or rebuilt meanwhile: stop (its entries are being deleted).
+        if shard.shared.indexes.catalog.current().by_id(id).is_none() {
+            return;
+        }
         // Step 2, off the reactor.
         let (shared, d, start) = (shard.shared.clone(), def.clone(), from.clone());
         let to2 = to.clone();

@@ -22,7 +22,7 @@
 //! concatenation of its columns followed by the entity key.
 
 use simd_json::prelude::*;
-use simd_json::BorrowedValue;
+use simd_json::{BorrowedValue, ValueType};
 use std::cmp::Ordering;
 
 pub const TAG_ABSENT: u8 = 0x00;
@@ -119,6 +119,73 @@ pub fn encode_str(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.extend_from_slice(&[0, 0]);
+}
+
+/// A document's value seen without copying (strings borrowed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScalarRef<'a> {
+    Absent,
+    Null,
+    Bool(bool),
+    Number(f64),
+    Str(&'a str),
+}
+
+impl ScalarRef<'_> {
+    pub fn tag(&self) -> u8 {
+        match self {
+            ScalarRef::Absent => TAG_ABSENT,
+            ScalarRef::Null => TAG_NULL,
+            ScalarRef::Bool(false) => TAG_FALSE,
+            ScalarRef::Bool(true) => TAG_TRUE,
+            ScalarRef::Number(_) => TAG_NUMBER,
+            ScalarRef::Str(_) => TAG_STRING,
+        }
+    }
+
+    /// Order against an owned value, consistent with the encoding.
+    pub fn cmp_scalar(&self, other: &Scalar) -> Ordering {
+        let (a, b) = (self.tag(), other.tag());
+        if a != b {
+            return a.cmp(&b);
+        }
+        match (self, other) {
+            (ScalarRef::Number(x), Scalar::Number(y)) => norm(*x).total_cmp(&norm(*y)),
+            (ScalarRef::Str(x), Scalar::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+            _ => Ordering::Equal,
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ScalarRef::Absent => out.push(TAG_ABSENT),
+            ScalarRef::Null => out.push(TAG_NULL),
+            ScalarRef::Bool(b) => out.push(if *b { TAG_TRUE } else { TAG_FALSE }),
+            ScalarRef::Number(n) => encode_number(out, *n),
+            ScalarRef::Str(s) => encode_str(out, s),
+        }
+    }
+}
+
+/// A scalar view of any parsed JSON value (absent for objects and arrays).
+pub fn scalar_ref<'v, V>(v: Option<&'v V>) -> ScalarRef<'v>
+where
+    V: ValueAsScalar + TypedValue,
+{
+    let Some(v) = v else {
+        return ScalarRef::Absent;
+    };
+    if v.value_type() == ValueType::Null {
+        ScalarRef::Null
+    } else if let Some(b) = v.as_bool() {
+        ScalarRef::Bool(b)
+    } else if let Some(s) = v.as_str() {
+        ScalarRef::Str(s)
+    } else if let Some(f) = v.cast_f64() {
+        ScalarRef::Number(f)
+    } else {
+        ScalarRef::Absent
+    }
 }
 
 /// The value at a dotted path (`address.city`) of a parsed document.

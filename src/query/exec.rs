@@ -92,25 +92,27 @@ pub async fn run_share_async(shard: &Shard, task: ShardTask) -> Result<ShardRows
 }
 
 fn fetch(shard: &Shard, keys: &[String], filter: &Filter) -> Result<ShardRows, ApiError> {
-    let mut out = ShardRows::default();
-    let mut scratch = Vec::new();
-    for k in keys {
-        let row = shard.shared.storage.with_entity(k.as_bytes(), |v| {
-            v.and_then(|v| {
-                filter.check(v, &mut scratch).map(|sort| Row {
-                    key: k.clone(),
+    let mut found: Vec<Option<Row>> = Vec::with_capacity(keys.len());
+    found.resize_with(keys.len(), || None);
+    let mut scratch = shard.check_scratch().borrow_mut();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    shard.shared.storage.with_entities(&refs, |i, v| {
+        if let Some(v) = v {
+            if let Some(sort) = filter.check(v, &mut scratch) {
+                found[i] = Some(Row {
+                    key: keys[i].clone(),
                     value: v.to_vec(),
                     sort,
-                })
-            })
-        })?;
-        out.scanned += 1;
-        if let Some(r) = row {
-            out.rows.push(r);
+                });
+            }
         }
-    }
-    out.count = out.rows.len() as u64;
-    Ok(out)
+    })?;
+    let rows: Vec<Row> = found.into_iter().flatten().collect();
+    Ok(ShardRows {
+        count: rows.len() as u64,
+        scanned: keys.len() as u64,
+        rows,
+    })
 }
 
 /// Keeps the first `limit` rows of `rows` in result order.
@@ -148,7 +150,7 @@ fn scan_share(
         return Ok(ShardRows::default());
     }
     let mut out = ShardRows::default();
-    let mut scratch = Vec::new();
+    let mut scratch = super::CheckScratch::default();
     shared
         .storage
         .scan(Family::Entities, &from, &to, false, |k, v| {

@@ -28,7 +28,7 @@
 pub mod exec;
 pub mod parse;
 
-use crate::index::encoding::Scalar;
+use crate::index::encoding::{scalar_ref, Scalar, ScalarRef};
 pub use exec::{run_share, ShardRows, ShardTask};
 pub use parse::{parse, Query};
 
@@ -45,38 +45,36 @@ pub struct Cond {
 
 /// Same type for range purposes (false and true are one type).
 fn same_type(a: &Scalar, b: &Scalar) -> bool {
+    same_type_tags(a.tag(), b.tag())
+}
+
+fn same_type_tags(a: u8, b: u8) -> bool {
     use crate::index::encoding::{TAG_FALSE, TAG_TRUE};
     let norm = |t: u8| if t == TAG_TRUE { TAG_FALSE } else { t };
-    norm(a.tag()) == norm(b.tag())
+    norm(a) == norm(b)
 }
 
 impl Cond {
-    pub fn matches(&self, v: &Scalar) -> bool {
-        if matches!(v, Scalar::Absent) {
+    pub fn matches(&self, v: &ScalarRef<'_>) -> bool {
+        use std::cmp::Ordering;
+        if matches!(v, ScalarRef::Absent) {
             return false;
         }
         if let Some(e) = &self.eq {
-            if v.cmp_total(e) != std::cmp::Ordering::Equal {
+            if v.cmp_scalar(e) != Ordering::Equal {
                 return false;
             }
         }
-        if let Some((b, inclusive)) = &self.lower {
-            if !same_type(v, b) {
+        for (bound, lower) in [(&self.lower, true), (&self.upper, false)] {
+            let Some((b, inclusive)) = bound else {
+                continue;
+            };
+            if !same_type_tags(v.tag(), b.tag()) {
                 return false;
             }
-            match v.cmp_total(b) {
-                std::cmp::Ordering::Less => return false,
-                std::cmp::Ordering::Equal if !inclusive => return false,
-                _ => {}
-            }
-        }
-        if let Some((b, inclusive)) = &self.upper {
-            if !same_type(v, b) {
-                return false;
-            }
-            match v.cmp_total(b) {
-                std::cmp::Ordering::Greater => return false,
-                std::cmp::Ordering::Equal if !inclusive => return false,
+            match (v.cmp_scalar(b), lower) {
+                (Ordering::Less, true) | (Ordering::Greater, false) => return false,
+                (Ordering::Equal, _) if !inclusive => return false,
                 _ => {}
             }
         }
@@ -92,26 +90,56 @@ pub struct Filter {
     pub order_path: Option<Vec<String>>,
 }
 
+/// Reused parse state for [`Filter::check`] (no allocation per row in the
+/// steady state).
+#[derive(Default)]
+pub struct CheckScratch {
+    bytes: Vec<u8>,
+    buffers: Option<simd_json::Buffers>,
+    tape: Option<simd_json::Tape<'static>>,
+}
+
 impl Filter {
-    /// Whether `doc` (stored JSON bytes) matches; on a match, the encoded
-    /// sort value (empty without order_by).
-    pub fn check(&self, doc_bytes: &[u8], scratch: &mut Vec<u8>) -> Option<Vec<u8>> {
-        scratch.clear();
-        scratch.extend_from_slice(doc_bytes);
-        let doc = simd_json::to_borrowed_value(scratch).ok()?;
+    /// Whether `doc_bytes` (a stored document) matches; on a match, the
+    /// encoded sort value (empty without order_by).
+    pub fn check(&self, doc_bytes: &[u8], s: &mut CheckScratch) -> Option<Vec<u8>> {
+        let CheckScratch {
+            bytes,
+            buffers,
+            tape,
+        } = s;
+        bytes.clear();
+        bytes.extend_from_slice(doc_bytes);
+        let buffers = buffers.get_or_insert_with(|| simd_json::Buffers::new(doc_bytes.len()));
+        let mut t = tape.take().unwrap_or_else(simd_json::Tape::null).reset();
+        let result = match simd_json::fill_tape(bytes, buffers, &mut t) {
+            Ok(()) => self.evaluate(t.as_value()),
+            Err(_) => None,
+        };
+        *tape = Some(t.reset());
+        result
+    }
+
+    fn evaluate(&self, root: simd_json::tape::Value<'_, '_>) -> Option<Vec<u8>> {
+        fn at<'t, 'i>(
+            root: simd_json::tape::Value<'t, 'i>,
+            path: &[String],
+        ) -> Option<simd_json::tape::Value<'t, 'i>> {
+            let mut cur = root;
+            for seg in path {
+                cur = cur.as_object()?.get(seg.as_str())?;
+            }
+            Some(cur)
+        }
         for c in &self.conds {
-            let v =
-                crate::index::encoding::scalar_of(crate::index::encoding::lookup(&doc, &c.path));
-            if !c.matches(&v) {
+            let v = at(root, &c.path);
+            if !c.matches(&scalar_ref(v.as_ref())) {
                 return None;
             }
         }
         let mut sort = Vec::new();
         if let Some(p) = &self.order_path {
-            crate::index::encoding::encode_doc_value(
-                &mut sort,
-                crate::index::encoding::lookup(&doc, p),
-            );
+            scalar_ref(at(root, p).as_ref()).encode(&mut sort);
         }
         Some(sort)
     }
