@@ -182,19 +182,20 @@ impl Storage {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_open_files(cfg.max_open_files);
-        // Background threads: compactions plus one for flushes. Both pools
-        // run at lowered CPU priority (compactions also at lowered I/O
-        // priority): they share CPUs with the pinned executors, and a
-        // background job must not take a core away from requests (the
-        // scheduler gives the executor precedence; the job still gets every
-        // idle cycle).
+        // Background threads: compactions plus one for flushes. Compactions
+        // run at lowered CPU and I/O priority: they share CPUs with the
+        // pinned executors and must not take a core away from requests (the
+        // scheduler gives the executor precedence; they still get every idle
+        // cycle). Flushes keep normal priority: a flush is on the write path
+        // (when memtables are full, writes stop until it finishes), and at
+        // the lowest priority a sustained write load on a busy core starved
+        // it into multi-second write stops (measured with bench/cdc.sh).
         db_opts.set_max_background_jobs(cfg.max_background_compactions + 1);
         let mut env = rocksdb::Env::new().map_err(|e| open_err(e.into_string()))?;
         env.set_background_threads(cfg.max_background_compactions);
         env.set_high_priority_background_threads(1);
         env.lower_thread_pool_cpu_priority();
         env.lower_thread_pool_io_priority();
-        // env.lower_high_priority_thread_pool_cpu_priority();
         db_opts.set_env(&env);
         // Start writeback of the WAL and SST files every MiB instead of
         // letting dirty pages pile up until the kernel throttles the writing
