@@ -32,39 +32,22 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/themis/target}"
-if [ -z "${BENCH_NO_BUILD:-}" ]; then
-  ./setup.sh
-  cargo build --release --workspace --bins
-fi
-BIN="${BENCH_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+. bench/lib.sh
+bench_setup
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-NCPU=$(nproc)
-[ -n "$SERVER_CPUS" ] || SERVER_CPUS=$(( NCPU / 2 > 0 ? NCPU / 2 : 1 ))
-CLIENT_CPUS=$(( NCPU - SERVER_CPUS ))
-if [ "$CLIENT_CPUS" -lt 1 ]; then echo "need at least 2 CPUs" >&2; exit 1; fi
-CLIENT_LIST=$(seq -s, "$SERVER_CPUS" $((NCPU - 1)))
 WORK=$(mktemp -d /tmp/themis-cdc-bench.XXXXXX)
 PORT=18766
 SERVER_PID=""
 cleanup() { [ -z "$SERVER_PID" ] || kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 300); do
-    if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server did not start" >&2; tail "$WORK/server.log" >&2; exit 1
-}
 start() { # cdc(true|false)
   rm -rf "$WORK/db"
   (cd "$WORK" && THEMIS_FEATURES_CDC="$1" THEMIS_STORAGE_MEMTABLE_SIZE_MB=64 exec taskset -c "0-$((SERVER_CPUS - 1))" \
     "$BIN/themis_server" --host 127.0.0.1 --port $PORT --threads "$SERVER_CPUS" --db "$WORK/db") \
     > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
-  wait_port
+  wait_port $PORT "$WORK/server.log"
 }
 stop() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; sleep 0.5; }
 load() { # name args...

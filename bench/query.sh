@@ -31,17 +31,9 @@ while [ $# -gt 0 ]; do
 done
 NGROUPS=$(( ENTITIES / 10 ))
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/themis/target}"
-if [ -z "${BENCH_NO_BUILD:-}" ]; then
-  ./setup.sh
-  cargo build --release --workspace --bins
-fi
-BIN="${BENCH_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+. bench/lib.sh
+bench_setup
 QB="$BIN/themis-query-bench"
-NCPU=$(nproc)
-[ -n "$SERVER_CPUS" ] || SERVER_CPUS=$(( NCPU / 2 > 0 ? NCPU / 2 : 1 ))
-CLIENT_LIST=$(seq -s, "$SERVER_CPUS" $((NCPU - 1)))
-[ -n "$CLIENT_LIST" ] || CLIENT_LIST=0
 WORK=$(mktemp -d /tmp/themis-query-bench.XXXXXX)
 PORT=18767
 SERVER_PID=""
@@ -52,11 +44,7 @@ start() { # cpus threads
   (cd "$WORK" && exec taskset -c "$1" "$BIN/themis_server" --host 127.0.0.1 --port $PORT \
     --threads "$2" --db "$WORK/db") > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 1 300); do
-    if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server did not start" >&2; tail "$WORK/server.log" >&2; exit 1
+  wait_port $PORT "$WORK/server.log"
 }
 stop() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; sleep 0.5; }
 qb() { taskset -c "$CLIENT_LIST" "$QB" --addr "127.0.0.1:$PORT" "$@"; }

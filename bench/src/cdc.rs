@@ -11,9 +11,12 @@
 //! Plain threads and blocking sockets: the figures are about the server,
 //! and at these rates one thread per subscriber is no bottleneck.
 
+#[path = "wire.rs"]
+mod wire;
+
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -151,6 +154,7 @@ fn latency(addr: SocketAddr, subscribers: usize, rate: u64, duration: u64, doc_s
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let begin = start.elapsed();
     let mut late = 0u64;
+    let mut resp_body = Vec::new();
     for i in 0..total {
         let due = begin + Duration::from_nanos(i * 1_000_000_000 / rate);
         let now = start.elapsed();
@@ -168,7 +172,8 @@ fn latency(addr: SocketAddr, subscribers: usize, rate: u64, duration: u64, doc_s
             body
         );
         conn.write_all(req.as_bytes()).expect("write");
-        read_response(&mut reader);
+        let st = wire::read_response(&mut reader, &mut resp_body);
+        assert!(st < 300, "write failed: {st}");
     }
     let achieved = total as f64 / (start.elapsed() - begin).as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
@@ -189,26 +194,6 @@ fn latency(addr: SocketAddr, subscribers: usize, rate: u64, duration: u64, doc_s
         q(0.999),
         merged.max() as f64 / 1000.0
     );
-}
-
-/// Reads one HTTP response with a Content-Length body.
-fn read_response(r: &mut BufReader<TcpStream>) {
-    let mut line = String::new();
-    let mut len = 0usize;
-    r.read_line(&mut line).expect("status line");
-    assert!(line.starts_with("HTTP/1.1 20"), "write failed: {line}");
-    loop {
-        line.clear();
-        r.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).expect("body");
 }
 
 fn idle(addr: SocketAddr, subscribers: usize, pid: u32, hold: u64) {

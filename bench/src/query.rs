@@ -11,9 +11,12 @@
 //!
 //! Plain threads and blocking sockets, one per connection.
 
+#[path = "wire.rs"]
+mod wire;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -60,31 +63,6 @@ enum Cmd {
     },
 }
 
-/// Reads one response; returns its status.
-fn read_response(r: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> u16 {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        r.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    body.resize(len, 0);
-    r.read_exact(body).expect("body");
-    status
-}
-
 fn load(addr: SocketAddr, entities: u64, groups: u64, connections: u64, pad: usize) {
     let start = Instant::now();
     let pad = "x".repeat(pad);
@@ -113,7 +91,7 @@ fn load(addr: SocketAddr, entities: u64, groups: u64, connections: u64, pad: usi
                     }
                     w.write_all(&out).expect("write");
                     for _ in chunk {
-                        let st = read_response(&mut r, &mut body);
+                        let st = wire::read_response(&mut r, &mut body);
                         assert!(st < 300, "PUT failed: {st}");
                     }
                 }
@@ -172,7 +150,7 @@ fn run(
                     };
                     let t = Instant::now();
                     w.write_all(req.as_bytes()).expect("write");
-                    let st = read_response(&mut r, &mut body);
+                    let st = wire::read_response(&mut r, &mut body);
                     let _ = h.record(t.elapsed().as_micros().max(1) as u64);
                     if st != 200 {
                         errors += 1;

@@ -70,6 +70,25 @@ impl<'a> Response<'a> {
     /// Writes the status line and headers for a body of `len` bytes.
     /// Call [`Response::body`] afterwards with exactly `len` bytes in total.
     pub fn start(&mut self, status: u16, content_type: &str, len: usize, extra: &[(&str, &str)]) {
+        self.head(status, content_type, Some(len), extra);
+    }
+
+    /// Writes the head of a streaming response: chunked, no length, and
+    /// the last response on the connection (the handler's
+    /// [`Handler::stream`](crate::Handler::stream) then writes the body).
+    pub fn start_stream(&mut self, status: u16, content_type: &str, extra: &[(&str, &str)]) {
+        self.keep_alive = false;
+        self.head(status, content_type, None, extra);
+    }
+
+    /// Status line and headers; `len: None` means a chunked body.
+    fn head(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        len: Option<usize>,
+        extra: &[(&str, &str)],
+    ) {
         debug_assert_eq!(self.status, 0, "a response is written once");
         self.status = status;
         let out = &mut *self.out;
@@ -82,8 +101,13 @@ impl<'a> Response<'a> {
         crate::date::with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(num.format(len).as_bytes());
+        match len {
+            Some(len) => {
+                out.extend_from_slice(b"\r\nContent-Length: ");
+                out.extend_from_slice(num.format(len).as_bytes());
+            }
+            None => out.extend_from_slice(b"\r\nTransfer-Encoding: chunked"),
+        }
         for (name, value) in extra {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_bytes());
@@ -94,33 +118,6 @@ impl<'a> Response<'a> {
             out.extend_from_slice(b"\r\nConnection: close");
         }
         out.extend_from_slice(b"\r\n\r\n");
-    }
-
-    /// Writes the head of a streaming response: chunked, no length, and
-    /// the last response on the connection (the handler's
-    /// [`Handler::stream`](crate::Handler::stream) then writes the body).
-    pub fn start_stream(&mut self, status: u16, content_type: &str, extra: &[(&str, &str)]) {
-        debug_assert_eq!(self.status, 0, "a response is written once");
-        self.status = status;
-        self.keep_alive = false;
-        let out = &mut *self.out;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        let mut num = itoa::Buffer::new();
-        out.extend_from_slice(num.format(status).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(reason(status).as_bytes());
-        out.extend_from_slice(b"\r\nServer: themis\r\nDate: ");
-        crate::date::with_date(|d| out.extend_from_slice(d));
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(b"\r\nTransfer-Encoding: chunked");
-        for (name, value) in extra {
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-        }
-        out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     }
 
     /// Appends body bytes (dropped for HEAD requests).
