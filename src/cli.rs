@@ -146,7 +146,7 @@ pub fn validate(loaded: &Result<LoadedConfig, ConfigError>, explicit: Option<&Pa
             format!("Port {port} not available on {}: {e}", cfg.server.host),
         ),
     }
-    let memtables = cfg.storage.memtable_size_mb * cfg.storage.max_write_buffer_number as u64;
+    let memtables = cfg.storage.memtable_budget_mb();
     let cache = cfg.storage.block_cache_size_mb;
     let total = memtables + cache;
     let ram = total_memory_mb();
@@ -154,9 +154,10 @@ pub fn validate(loaded: &Result<LoadedConfig, ConfigError>, explicit: Option<&Pa
     line(
         fits,
         format!(
-            "Memory limits: memtable ({memtables} MB = {} MB x {} write buffers) + block_cache ({cache} MB) = {total} MB{}",
+            "Memory limits: memtable ({memtables} MB = {} MB x {} write buffers x {} written families) + block_cache ({cache} MB) = {total} MB{}",
             cfg.storage.memtable_size_mb,
             cfg.storage.max_write_buffer_number,
+            crate::config::StorageConfig::WRITTEN_FAMILIES,
             match ram {
                 Some(r) if fits => format!(" (of {r} MB RAM)"),
                 Some(r) => format!(" exceeds 90% of the {r} MB RAM"),

@@ -62,6 +62,19 @@ pub struct StorageConfig {
     pub sync_writes: bool,
 }
 
+impl StorageConfig {
+    /// Column families that every write may fill: entities, and the change
+    /// feed (or index entries). Each gets a full memtable budget.
+    pub const WRITTEN_FAMILIES: u64 = 2;
+
+    /// The cap on all memtables together, in MiB (RocksDB's
+    /// `db_write_buffer_size`): `memtable_size_mb` x `max_write_buffer_number`
+    /// for each written family.
+    pub fn memtable_budget_mb(&self) -> u64 {
+        self.memtable_size_mb * self.max_write_buffer_number.max(1) as u64 * Self::WRITTEN_FAMILIES
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {

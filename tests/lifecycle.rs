@@ -175,7 +175,7 @@ fn validate_passes_and_fails() {
         "✓ Config file valid",
         "✓ Storage path accessible",
         "✓ Port 0 available",
-        "✓ Memory limits: memtable (16 MB",
+        "✓ Memory limits: memtable (32 MB",
         "✓ Worker threads: 1",
     ] {
         assert!(text.contains(expect), "missing {expect:?} in:\n{text}");
