@@ -695,3 +695,82 @@ fn full_scan_split_by_key_range_is_exact() {
         assert_eq!(got, brute(&big, &q3), "{q}");
     }
 }
+
+/// With CDC on, entity, index entries and change event commit together:
+/// after `kill -9` the feed, the data and the index all agree.
+#[test]
+fn index_entries_and_change_events_commit_together() {
+    let dir = tempdir();
+    let opts = Opts::threads(2).env("THEMIS_FEATURES_CDC", "true");
+    let s = Server::start_in(dir.path(), &opts);
+    s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"o","column":"state"}"#),
+    );
+    wait_ready(&s);
+    let mut c = s.client();
+    let states = ["new", "paid", "shipped"];
+    for i in 0..300 {
+        let key = format!("o:{}", i % 60);
+        if i % 11 == 10 {
+            c.request("DELETE", &format!("/entities/{key}"), None);
+        } else {
+            let body = json!({"state": states[i % 3], "n": i});
+            c.request("PUT", &format!("/entities/{key}"), Some(&body.to_string()));
+        }
+    }
+    drop(c);
+    s.kill9();
+    let s = Server::start_in(dir.path(), &opts);
+    // Replay the feed into the final state of every key.
+    let mut state: std::collections::BTreeMap<String, Value> = Default::default();
+    let mut after = 0;
+    loop {
+        let p = s
+            .json(
+                "GET",
+                &format!("/changefeed?from_seq={after}&limit=1000"),
+                None,
+            )
+            .1;
+        let events = p["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            break;
+        }
+        for e in &events {
+            state.insert(e["key"].as_str().unwrap().into(), e["value"].clone());
+        }
+        after = p["next_from_seq"].as_u64().unwrap();
+    }
+    assert_eq!(state.len(), 60, "the feed must cover every key");
+    let mut indexed = 0;
+    for st in states {
+        let q = json!({"table": "o", "predicates": [{"column": "state", "value": st}], "return": "keys", "limit": 1000, "explain": true});
+        let v = s.json("POST", "/query", Some(&q.to_string())).1;
+        assert_eq!(v["plan"]["mode"], "index_optimized");
+        let mut got: Vec<String> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let want: Vec<String> = state
+            .iter()
+            .filter(|(_, v)| v["state"] == st)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(got, want, "state {st}");
+        indexed += got.len();
+        for k in &want {
+            let r = s.request("GET", &format!("/entities/{k}"), None);
+            assert_eq!(r.json()["entity"], state[k], "{k}");
+        }
+    }
+    let live = state.values().filter(|v| !v.is_null()).count();
+    assert!(
+        live > 30 && indexed == live,
+        "{indexed} indexed of {live} live"
+    );
+}
