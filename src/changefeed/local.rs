@@ -40,10 +40,16 @@ const FILL_EVENTS: usize = 512;
 const FILL_BYTES: usize = 512 << 10;
 
 /// Wakes every task waiting for a change of generation. Single core.
+///
+/// Each waiting future holds one slot; dropping a future that is still
+/// waiting (a heartbeat won the race, the client left) frees its slot, so
+/// the list never holds more wakers than there are waiters, and a
+/// notification costs O(waiters).
 #[derive(Default)]
 pub struct LocalNotify {
     generation: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
+    slots: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl LocalNotify {
@@ -53,23 +59,79 @@ impl LocalNotify {
 
     pub fn notify_all(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
-        for w in self.wakers.take() {
+        self.free.borrow_mut().clear();
+        let slots = std::mem::take(&mut *self.slots.borrow_mut());
+        for w in slots.into_iter().flatten() {
             w.wake();
         }
     }
 
     /// Resolves once the generation differs from `since`.
-    pub fn changed(&self, since: u64) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.generation.get() != since {
-                return Poll::Ready(());
+    pub fn changed(&self, since: u64) -> Changed<'_> {
+        Changed {
+            notify: self,
+            since,
+            slot: None,
+        }
+    }
+
+    /// Wakers currently registered (tests).
+    #[cfg(test)]
+    fn registered(&self) -> usize {
+        self.slots.borrow().iter().flatten().count()
+    }
+}
+
+/// The future of [`LocalNotify::changed`].
+pub struct Changed<'a> {
+    notify: &'a LocalNotify,
+    since: u64,
+    slot: Option<usize>,
+}
+
+impl Future for Changed<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let n = self.notify;
+        if n.generation.get() != self.since {
+            self.slot = None;
+            return Poll::Ready(());
+        }
+        let mut slots = n.slots.borrow_mut();
+        match self.slot {
+            // A task's waker does not change on a single-threaded executor,
+            // but keep the slot current anyway.
+            Some(i) => slots[i] = Some(cx.waker().clone()),
+            None => {
+                let i = match n.free.borrow_mut().pop() {
+                    Some(i) => {
+                        slots[i] = Some(cx.waker().clone());
+                        i
+                    }
+                    None => {
+                        slots.push(Some(cx.waker().clone()));
+                        slots.len() - 1
+                    }
+                };
+                self.slot = Some(i);
             }
-            let mut wakers = self.wakers.borrow_mut();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        // Still waiting in the same generation: give the slot back.
+        if let Some(i) = self.slot {
+            if self.notify.generation.get() == self.since {
+                if let Some(s) = self.notify.slots.borrow_mut().get_mut(i) {
+                    *s = None;
+                }
+                self.notify.free.borrow_mut().push(i);
             }
-            Poll::Pending
-        })
+        }
     }
 }
 
@@ -134,7 +196,7 @@ impl LocalFeed {
 
     /// Resolves once the ring advanced (or the feed must be re-checked)
     /// after generation `since`.
-    pub fn changed(&self, since: u64) -> impl Future<Output = ()> + '_ {
+    pub fn changed(&self, since: u64) -> Changed<'_> {
         self.notify.changed(since)
     }
 
@@ -389,6 +451,20 @@ mod tests {
         let b = f.read_ring(10, &even, ALL).unwrap();
         let seqs: Vec<u64> = b.events.iter().map(|e| e.seq).collect();
         assert_eq!((seqs, b.scanned_to), (vec![12, 14], 15));
+    }
+
+    #[test]
+    fn abandoned_waiters_give_their_slot_back() {
+        let n = LocalNotify::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..1000 {
+            let mut fut = std::pin::pin!(n.changed(n.generation()));
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(n.registered(), 0);
+        assert!(n.slots.borrow().len() <= 1);
     }
 
     #[test]
