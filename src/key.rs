@@ -46,6 +46,16 @@ pub fn decode_path_key(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError>
         .map_err(|_| ApiError::InvalidKey("key is not valid UTF-8 after percent-decoding".into()))
 }
 
+/// Decodes one query-string name or value (`+` is a space, then
+/// percent-decoding; the result must be UTF-8).
+pub fn decode_query_value(v: &str) -> Result<String, ApiError> {
+    let plus = v.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest("query parameter is not valid UTF-8".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -420,16 +420,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Reads several entities at once (values copied).
-    pub fn multi_get_entities(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let cf = self.entities()?;
-        self.db
-            .multi_get_cf(keys.iter().map(|k| (cf, *k)))
-            .into_iter()
-            .map(|r| r.map_err(StorageError::from))
-            .collect()
-    }
-
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.db.get_cf(self.cf(CF_META)?, key)?)
     }

@@ -13,6 +13,7 @@ use super::record::Filter;
 use super::ReadLimits;
 use crate::api::Shard;
 use crate::error::ApiError;
+use crate::key::decode_query_value;
 use crate::stats::{bump, drop_one};
 use std::time::{Duration, Instant};
 use themis_io::{Request, Response, StreamEnd, StreamOut};
@@ -63,14 +64,6 @@ struct Params {
     filter: Filter,
 }
 
-fn decode(v: &str) -> Result<String, ApiError> {
-    let plus = v.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ApiError::BadRequest("query parameter is not valid UTF-8".into()))
-}
-
 fn number(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ApiError> {
     match v.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -84,14 +77,14 @@ fn number(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ApiError> {
 fn parse_params(req: &Request<'_>, allowed: &[&str]) -> Result<Params, ApiError> {
     let mut p = Params::default();
     for (name, raw) in req.query_pairs() {
-        let name = decode(name)?;
+        let name = decode_query_value(name)?;
         if !allowed.contains(&name.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "unknown query parameter {name:?} (allowed: {})",
                 allowed.join(", ")
             )));
         }
-        let v = decode(raw)?;
+        let v = decode_query_value(raw)?;
         match name.as_str() {
             "from_seq" => p.from_seq = Some(number("from_seq", &v, 0, u64::MAX)?),
             "limit" => p.limit = Some(number("limit", &v, 1, MAX_LIMIT as u64)? as usize),

@@ -54,39 +54,29 @@ impl Scalar {
         })
     }
 
-    /// The value's type tag (for "same type" checks of range bounds).
-    pub fn tag(&self) -> u8 {
+    /// A borrowed view; tags, encoding and order are defined once, there.
+    pub fn as_ref(&self) -> ScalarRef<'_> {
         match self {
-            Scalar::Absent => TAG_ABSENT,
-            Scalar::Null => TAG_NULL,
-            Scalar::Bool(false) => TAG_FALSE,
-            Scalar::Bool(true) => TAG_TRUE,
-            Scalar::Number(_) => TAG_NUMBER,
-            Scalar::String(_) => TAG_STRING,
+            Scalar::Absent => ScalarRef::Absent,
+            Scalar::Null => ScalarRef::Null,
+            Scalar::Bool(b) => ScalarRef::Bool(*b),
+            Scalar::Number(n) => ScalarRef::Number(*n),
+            Scalar::String(s) => ScalarRef::Str(s),
         }
     }
 
+    /// The value's type tag (for "same type" checks of range bounds).
+    pub fn tag(&self) -> u8 {
+        self.as_ref().tag()
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Scalar::Absent => out.push(TAG_ABSENT),
-            Scalar::Null => out.push(TAG_NULL),
-            Scalar::Bool(b) => out.push(if *b { TAG_TRUE } else { TAG_FALSE }),
-            Scalar::Number(n) => encode_number(out, *n),
-            Scalar::String(s) => encode_str(out, s),
-        }
+        self.as_ref().encode(out)
     }
 
     /// Total order consistent with the encoding.
     pub fn cmp_total(&self, other: &Scalar) -> Ordering {
-        let (a, b) = (self.tag(), other.tag());
-        if a != b {
-            return a.cmp(&b);
-        }
-        match (self, other) {
-            (Scalar::Number(x), Scalar::Number(y)) => norm(*x).total_cmp(&norm(*y)),
-            (Scalar::String(x), Scalar::String(y)) => x.as_bytes().cmp(y.as_bytes()),
-            _ => Ordering::Equal,
-        }
+        self.as_ref().cmp_scalar(other)
     }
 }
 
@@ -145,13 +135,14 @@ impl ScalarRef<'_> {
 
     /// Order against an owned value, consistent with the encoding.
     pub fn cmp_scalar(&self, other: &Scalar) -> Ordering {
+        let other = other.as_ref();
         let (a, b) = (self.tag(), other.tag());
         if a != b {
             return a.cmp(&b);
         }
         match (self, other) {
-            (ScalarRef::Number(x), Scalar::Number(y)) => norm(*x).total_cmp(&norm(*y)),
-            (ScalarRef::Str(x), Scalar::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+            (ScalarRef::Number(x), ScalarRef::Number(y)) => norm(*x).total_cmp(&norm(y)),
+            (ScalarRef::Str(x), ScalarRef::Str(y)) => x.as_bytes().cmp(y.as_bytes()),
             _ => Ordering::Equal,
         }
     }
@@ -200,41 +191,10 @@ pub fn lookup<'v, 'a>(
     Some(cur)
 }
 
-/// A document's value as a [`Scalar`] (absent for missing or non-scalar).
-pub fn scalar_of(v: Option<&BorrowedValue<'_>>) -> Scalar {
-    let Some(v) = v else {
-        return Scalar::Absent;
-    };
-    if v.is_null() {
-        Scalar::Null
-    } else if let Some(b) = v.as_bool() {
-        Scalar::Bool(b)
-    } else if let Some(s) = v.as_str() {
-        Scalar::String(s.to_string())
-    } else if let Some(f) = v.cast_f64() {
-        Scalar::Number(f)
-    } else {
-        Scalar::Absent
-    }
-}
-
-/// Encodes a document's value at `path` into `out` without allocating.
+/// Encodes a document's value (missing or non-scalar: absent) into `out`
+/// without allocating.
 pub fn encode_doc_value(out: &mut Vec<u8>, v: Option<&BorrowedValue<'_>>) {
-    match v {
-        None => out.push(TAG_ABSENT),
-        Some(v) if v.is_null() => out.push(TAG_NULL),
-        Some(v) => {
-            if let Some(b) = v.as_bool() {
-                out.push(if b { TAG_TRUE } else { TAG_FALSE });
-            } else if let Some(s) = v.as_str() {
-                encode_str(out, s);
-            } else if let Some(f) = v.cast_f64() {
-                encode_number(out, f);
-            } else {
-                out.push(TAG_ABSENT);
-            }
-        }
-    }
+    scalar_ref(v).encode(out)
 }
 
 /// Length of the encoded value at the start of `b` (None if malformed).

@@ -1,6 +1,6 @@
 //! `/index/create`, `/index/drop`, `/index/rebuild`, `/index/stats`.
 
-use super::{build, check_column, IndexDef, IndexState, Indexes, MAX_COLUMNS};
+use super::{check_column, IndexDef, IndexState, Indexes, MAX_COLUMNS};
 use crate::api::Shard;
 use crate::error::ApiError;
 use crate::storage::Family;
@@ -242,10 +242,7 @@ pub async fn stats(
 ) -> Result<(), ApiError> {
     let (mut table, mut column) = (None, None);
     for (k, v) in req.query_pairs() {
-        let v = percent_encoding::percent_decode_str(v)
-            .decode_utf8()
-            .map_err(|_| ApiError::BadRequest("query parameter is not valid UTF-8".into()))?
-            .into_owned();
+        let v = crate::key::decode_query_value(v)?;
         match k {
             "table" => table = Some(v),
             "column" => column = Some(v),
@@ -326,5 +323,3 @@ pub fn unique_claims(
     }
     out
 }
-
-pub use build::run as run_build;
