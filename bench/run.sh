@@ -3,6 +3,8 @@
 #
 #   bench/run.sh [--duration S] [--server-cpus N] [--scaling "1 2 4 8"] [--quick]
 #   bench/run.sh --metrics-overhead   (only: GET with and without latency recording)
+#   bench/run.sh --compare DIR        (only: GET and PUT of this build against the
+#                                      themis_server in DIR, alternating, 3 rounds)
 #
 # Builds the release binaries, then on this machine, in one run:
 #   1. baseline http : glommio + themis-io, fixed 1 KiB JSON body (network ceiling)
@@ -20,6 +22,7 @@ SCALING=""
 SERVER_CPUS=""
 QUICK=0
 OVERHEAD=0
+COMPARE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -27,7 +30,8 @@ while [ $# -gt 0 ]; do
     --scaling) SCALING="$2"; shift 2 ;;
     --quick) QUICK=1; DURATION=3; shift ;;
     --metrics-overhead) OVERHEAD=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --compare) COMPARE="$2"; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -124,6 +128,40 @@ off = [t(f"without_metrics_{i}") for i in (1, 2, 3)]
 print(f"with metrics    {sum(on)/3:,.0f} req/s  {[round(x) for x in on]}")
 print(f"without metrics {sum(off)/3:,.0f} req/s  {[round(x) for x in off]}")
 print(f"cost of latency recording: {100 * (1 - sum(on) / sum(off)):.1f}%")
+PY
+  exit 0
+fi
+
+if [ -n "$COMPARE" ]; then
+  # Before/after on the same machine in one run: the other build's server
+  # and this one take turns, so drift (thermal, page cache, noisy
+  # neighbours) hits both alike.
+  [ -x "$COMPARE/themis_server" ] || { echo "no themis_server in $COMPARE" >&2; exit 2; }
+  C=(--duration "$DURATION" --warmup 2 --keys 100000 --doc-size 1024)
+  for round in 1 2 3; do
+    for build in before after; do
+      if [ "$build" = before ]; then SERVER="$COMPARE/themis_server"; else SERVER="$BIN/themis_server"; fi
+      rm -rf "$WORK/tdb"
+      (cd "$WORK" && exec taskset -c "$SERVER_SET" "$SERVER" --host 127.0.0.1 --port $PORT \
+        --threads "$SERVER_CPUS" --db "$WORK/tdb") > "$WORK/themis.log" 2>&1 &
+      PIDS+=($!); wait_port $PORT
+      load "${build}_get_$round" --mix get --connections "$CONNS" "${C[@]}"
+      load "${build}_get_p16_$round" --mix get --pipeline 16 --connections "$(( CONNS / 2 ))" "${C[@]}" --no-preload
+      load "${build}_put_$round" --mix put --connections "$CONNS" "${C[@]}" --no-preload
+      load "${build}_put_p16_$round" --mix put --pipeline 16 --connections "$(( CONNS / 2 ))" "${C[@]}" --no-preload
+      stop_server "${PIDS[-1]}"
+    done
+  done
+  python3 - "$WORK" <<'PY'
+import json, sys, os
+w = sys.argv[1]
+t = lambda n: json.load(open(os.path.join(w, n + ".json")))["total"]["throughput_rps"]
+print(f"{'phase':<10} {'before (req/s)':>16} {'after (req/s)':>16} {'after/before':>13}")
+for phase in ("get", "get_p16", "put", "put_p16"):
+    b = [t(f"before_{phase}_{i}") for i in (1, 2, 3)]
+    a = [t(f"after_{phase}_{i}") for i in (1, 2, 3)]
+    mb, ma = sum(b) / 3, sum(a) / 3
+    print(f"{phase:<10} {mb:>16,.0f} {ma:>16,.0f} {ma / mb:>12.3f}  rounds before {[round(x) for x in b]} after {[round(x) for x in a]}")
 PY
   exit 0
 fi

@@ -165,7 +165,7 @@ pub fn validate(loaded: &Result<LoadedConfig, ConfigError>, explicit: Option<&Pa
             }
         ),
     );
-    let cpus = crate::server::usable_cpus().len();
+    let cpus = crate::node::usable_cpus().len();
     let threads = cfg.effective_threads(cpus);
     if threads <= cpus {
         let how = if threads == cpus { "optimal for" } else { "of" };

@@ -3,6 +3,10 @@
 //! Every failure a client can see is an [`ApiError`]; [`ApiError::write`]
 //! is the only place that turns one into a status code and the JSON body
 //! `{"error": true, "code", "message", "status_code"}`.
+//!
+//! An `ApiError` is `Send`: a call to another core returns
+//! `Result<Answer, ApiError>` (`crate::mesh`), so an error raised on the
+//! owner reaches the client with its own status and code.
 
 use crate::storage::StorageError;
 use themis_io::connection::ProtocolError;
@@ -30,7 +34,7 @@ pub enum ApiError {
     MethodNotAllowed {
         method: &'static str,
         path: String,
-        allow: &'static str,
+        allow: String,
     },
     #[error("request body exceeds the limit of {limit} bytes (server.max_request_size_mb)")]
     PayloadTooLarge { limit: usize },
@@ -54,6 +58,9 @@ pub enum ApiError {
     HistoryPruned { requested: u64, oldest: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A broken internal contract (a bug), never a client's fault.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl ApiError {
@@ -71,7 +78,7 @@ impl ApiError {
             | ApiError::Unavailable(_)
             | ApiError::FeatureDisabled { .. } => 503,
             ApiError::HistoryPruned { .. } => 410,
-            ApiError::Storage(_) => 500,
+            ApiError::Storage(_) | ApiError::Internal(_) => 500,
         }
     }
 
@@ -95,6 +102,7 @@ impl ApiError {
             ApiError::FeatureDisabled { .. } => "feature_disabled",
             ApiError::HistoryPruned { .. } => "history_pruned",
             ApiError::Storage(_) => "storage_error",
+            ApiError::Internal(_) => "internal_error",
         }
     }
 
@@ -138,7 +146,7 @@ impl ApiError {
         let body = self.body();
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
-                resp.json_with(405, &body, &[("Allow", allow)])
+                resp.json_with(405, &body, &[("Allow", allow.as_str())])
             }
             _ => resp.json(self.status(), &body),
         }
@@ -170,6 +178,12 @@ impl From<ProtocolError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_can_cross_cores() {
+        fn send<T: Send + 'static>() {}
+        send::<ApiError>();
+    }
 
     #[test]
     fn body_shape() {

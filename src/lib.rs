@@ -1,36 +1,31 @@
 //! THEMIS: a thread-per-core multi-model database server on RocksDB.
 //!
 //! Code map (see ARCHITECTURE.md for the long form):
-//! * [`config`]: the typed configuration, its sources and validation.
-//! * [`server`]: executors, listeners, shutdown.
-//! * [`api`]: routes and handlers, per core.
-//! * [`router`]: key ownership and cross-core forwarding.
-//! * [`entity`], [`key`]: entity documents and keys.
-//! * [`storage`]: the RocksDB instance behind a narrow API.
-//! * [`stats`]: per-core counters merged when read.
-//! * [`metrics`], [`exposition`]: per-core latency histograms and `/metrics`.
-//! * [`runtime`]: hot-reloadable settings (`POST /config`, SIGHUP).
-//! * [`otlp`]: request spans exported over OTLP/HTTP.
-//! * [`error`]: API errors and their mapping to HTTP.
+//! * [`node`]: the cores ([`node::Core`], one part per feature), what they
+//!   share ([`node::Node`]), the feature list, start-up and shutdown.
+//! * [`http`]: the route table, the dispatcher, operational endpoints.
+//! * [`mesh`]: key ownership and typed cross-core calls.
+//! * [`storage`]: RocksDB behind a narrow API: keyspace, batches, reads.
+//! * Features: [`entity`] (documents, keys, the write pipeline),
+//!   [`index`], [`query`], [`changefeed`].
+//! * [`config`], [`runtime`]: configuration and its hot-reloadable part.
+//! * [`obs`]: counters, latency histograms, `/metrics`, spans, logging.
+//! * [`error`]: API errors and their one mapping to HTTP.
+//! * [`published`]: rarely changing values read through per-core copies.
 
-pub mod api;
 pub mod changefeed;
 pub mod cli;
 pub mod config;
 pub mod entity;
 pub mod error;
-pub mod exposition;
+pub mod http;
 pub mod index;
-pub mod key;
-pub mod logging;
-pub mod metrics;
-pub mod otlp;
+pub mod mesh;
+pub mod node;
+pub mod obs;
 pub mod published;
 pub mod query;
-pub mod router;
 pub mod runtime;
-pub mod server;
-pub mod stats;
 pub mod storage;
 
 /// The crate version.

@@ -3,7 +3,8 @@
 use clap::Parser;
 use std::process::ExitCode;
 use themis::cli::{self, Cli};
-use themis::{config, logging, server};
+use themis::obs::logging;
+use themis::{config, node};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -37,11 +38,11 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let reload = server::ReloadSource {
+    let reload = node::ReloadSource {
         explicit: args.config.clone(),
         cli: args.overrides(),
     };
-    match server::run(loaded.config, reload, server::Faults::from_env()) {
+    match node::run(loaded.config, reload, node::Faults::from_env()) {
         Ok(()) => {
             tracing::info!("stopped cleanly");
             ExitCode::SUCCESS

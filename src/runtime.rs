@@ -287,7 +287,7 @@ impl RuntimeState {
     /// Makes `r` current for every core's next request, and applies the
     /// logging settings.
     pub fn publish(&self, r: Runtime) {
-        if let Err(e) = crate::logging::apply(&r.log_level, &r.log_format) {
+        if let Err(e) = crate::obs::logging::apply(&r.log_level, &r.log_format) {
             tracing::error!("applying logging settings: {e}");
         }
         self.0.publish(r);

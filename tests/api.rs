@@ -300,7 +300,7 @@ fn forward_past_the_timeout_gets_503() {
     let mut keys = [None, None];
     for i in 0.. {
         let k = format!("t:{i}");
-        let o = themis::router::owner_of(k.as_bytes(), 2);
+        let o = themis::mesh::owner_of(k.as_bytes(), 2);
         keys[o].get_or_insert(k);
         if keys.iter().all(Option::is_some) {
             break;

@@ -29,7 +29,7 @@ fn key_per_shard() -> [String; 2] {
     let mut keys = [None, None];
     for i in 0.. {
         let k = format!("t:{i}");
-        keys[themis::router::owner_of(k.as_bytes(), 2)].get_or_insert(k);
+        keys[themis::mesh::owner_of(k.as_bytes(), 2)].get_or_insert(k);
         if keys.iter().all(Option::is_some) {
             break;
         }

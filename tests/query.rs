@@ -536,7 +536,7 @@ fn unique_index_holds_across_cores() {
     let mut keys = [None, None];
     for i in 0.. {
         let k = format!("acct:{i}");
-        keys[themis::router::owner_of(k.as_bytes(), 2)].get_or_insert(k);
+        keys[themis::mesh::owner_of(k.as_bytes(), 2)].get_or_insert(k);
         if keys.iter().all(Option::is_some) {
             break;
         }

@@ -11,12 +11,89 @@
 use super::local::Batch;
 use super::record::Filter;
 use super::ReadLimits;
-use crate::api::Shard;
+use crate::entity::key::decode_query_value;
 use crate::error::ApiError;
-use crate::key::decode_query_value;
-use crate::stats::{bump, drop_one};
+use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::node::{Core, Faults};
+use crate::obs::counters::{bump, drop_one};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+use themis_io::{Method, ShutdownSignal};
 use themis_io::{Request, Response, StreamEnd, StreamOut};
+
+const GET: &[Method] = &[Method::Get, Method::Head];
+
+/// The change feed's routes.
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::ChangefeedPoll,
+        methods: GET,
+        path: PathPattern::Exact("/changefeed"),
+        role: Role::Read,
+        label: "GET /changefeed",
+    },
+    Route {
+        id: RouteId::ChangefeedStream,
+        methods: &[Method::Get],
+        path: PathPattern::Exact("/changefeed/stream"),
+        role: Role::Read,
+        label: "GET /changefeed/stream",
+    },
+    Route {
+        id: RouteId::ChangefeedStats,
+        methods: GET,
+        path: PathPattern::Exact("/changefeed/stats"),
+        role: Role::Read,
+        label: "GET /changefeed/stats",
+    },
+    Route {
+        id: RouteId::ChangefeedRetention,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/changefeed/retention"),
+        role: Role::Admin,
+        label: "POST /changefeed/retention",
+    },
+];
+
+/// Starts the change feed's tasks on a core: its watch task, and (on core
+/// 0) the background retention pass.
+pub fn start(core: &Rc<Core>, shutdown: &ShutdownSignal, faults: &Faults) {
+    let feed = core.changefeed().feed().clone();
+    glommio::spawn_local(feed.watch(core.node().clone(), shutdown.clone())).detach();
+    if core.id() == 0 {
+        let interval = faults.retention_interval.unwrap_or(Duration::from_secs(60));
+        glommio::spawn_local(retention_loop(core.clone(), shutdown.clone(), interval)).detach();
+    }
+}
+
+/// Prunes change events older than `cdc_retention_hours` (hot-reloadable)
+/// every `interval`, on the blocking pool.
+async fn retention_loop(core: Rc<Core>, shutdown: ShutdownSignal, interval: Duration) {
+    loop {
+        let stop = async {
+            shutdown.wait().await;
+            true
+        };
+        let tick = async {
+            glommio::timer::sleep(interval).await;
+            false
+        };
+        if futures_lite::future::or(stop, tick).await {
+            return;
+        }
+        let hours = u64::from(core.settings().cdc_retention_hours);
+        let node = core.node().clone();
+        let result = glommio::executor()
+            .spawn_blocking(move || {
+                node.changefeed
+                    .prune_older_than(&node.storage, hours * 3_600_000)
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("change feed retention failed: {e}");
+        }
+    }
+}
 
 /// `limit` bounds for `GET /changefeed`.
 pub const MAX_LIMIT: usize = 10_000;
@@ -44,8 +121,8 @@ pub struct SseStream {
 }
 
 /// Fails with 503 unless `features.cdc` is on.
-pub fn require_enabled(shard: &Shard) -> Result<(), ApiError> {
-    if shard.runtime().features.cdc {
+pub fn require_enabled(core: &Core) -> Result<(), ApiError> {
+    if core.settings().features.cdc {
         Ok(())
     } else {
         Err(ApiError::FeatureDisabled {
@@ -119,17 +196,13 @@ fn write_events(out: &mut Vec<u8>, batch: &Batch) {
 }
 
 /// `GET /changefeed`.
-pub async fn poll(
-    shard: &Shard,
-    req: &Request<'_>,
-    resp: &mut Response<'_>,
-) -> Result<(), ApiError> {
-    require_enabled(shard)?;
+pub async fn poll(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    require_enabled(core)?;
     let p = parse_params(
         req,
         &["from_seq", "limit", "long_poll_ms", "key_prefix", "table"],
     )?;
-    let rt = shard.runtime();
+    let rt = core.settings();
     let wait = Duration::from_millis(p.long_poll_ms.unwrap_or(0).min(rt.request_timeout_ms));
     let deadline = Instant::now() + wait;
     let limits = ReadLimits {
@@ -137,8 +210,8 @@ pub async fn poll(
         max_bytes: usize::MAX,
         max_scan: 100_000,
     };
-    let feed = &shard.feed;
-    let shared = &shard.shared;
+    let feed = core.changefeed().feed();
+    let shared = core.node();
     let from = p.from_seq.unwrap_or(0);
     let mut after = from;
     let _reader = (!wait.is_zero()).then(|| feed.reader());
@@ -149,7 +222,7 @@ pub async fn poll(
         if !batch.events.is_empty()
             || remaining.is_zero()
             || feed.stopping()
-            || !shard.runtime().features.cdc
+            || !core.settings().features.cdc
         {
             break batch;
         }
@@ -175,11 +248,11 @@ pub async fn poll(
 
 /// `GET /changefeed/stream`: checks the request and sends the head.
 pub fn open_stream(
-    shard: &Shard,
+    core: &Core,
     req: &Request<'_>,
     resp: &mut Response<'_>,
 ) -> Result<SseStream, ApiError> {
-    require_enabled(shard)?;
+    require_enabled(core)?;
     let p = parse_params(req, &["from_seq", "key_prefix", "table", "heartbeat_ms"])?;
     let resume = match req.header("last-event-id") {
         Some(v) => {
@@ -192,7 +265,7 @@ pub fn open_stream(
         }
         None => None,
     };
-    let feed = &shard.shared.changefeed;
+    let feed = &core.node().changefeed;
     // Resuming wins over from_seq; with neither, the stream starts live.
     let after = match resume.or(p.from_seq) {
         Some(a) => feed.start_after(a)?,
@@ -232,19 +305,19 @@ enum Woken {
 
 /// Streams events until the client leaves, the server stops, the feature
 /// is turned off, or the client cannot keep up.
-pub async fn run_stream(shard: &Shard, mut s: SseStream, out: &mut StreamOut<'_>) {
-    let counters = shard.counters();
+pub async fn run_stream(core: &Core, mut s: SseStream, out: &mut StreamOut<'_>) {
+    let counters = core.counters();
     bump(&counters.sse_active, 1);
-    let _reader = shard.feed.reader();
-    let end = stream_loop(shard, &mut s, out).await;
+    let _reader = core.changefeed().feed().reader();
+    let end = stream_loop(core, &mut s, out).await;
     drop_one(&counters.sse_active);
-    let behind = shard.shared.changefeed.latest().saturating_sub(s.after);
+    let behind = core.node().changefeed.latest().saturating_sub(s.after);
     match end {
         Ok(()) | Err(StreamEnd::Closed) => {}
         Err(StreamEnd::Stalled) => {
             bump(&counters.sse_dropped_events, behind);
             tracing::warn!(
-                shard = shard.id,
+                shard = core.id(),
                 after = s.after,
                 behind,
                 "SSE subscriber stopped reading; disconnected (it can resume with Last-Event-ID)"
@@ -259,13 +332,13 @@ pub async fn run_stream(shard: &Shard, mut s: SseStream, out: &mut StreamOut<'_>
 }
 
 async fn stream_loop(
-    shard: &Shard,
+    core: &Core,
     s: &mut SseStream,
     out: &mut StreamOut<'_>,
 ) -> Result<(), StreamEnd> {
-    let counters = shard.counters();
-    let feed = &shard.feed;
-    let stall = || Duration::from_millis(shard.runtime().request_timeout_ms);
+    let counters = core.counters();
+    let feed = core.changefeed().feed();
+    let stall = || Duration::from_millis(core.settings().request_timeout_ms);
     let b = out.buffer();
     b.extend_from_slice(b"retry: ");
     b.extend_from_slice(itoa::Buffer::new().format(RETRY_MS).as_bytes());
@@ -275,7 +348,7 @@ async fn stream_loop(
     out.flush(stall()).await?;
     let mut last_write = Instant::now();
     loop {
-        if !shard.runtime().features.cdc {
+        if !core.settings().features.cdc {
             out.buffer()
                 .extend_from_slice(b": features.cdc was turned off; stream closed\n\n");
             return out.flush(stall()).await;
@@ -285,14 +358,14 @@ async fn stream_loop(
         }
         let gen = feed.generation();
         let batch = match feed
-            .read(&shard.shared, s.after, &s.filter, STREAM_LIMITS)
+            .read(core.node(), s.after, &s.filter, STREAM_LIMITS)
             .await
         {
             Ok(b) => b,
             Err(e) => {
                 let e = ApiError::from(e);
                 if let ApiError::HistoryPruned { .. } = e {
-                    let behind = shard.shared.changefeed.latest().saturating_sub(s.after);
+                    let behind = core.node().changefeed.latest().saturating_sub(s.after);
                     bump(&counters.sse_dropped_events, behind);
                 }
                 let b = out.buffer();
@@ -338,18 +411,18 @@ async fn stream_loop(
 }
 
 /// `GET /changefeed/stats`.
-pub fn stats(shard: &Shard, resp: &mut Response<'_>) -> Result<(), ApiError> {
-    require_enabled(shard)?;
-    let shared = &shard.shared;
+pub fn stats(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    require_enabled(core)?;
+    let shared = core.node();
     let feed = &shared.changefeed;
     let shards = shared.shard_snapshots();
     let v = serde_json::json!({
         "first_sequence": feed.first(),
         "latest_sequence": feed.latest(),
         "event_count": feed.event_count(),
-        "size_bytes": shared.storage.changefeed_size_bytes(),
+        "size_bytes": super::store::size_bytes(&shared.storage),
         "sequence_gaps": feed.gaps(),
-        "retention_hours": shard.runtime().cdc_retention_hours,
+        "retention_hours": core.settings().cdc_retention_hours,
         "sse_subscribers": shards.iter().map(|s| s.sse_active).sum::<u64>(),
     });
     resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
@@ -358,12 +431,8 @@ pub fn stats(shard: &Shard, resp: &mut Response<'_>) -> Result<(), ApiError> {
 
 /// `POST /changefeed/retention` with `{"before_sequence": N}` or
 /// `{"max_age_hours": H}`.
-pub async fn retention(
-    shard: &Shard,
-    body: &[u8],
-    resp: &mut Response<'_>,
-) -> Result<(), ApiError> {
-    require_enabled(shard)?;
+pub async fn retention(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+    require_enabled(core)?;
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let obj = v.as_object().ok_or_else(|| {
@@ -405,7 +474,7 @@ pub async fn retention(
             ))
         }
     };
-    let shared = shard.shared.clone();
+    let shared = core.node().clone();
     let outcome = glommio::executor()
         .spawn_blocking(move || {
             let feed = &shared.changefeed;
@@ -418,7 +487,7 @@ pub async fn retention(
     let v = serde_json::json!({
         "deleted": outcome.deleted,
         "first_sequence": outcome.first_sequence,
-        "latest_sequence": shard.shared.changefeed.latest(),
+        "latest_sequence": core.node().changefeed.latest(),
     });
     resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
     Ok(())

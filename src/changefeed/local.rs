@@ -19,7 +19,7 @@
 
 use super::record::{Event, Filter};
 use super::{FeedError, ReadLimits};
-use crate::server::Shared;
+use crate::node::Node;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -250,7 +250,7 @@ impl LocalFeed {
     /// covers them, otherwise from storage on the blocking pool.
     pub async fn read(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Arc<Node>,
         after: u64,
         filter: &Filter,
         limits: ReadLimits,
@@ -292,7 +292,7 @@ impl LocalFeed {
 
     /// Reads new visible events into the ring (bounded); returns whether
     /// the ring advanced and whether more is waiting.
-    fn fill(&self, shared: &Shared) -> (bool, bool) {
+    fn fill(&self, shared: &Node) -> (bool, bool) {
         let visible = shared.changefeed.latest();
         let mut ring = self.ring.borrow_mut();
         if visible <= ring.upto {
@@ -300,7 +300,7 @@ impl LocalFeed {
         }
         let from = ring.upto;
         let (mut n, mut bytes, mut last, mut complete) = (0usize, 0usize, from, true);
-        let r = shared.storage.scan_changefeed(from, visible, |seq, rec| {
+        let r = super::store::scan(&shared.storage, from, visible, |seq, rec| {
             if n >= FILL_EVENTS || bytes >= FILL_BYTES {
                 complete = false;
                 return false;
@@ -332,7 +332,7 @@ impl LocalFeed {
     }
 
     /// The watch task of one core: runs until shutdown.
-    pub async fn watch(self: Rc<Self>, shared: Arc<Shared>, shutdown: ShutdownSignal) {
+    pub async fn watch(self: Rc<Self>, shared: Arc<Node>, shutdown: ShutdownSignal) {
         let runtime = crate::runtime::LocalRuntime::new(&shared.runtime);
         let mut cdc_on = runtime.get(&shared.runtime).features.cdc;
         loop {

@@ -1,7 +1,8 @@
 //! `ChangeFeed`: change data capture.
 //!
 //! Every entity PUT and DELETE that changes data appends one event, in the
-//! same RocksDB batch as the change ([`ChangeFeed::commit`]), so after any
+//! same RocksDB batch as the change (the write hook in [`write`], run last
+//! by the write pipeline because it takes the sequence), so after any
 //! crash the feed and the data agree. Events carry one server-wide sequence
 //! (1, 2, 3, …) handed out by the [`Sequencer`], which also tells readers how
 //! far they may read without ever skipping an event that is still being
@@ -12,8 +13,10 @@
 //! * [`record`]: the stored form of an event and its JSON.
 //! * [`local`]: each core's cache of recent events and the wake-ups of the
 //!   readers (long polls and SSE streams) waiting on that core.
+//! * [`store`]: where events are kept (key layout, prune).
+//! * [`write`]: the per-core part ([`Local`]) and the write hook.
 //! * [`http`]: `/changefeed`, `/changefeed/stream`, `/changefeed/stats`,
-//!   `/changefeed/retention`.
+//!   `/changefeed/retention`, and their routes.
 //! * Retention ([`ChangeFeed::prune_before`], [`ChangeFeed::prune_older_than`])
 //!   runs on glommio's blocking pool, never on a reactor.
 //!
@@ -32,9 +35,13 @@ pub mod http;
 pub mod local;
 pub mod record;
 pub mod sequencer;
+pub mod store;
+pub mod write;
+
+pub use write::Local;
 
 use crate::storage::{Storage, StorageError};
-use record::{ChangeKind, Event, Filter};
+use record::{Event, Filter};
 use sequencer::Sequencer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -104,8 +111,8 @@ impl ChangeFeed {
         cores: usize,
         time_offset_ms: i64,
     ) -> Result<ChangeFeed, StorageError> {
-        let pruned_before = storage.changefeed_pruned_before()?;
-        let (first, last) = match storage.changefeed_bounds()? {
+        let pruned_before = store::pruned_before(storage)?;
+        let (first, last) = match store::bounds(storage)? {
             Some((first, last)) => (first.max(pruned_before), last),
             None => {
                 let last = pruned_before.saturating_sub(1);
@@ -153,31 +160,9 @@ impl ChangeFeed {
             .max(0) as u64
     }
 
-    /// Writes an entity change and its event atomically, on core `core`
-    /// (the key's owner). `record` is scratch space for the event.
-    pub fn commit(
-        &self,
-        storage: &Storage,
-        core: usize,
-        key: &str,
-        value: Option<&[u8]>,
-        index: &crate::storage::IndexWrites,
-        record: &mut Vec<u8>,
-    ) -> Result<u64, StorageError> {
-        let kind = if value.is_some() {
-            ChangeKind::Put
-        } else {
-            ChangeKind::Delete
-        };
-        let ticket = self.sequencer.begin(core);
-        record::encode(record, ticket.seq, kind, key, value, self.now_ms());
-        let result = storage.write_change(key.as_bytes(), value, Some((ticket.seq, record)), index);
-        if result.is_err() {
-            self.gaps.fetch_add(1, Ordering::Relaxed);
-        }
-        let seq = ticket.seq;
-        drop(ticket);
-        result.map(|()| seq)
+    /// Counts a sequence taken by a write that then failed.
+    pub(crate) fn count_gap(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Checks that events after `after` are still available; returns where
@@ -212,7 +197,7 @@ impl ChangeFeed {
             more: false,
         };
         let (mut bytes, mut scanned, mut complete) = (0usize, 0usize, true);
-        storage.scan_changefeed(after, upto, |seq, rec| {
+        store::scan(storage, after, upto, |seq, rec| {
             if batch.events.len() >= limits.max_events
                 || bytes >= limits.max_bytes
                 || scanned >= limits.max_scan
@@ -255,11 +240,11 @@ impl ChangeFeed {
             });
         }
         let mut deleted = 0u64;
-        storage.scan_changefeed(first - 1, before - 1, |_, _| {
+        store::scan(storage, first - 1, before - 1, |_, _| {
             deleted += 1;
             true
         })?;
-        storage.prune_changefeed(before)?;
+        store::prune(storage, before)?;
         self.first.store(before, Ordering::Release);
         tracing::info!(deleted, first_sequence = before, "change feed pruned");
         Ok(PruneOutcome {
@@ -277,7 +262,7 @@ impl ChangeFeed {
         let cutoff = wall_clock_ms().saturating_sub(max_age_ms);
         let upto = self.latest();
         let mut before = upto + 1;
-        storage.scan_changefeed(self.first().saturating_sub(1), upto, |seq, rec| {
+        store::scan(storage, self.first().saturating_sub(1), upto, |seq, rec| {
             match record::timestamp_of(rec) {
                 Some(ts) if ts < cutoff => true,
                 _ => {

@@ -74,11 +74,27 @@ impl Sequencer {
     /// Takes the next sequence for core `core`. Hold the ticket until the
     /// write carrying the sequence has returned.
     pub fn begin(&self, core: usize) -> Ticket<'_> {
+        let seq = self.take(core);
+        Ticket {
+            seq,
+            slot: &self.slots[core].0,
+        }
+    }
+
+    /// The protocol's first half: marks core `core`'s slot with a lower
+    /// bound, then takes the next sequence. The caller must call
+    /// [`Sequencer::release`] once the write carrying it has returned
+    /// (whether or not it succeeded); [`Ticket`] does that on drop.
+    pub fn take(&self, core: usize) -> u64 {
         let slot = &self.slots[core].0;
         debug_assert_eq!(slot.load(SeqCst), 0, "one change per core at a time");
         slot.store(self.last.0.load(SeqCst) + 1, SeqCst);
-        let seq = self.last.0.fetch_add(1, SeqCst) + 1;
-        Ticket { seq, slot }
+        self.last.0.fetch_add(1, SeqCst) + 1
+    }
+
+    /// The protocol's second half: clears core `core`'s slot.
+    pub fn release(&self, core: usize) {
+        self.slots[core].0.store(0, SeqCst);
     }
 
     /// Every sequence up to this one has committed (or was abandoned).

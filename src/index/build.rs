@@ -18,8 +18,9 @@
 //! failed. Progress is in `GET /index/stats`.
 
 use super::{IndexDef, IndexState, Indexes};
-use crate::api::Shard;
-use crate::stats::bump;
+use crate::mesh::{Rpc, Served};
+use crate::node::{Core, Node};
+use crate::obs::counters::bump;
 use crate::storage::{Family, StorageError};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -82,28 +83,59 @@ pub fn table_range(table: &str) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Builds this core's share of index `id`. Spawned on every core.
-pub async fn run(shard: Rc<Shard>, id: u32) {
+/// Start this core's share of building index `id` (sent to every core).
+#[derive(Clone)]
+pub struct StartBuild {
+    pub id: u32,
+}
+
+impl Rpc<Core> for StartBuild {
+    type Answer = ();
+    fn serve(self, core: &Rc<Core>) -> Served<()> {
+        spawn(core, self.id);
+        Served::Now(Ok(()))
+    }
+}
+
+/// Spawns this core's share of building index `id`.
+pub fn spawn(core: &Core, id: u32) {
+    if let Some(me) = core.rc() {
+        glommio::spawn_local(run(me, id)).detach();
+    }
+}
+
+/// Resumes the builds a stop interrupted: from the start (entries already
+/// written are rewritten). Called on every core at start-up.
+pub fn resume(core: &Rc<Core>) {
+    for d in core.node().index.catalog.current().indexes.iter() {
+        if d.state == IndexState::Building {
+            spawn(core, d.id);
+        }
+    }
+}
+
+/// Builds this core's share of index `id`.
+async fn run(core: Rc<Core>, id: u32) {
     // Step 1: from here on this core's writes maintain the index.
-    let catalog = shard.catalog();
+    let catalog = core.index().catalog();
     let Some(def) = catalog.by_id(id).cloned() else {
         return;
     };
     if def.state != IndexState::Building {
         return;
     }
-    let progress = shard.shared.builds.get_or_start(id);
-    let me = shard.id;
-    let shards = shard.router.shards();
+    let progress = core.node().index.builds.get_or_start(id);
+    let me = core.id();
+    let shards = core.cores();
     let (mut from, to) = table_range(&def.table);
     let mut processed = 0u64;
     loop {
         // Dropped or rebuilt meanwhile: stop (its entries are being deleted).
-        if shard.shared.indexes.catalog.current().by_id(id).is_none() {
+        if core.node().index.catalog.current().by_id(id).is_none() {
             return;
         }
         // Step 2, off the reactor.
-        let (shared, d, start) = (shard.shared.clone(), def.clone(), from.clone());
+        let (shared, d, start) = (core.node().clone(), def.clone(), from.clone());
         let to2 = to.clone();
         let chunk = glommio::executor()
             .spawn_blocking(move || read_chunk(&shared, &d, &start, &to2, me, shards))
@@ -118,8 +150,8 @@ pub async fn run(shard: Rc<Shard>, id: u32) {
         // Step 3, on the core.
         let mut puts = Vec::with_capacity(items.len());
         for (key, value, entry) in items {
-            let same = shard
-                .shared
+            let same = core
+                .node()
                 .storage
                 .with_entity(key.as_bytes(), |cur| cur == Some(&value[..]))
                 .unwrap_or(false);
@@ -127,14 +159,22 @@ pub async fn run(shard: Rc<Shard>, id: u32) {
                 puts.push(entry);
             }
         }
-        if let Err(e) = shard.shared.storage.put_index_entries(&puts) {
+        let storage = &core.node().storage;
+        let written = puts
+            .iter()
+            .try_fold(storage.batch(), |mut b, e| {
+                b.put(Family::Indexes, e, b"")?;
+                Ok::<_, StorageError>(b)
+            })
+            .and_then(|b| storage.commit(b));
+        if let Err(e) = written {
             tracing::error!(index = id, "index build write failed: {e}");
             return;
         }
         let n = puts.len() as u64;
         processed += n;
         progress.entities_processed.fetch_add(n, Ordering::Relaxed);
-        bump(&shard.counters().index_rebuild_entities, n);
+        bump(&core.counters().index_rebuild_entities, n);
         match next {
             Some(k) => from = k,
             None => break,
@@ -143,7 +183,7 @@ pub async fn run(shard: Rc<Shard>, id: u32) {
     }
     tracing::debug!(index = id, shard = me, processed, "index build: core done");
     if progress.cores_done.fetch_add(1, Ordering::AcqRel) + 1 == shards {
-        finish(&shard, &def, &progress).await;
+        finish(&core, &def, &progress).await;
     }
 }
 
@@ -152,7 +192,7 @@ type Chunk = (Vec<(String, Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
 /// Reads up to [`CHUNK`] entities of the table from `from`; returns this
 /// core's (key, value, entry) and where the next chunk starts.
 fn read_chunk(
-    shared: &crate::server::Shared,
+    shared: &Node,
     def: &IndexDef,
     from: &[u8],
     to: &[u8],
@@ -171,7 +211,7 @@ fn read_chunk(
                 return false;
             }
             seen += 1;
-            if crate::router::owner_of(k, shards) != me && shards > 1 {
+            if shards > 1 && crate::mesh::owner_of(k, shards) != me {
                 return true;
             }
             let Ok(key) = std::str::from_utf8(k) else {
@@ -189,8 +229,8 @@ fn read_chunk(
 }
 
 /// Marks the index ready (or failed, for duplicate unique values).
-async fn finish(shard: &Shard, def: &Arc<IndexDef>, progress: &BuildProgress) {
-    let shared = shard.shared.clone();
+async fn finish(core: &Core, def: &Arc<IndexDef>, progress: &BuildProgress) {
+    let shared = core.node().clone();
     let d = def.clone();
     let verdict = glommio::executor()
         .spawn_blocking(move || {
@@ -214,19 +254,12 @@ async fn finish(shard: &Shard, def: &Arc<IndexDef>, progress: &BuildProgress) {
         }
     }
     // Only if the index was not dropped or rebuilt meanwhile.
-    if shard
-        .shared
-        .indexes
-        .catalog
-        .current()
-        .by_id(def.id)
-        .is_none()
-    {
+    if core.node().index.catalog.current().by_id(def.id).is_none() {
         return;
     }
     let ms = progress.started.elapsed().as_millis() as u64;
     progress.finished_ms.store(ms.max(1), Ordering::Release);
-    let c = shard.counters();
+    let c = core.counters();
     bump(&c.index_rebuilds, 1);
     bump(&c.index_rebuild_ms, ms);
     tracing::info!(
@@ -237,19 +270,16 @@ async fn finish(shard: &Shard, def: &Arc<IndexDef>, progress: &BuildProgress) {
         ms,
         "index build finished"
     );
-    let shared = shard.shared.clone();
+    let shared = core.node().clone();
     let saved = next.clone();
     let _ = glommio::executor()
         .spawn_blocking(move || Indexes::save(&shared.storage, &saved))
         .await;
-    shard.shared.indexes.publish_def(next);
+    core.node().index.publish_def(next);
 }
 
 /// The first pair of entities with equal constrained values, if any.
-fn find_duplicate(
-    shared: &crate::server::Shared,
-    def: &IndexDef,
-) -> Result<Option<String>, StorageError> {
+fn find_duplicate(shared: &Node, def: &IndexDef) -> Result<Option<String>, StorageError> {
     let mut prev: Option<(Vec<u8>, String)> = None;
     let mut found = None;
     shared

@@ -1,12 +1,46 @@
 //! `/index/create`, `/index/drop`, `/index/rebuild`, `/index/stats`.
 
-use super::{check_column, IndexDef, IndexState, Indexes, MAX_COLUMNS};
-use crate::api::Shard;
+use super::MAX_COLUMNS;
+use super::{check_column, Created, IndexDef, IndexState, Indexes};
 use crate::error::ApiError;
-use crate::storage::Family;
+use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::node::Core;
+use crate::storage::{ChangeBatch, Family};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
-use themis_io::{Request, Response};
+use themis_io::{Method, Request, Response};
+
+/// The index routes (administration; `stats` only reads).
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::IndexCreate,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/index/create"),
+        role: Role::Admin,
+        label: "/index",
+    },
+    Route {
+        id: RouteId::IndexDrop,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/index/drop"),
+        role: Role::Admin,
+        label: "/index",
+    },
+    Route {
+        id: RouteId::IndexRebuild,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/index/rebuild"),
+        role: Role::Admin,
+        label: "/index",
+    },
+    Route {
+        id: RouteId::IndexStats,
+        methods: &[Method::Get, Method::Head],
+        path: PathPattern::Exact("/index/stats"),
+        role: Role::Admin,
+        label: "/index",
+    },
+];
 
 /// `{"table", "column" | "columns", "unique"?}`.
 struct Spec {
@@ -90,13 +124,13 @@ fn parse_spec(body: &[u8], allow_unique: bool) -> Result<Spec, ApiError> {
     })
 }
 
-fn describe(shard: &Shard, d: &IndexDef) -> Value {
+fn describe(core: &Core, d: &IndexDef) -> Value {
     let mut v = serde_json::to_value(d).unwrap_or_default();
-    if let Some(p) = shard.shared.builds.get(d.id) {
+    if let Some(p) = core.node().index.builds.get(d.id) {
         v["build"] = json!({
             "entities_processed": p.entities_processed.load(Ordering::Relaxed),
             "cores_done": p.cores_done.load(Ordering::Relaxed),
-            "cores": shard.router.shards(),
+            "cores": core.cores(),
             "elapsed_ms": match p.finished_ms.load(Ordering::Acquire) {
                 0 => p.started.elapsed().as_millis() as u64,
                 ms => ms,
@@ -106,75 +140,63 @@ fn describe(shard: &Shard, d: &IndexDef) -> Value {
     v
 }
 
-/// Starts building `def` on every core.
-async fn start_build(shard: &Shard, id: u32) -> Result<(), ApiError> {
-    shard.shared.builds.get_or_start(id);
-    shard.spawn_index_build(id);
-    for other in (0..shard.router.shards()).filter(|s| *s != shard.id) {
-        shard
-            .router
-            .call(
-                other,
-                crate::router::ShardCall::BuildIndex { id },
-                shard.request_timeout(),
-            )
-            .await?;
-    }
-    Ok(())
+/// Starts building index `id` on every core.
+async fn start_build(core: &Core, id: u32) -> Result<(), ApiError> {
+    core.node().index.builds.get_or_start(id);
+    super::build::spawn(core, id);
+    core.call_others(super::build::StartBuild { id }).await
+}
+
+/// Creates a definition, off the reactor.
+async fn create_def(core: &Core, spec: Spec) -> Result<Created, ApiError> {
+    let node = core.node().clone();
+    Ok(glommio::executor()
+        .spawn_blocking(move || {
+            node.index
+                .create(&node.storage, &spec.table, spec.columns, spec.unique)
+        })
+        .await?)
 }
 
 /// `POST /index/create`.
-pub async fn create(shard: &Shard, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+pub async fn create(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     let spec = parse_spec(body, true)?;
-    let indexes = &shard.shared.indexes;
-    if let Some(d) = indexes.catalog.current().find(&spec.table, &spec.columns) {
-        if d.unique != spec.unique {
-            return Err(ApiError::Conflict(format!(
-                "an index on {} {:?} exists with unique={}; drop it first",
-                d.table, d.columns, d.unique
-            )));
+    let existing = core
+        .node()
+        .index
+        .catalog
+        .current()
+        .find(&spec.table, &spec.columns)
+        .cloned();
+    let unique = spec.unique;
+    let created = match existing {
+        Some(d) => Created::Existing(d),
+        None => create_def(core, spec).await?,
+    };
+    match created {
+        Created::Existing(d) => {
+            if d.unique != unique {
+                return Err(ApiError::Conflict(format!(
+                    "an index on {} {:?} exists with unique={}; drop it first",
+                    d.table, d.columns, d.unique
+                )));
+            }
+            let v = json!({"created": false, "index": describe(core, &d)});
+            resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
         }
-        let v = json!({"created": false, "index": describe(shard, d)});
-        resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
-        return Ok(());
-    }
-    let shared = shard.shared.clone();
-    let def = glommio::executor()
-        .spawn_blocking(move || -> Result<IndexDef, crate::storage::StorageError> {
-            let id = Indexes::next_id(&shared.storage)?;
-            let def = IndexDef::new(id, &spec.table, spec.columns, spec.unique);
-            Indexes::save(&shared.storage, &def)?;
-            Ok(def)
-        })
-        .await?;
-    // A concurrent create of the same index on another core may have won.
-    let winner = indexes.catalog.update(|c| {
-        if let Some(d) = c.find(&def.table, &def.columns) {
-            return Some(d.clone());
+        Created::New(def) => {
+            tracing::info!(index = def.id, table = %def.table, columns = ?def.columns, unique = def.unique, "index created; building");
+            start_build(core, def.id).await?;
+            let v = json!({"created": true, "index": describe(core, &def)});
+            resp.json(202, &serde_json::to_vec(&v).unwrap_or_default());
         }
-        c.indexes.push(std::sync::Arc::new(def.clone()));
-        None
-    });
-    if let Some(d) = winner {
-        let (shared, id) = (shard.shared.clone(), def.id);
-        let _ = glommio::executor()
-            .spawn_blocking(move || Indexes::forget(&shared.storage, id))
-            .await;
-        let v = json!({"created": false, "index": describe(shard, &d)});
-        resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
-        return Ok(());
     }
-    tracing::info!(index = def.id, table = %def.table, columns = ?def.columns, unique = def.unique, "index created; building");
-    start_build(shard, def.id).await?;
-    let v = json!({"created": true, "index": describe(shard, &def)});
-    resp.json(202, &serde_json::to_vec(&v).unwrap_or_default());
     Ok(())
 }
 
-fn find_existing(shard: &Shard, spec: &Spec) -> Result<std::sync::Arc<IndexDef>, ApiError> {
-    shard
-        .shared
-        .indexes
+fn find_existing(core: &Core, spec: &Spec) -> Result<std::sync::Arc<IndexDef>, ApiError> {
+    core.node()
+        .index
         .catalog
         .current()
         .find(&spec.table, &spec.columns)
@@ -182,24 +204,29 @@ fn find_existing(shard: &Shard, spec: &Spec) -> Result<std::sync::Arc<IndexDef>,
         .ok_or_else(|| ApiError::NotFound(format!("no index on {} {:?}", spec.table, spec.columns)))
 }
 
-/// Deletes an index's entries, off the reactor.
-async fn delete_entries(shard: &Shard, def: &IndexDef) -> Result<(), ApiError> {
-    let (shared, from, to, id) = (shard.shared.clone(), def.prefix(), def.end(), def.id);
+/// Deletes an index's definition and entries, off the reactor.
+async fn delete_entries(core: &Core, def: &IndexDef) -> Result<(), ApiError> {
+    let (node, from, to, id) = (core.node().clone(), def.prefix(), def.end(), def.id);
     glommio::executor()
         .spawn_blocking(move || {
-            Indexes::forget(&shared.storage, id)?;
-            shared.storage.delete_index_range(&from, &to)
+            Indexes::forget(&node.storage, id)?;
+            let mut b: ChangeBatch<'_> = node.storage.batch();
+            b.delete_range(Family::Indexes, &from, &to)?;
+            node.storage.commit(b)?;
+            node.storage
+                .compact_range(Family::Indexes, Some(&from), Some(&to));
+            Ok::<_, crate::storage::StorageError>(())
         })
         .await?;
     Ok(())
 }
 
 /// `POST /index/drop`.
-pub async fn drop(shard: &Shard, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+pub async fn drop(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     let spec = parse_spec(body, false)?;
-    let def = find_existing(shard, &spec)?;
-    shard.shared.indexes.remove_def(def.id);
-    delete_entries(shard, &def).await?;
+    let def = find_existing(core, &spec)?;
+    core.node().index.remove_def(def.id);
+    delete_entries(core, &def).await?;
     tracing::info!(index = def.id, table = %def.table, columns = ?def.columns, "index dropped");
     let v = json!({"dropped": true, "table": def.table, "columns": def.columns});
     resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
@@ -208,27 +235,17 @@ pub async fn drop(shard: &Shard, body: &[u8], resp: &mut Response<'_>) -> Result
 
 /// `POST /index/rebuild`: a fresh copy under a new id replaces the index
 /// (writers switch at once), then the old entries are deleted.
-pub async fn rebuild(shard: &Shard, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+pub async fn rebuild(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     let spec = parse_spec(body, false)?;
-    let old = find_existing(shard, &spec)?;
-    let shared = shard.shared.clone();
-    let (table, columns, unique) = (old.table.clone(), old.columns.clone(), old.unique);
+    let old = find_existing(core, &spec)?;
+    let (node, prev) = (core.node().clone(), old.clone());
     let def = glommio::executor()
-        .spawn_blocking(move || -> Result<IndexDef, crate::storage::StorageError> {
-            let id = Indexes::next_id(&shared.storage)?;
-            let def = IndexDef::new(id, &table, columns, unique);
-            Indexes::save(&shared.storage, &def)?;
-            Ok(def)
-        })
+        .spawn_blocking(move || node.index.recreate(&node.storage, &prev))
         .await?;
-    shard.shared.indexes.catalog.update(|c| {
-        c.indexes.retain(|d| d.id != old.id);
-        c.indexes.push(std::sync::Arc::new(def.clone()));
-    });
-    delete_entries(shard, &old).await?;
-    start_build(shard, def.id).await?;
+    delete_entries(core, &old).await?;
+    start_build(core, def.id).await?;
     tracing::info!(old = old.id, new = def.id, "index rebuild started");
-    let v = json!({"rebuilding": true, "index": describe(shard, &def)});
+    let v = json!({"rebuilding": true, "index": describe(core, &def)});
     resp.json(202, &serde_json::to_vec(&v).unwrap_or_default());
     Ok(())
 }
@@ -236,13 +253,13 @@ pub async fn rebuild(shard: &Shard, body: &[u8], resp: &mut Response<'_>) -> Res
 /// `GET /index/stats[?table=T[&column=C]]`: definitions, build progress,
 /// and entry count and size (counted on the blocking pool).
 pub async fn stats(
-    shard: &Shard,
+    core: &Core,
     req: &Request<'_>,
     resp: &mut Response<'_>,
 ) -> Result<(), ApiError> {
     let (mut table, mut column) = (None, None);
     for (k, v) in req.query_pairs() {
-        let v = crate::key::decode_query_value(v)?;
+        let v = crate::entity::key::decode_query_value(v)?;
         match k {
             "table" => table = Some(v),
             "column" => column = Some(v),
@@ -253,7 +270,7 @@ pub async fn stats(
             }
         }
     }
-    let catalog = shard.shared.indexes.catalog.current();
+    let catalog = core.node().index.catalog.current();
     let chosen: Vec<_> = catalog
         .indexes
         .iter()
@@ -268,7 +285,7 @@ pub async fn stats(
     if (table.is_some() || column.is_some()) && chosen.is_empty() {
         return Err(ApiError::NotFound("no index matches".into()));
     }
-    let shared = shard.shared.clone();
+    let shared = core.node().clone();
     let ranges: Vec<_> = chosen.iter().map(|d| (d.prefix(), d.end())).collect();
     let sizes = glommio::executor()
         .spawn_blocking(move || {
@@ -292,7 +309,7 @@ pub async fn stats(
         .iter()
         .zip(sizes)
         .map(|(d, (n, bytes))| {
-            let mut v = describe(shard, d);
+            let mut v = describe(core, d);
             v["entry_count"] = n.into();
             v["size_bytes_estimate"] = bytes.into();
             v["usable_by_queries"] = (d.state == IndexState::Ready).into();
@@ -302,24 +319,4 @@ pub async fn stats(
     let v = json!({"indexes": list, "count": list.len()});
     resp.json(200, &serde_json::to_vec(&v).unwrap_or_default());
     Ok(())
-}
-
-/// The encoded value prefix a unique index claims for `doc`, when the
-/// values are constrained.
-pub fn unique_claims(
-    catalog: &super::Catalog,
-    table: &str,
-    doc: &simd_json::BorrowedValue<'_>,
-) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for d in catalog
-        .for_table(table)
-        .filter(|d| d.unique && d.state != IndexState::Failed)
-    {
-        let mut p = Vec::new();
-        if d.value_prefix(doc, &mut p) {
-            out.push(p);
-        }
-    }
-    out
 }

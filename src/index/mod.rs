@@ -14,34 +14,38 @@
 //!
 //! Invariants:
 //! * Index entries change in the same `WriteBatch` as the entity they
-//!   describe (`Shard::apply_change`): no reader sees one without the other.
-//!   Updates delete the old entry, deletes remove it.
+//!   describe (the write hook in [`maintain`]): no reader sees one without
+//!   the other. Updates delete the old entry, deletes remove it.
 //! * The catalog is a [`Published`] value: writers on every core read it
 //!   through their own copy, so an index created at runtime is maintained by
 //!   every write that starts after the core refreshed its copy. A build
 //!   refreshes its core's copy before reading any entity, which is what
 //!   makes the online backfill race-free (see [`build`]).
 //! * Index ids are never reused (a dropped index's entries may still be
-//!   being deleted).
+//!   being deleted), and never given twice: [`Indexes::create`] allocates
+//!   the id, persists it with the definition and publishes the definition
+//!   in one step under the catalog's lock.
 //! * `unique` indexes hold when two writes arrive on different cores at once:
 //!   a write first claims its value on the value's arbiter core (the owner
 //!   of the encoded value's hash) and releases the claim after its commit,
-//!   so at any moment a taken value is visible as a claim or as an entry.
-//!   Values containing null or a missing column are not constrained.
+//!   so at any moment a taken value is visible as a claim or as an entry
+//!   ([`unique`]). Values containing null or a missing column are not
+//!   constrained.
 
 pub mod build;
 pub mod encoding;
 pub mod http;
+pub mod maintain;
+pub mod unique;
 
-use crate::published::Published;
+use crate::published::{LocalCopy, Published};
+use crate::storage::keyspace::meta::{INDEX_DEF_PREFIX as META_PREFIX, INDEX_NEXT_ID};
 use crate::storage::{Family, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use simd_json::BorrowedValue;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
-
-/// Meta key prefix of index definitions (`index/<id>`).
-const META_PREFIX: &[u8] = b"index/";
-const META_NEXT_ID: &[u8] = b"index.next_id";
 /// Longest accepted column path and most columns in a composite index.
 pub const MAX_COLUMNS: usize = 8;
 
@@ -144,6 +148,8 @@ impl IndexDef {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub indexes: Vec<Arc<IndexDef>>,
+    /// The next unused id (persisted in `meta` before it is used).
+    next_id: u32,
 }
 
 impl Catalog {
@@ -166,9 +172,26 @@ impl Catalog {
     }
 }
 
-/// The server-wide index catalog.
+/// The meta key of index `id`'s definition.
+fn def_key(id: u32) -> Vec<u8> {
+    let mut key = META_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// What [`Indexes::create`] did.
+pub enum Created {
+    /// A new definition, published (state `building`).
+    New(IndexDef),
+    /// The same table and columns were indexed already.
+    Existing(Arc<IndexDef>),
+}
+
+/// The server-wide index state (the node's part): the catalog every core
+/// reads through its own copy, and the progress of builds.
 pub struct Indexes {
     pub catalog: Published<Catalog>,
+    pub builds: build::Builds,
 }
 
 impl Indexes {
@@ -187,34 +210,67 @@ impl Indexes {
             }
             true
         })?;
+        let stored_next = storage
+            .meta_get(INDEX_NEXT_ID)?
+            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(1);
+        let next_id = indexes
+            .iter()
+            .map(|d| d.id.saturating_add(1))
+            .fold(stored_next.max(1), u32::max);
         tracing::info!(indexes = indexes.len(), "index catalog loaded");
         Ok(Indexes {
-            catalog: Published::new(Catalog { indexes }),
+            catalog: Published::new(Catalog { indexes, next_id }),
+            builds: Default::default(),
         })
     }
 
-    /// Persists a definition (created or changed).
+    /// Persists a definition whose state changed.
     pub fn save(storage: &Storage, def: &IndexDef) -> Result<(), StorageError> {
-        let mut key = META_PREFIX.to_vec();
-        key.extend_from_slice(&def.id.to_be_bytes());
-        let v = serde_json::to_vec(def).unwrap_or_default();
-        storage.meta_put(&key, &v)
+        let mut b = storage.batch();
+        b.put(
+            Family::Meta,
+            &def_key(def.id),
+            &serde_json::to_vec(def).unwrap_or_default(),
+        )?;
+        storage.commit_synced(b)
     }
 
     pub fn forget(storage: &Storage, id: u32) -> Result<(), StorageError> {
-        let mut key = META_PREFIX.to_vec();
-        key.extend_from_slice(&id.to_be_bytes());
-        storage.meta_delete(&key)
+        let mut b = storage.batch();
+        b.delete(Family::Meta, &def_key(id))?;
+        storage.commit_synced(b)
     }
 
-    /// A fresh, never used index id.
-    pub fn next_id(storage: &Storage) -> Result<u32, StorageError> {
-        let cur = storage
-            .meta_get(META_NEXT_ID)?
-            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
-            .unwrap_or(1);
-        storage.meta_put(META_NEXT_ID, &(cur + 1).to_be_bytes())?;
-        Ok(cur)
+    /// Creates an index on `table` `columns`. Under the catalog's lock, in
+    /// one step: the id is allocated, the next id and the definition are
+    /// persisted (fsynced), and the definition is published. So two
+    /// concurrent creates on two cores never get the same id, and the same
+    /// index is never created twice. Blocking (a synced write): off the
+    /// reactor.
+    pub fn create(
+        &self,
+        storage: &Storage,
+        table: &str,
+        columns: Vec<String>,
+        unique: bool,
+    ) -> Result<Created, StorageError> {
+        self.catalog.update(|c| {
+            if let Some(d) = c.find(table, &columns) {
+                return Ok(Created::Existing(d.clone()));
+            }
+            allocate(c, storage, table, columns, unique).map(Created::New)
+        })
+    }
+
+    /// A fresh copy of `old` under a new id takes its place (a rebuild),
+    /// in one step as [`Indexes::create`].
+    pub fn recreate(&self, storage: &Storage, old: &IndexDef) -> Result<IndexDef, StorageError> {
+        self.catalog.update(|c| {
+            let def = allocate(c, storage, &old.table, old.columns.clone(), old.unique)?;
+            c.indexes.retain(|d| d.id != old.id);
+            Ok(def)
+        })
     }
 
     /// Replaces one definition in the catalog (or adds it).
@@ -230,6 +286,66 @@ impl Indexes {
 
     pub fn remove_def(&self, id: u32) {
         self.catalog.update(|c| c.indexes.retain(|d| d.id != id));
+    }
+}
+
+/// Allocates the next id for a new definition, persists both, and adds the
+/// definition to `c` (the caller holds the catalog's lock).
+fn allocate(
+    c: &mut Catalog,
+    storage: &Storage,
+    table: &str,
+    columns: Vec<String>,
+    unique: bool,
+) -> Result<IndexDef, StorageError> {
+    let id = c.next_id.max(1);
+    let def = IndexDef::new(id, table, columns, unique);
+    let mut b = storage.batch();
+    b.put(Family::Meta, INDEX_NEXT_ID, &(id + 1).to_be_bytes())?;
+    b.put(
+        Family::Meta,
+        &def_key(id),
+        &serde_json::to_vec(&def).unwrap_or_default(),
+    )?;
+    storage.commit_synced(b)?;
+    c.next_id = id + 1;
+    c.indexes.push(Arc::new(def.clone()));
+    Ok(def)
+}
+
+/// One core's index state (the core's part).
+pub struct Local {
+    /// This core's copy of the catalog.
+    catalog: LocalCopy<Catalog>,
+    /// Where it is refreshed from.
+    shared: Arc<Indexes>,
+    /// Unique values this core arbitrates.
+    claims: RefCell<unique::Claims>,
+    /// Scratch for parsing documents into entries.
+    scratch: RefCell<Vec<u8>>,
+}
+
+impl Local {
+    pub fn new(shared: &Arc<Indexes>) -> Local {
+        Local {
+            catalog: LocalCopy::new(&shared.catalog),
+            shared: shared.clone(),
+            claims: Default::default(),
+            scratch: Default::default(),
+        }
+    }
+
+    /// The catalog for the current request (refreshed when it changed).
+    pub fn catalog(&self) -> Rc<Catalog> {
+        self.catalog.get(&self.shared.catalog)
+    }
+
+    fn claims(&self) -> &RefCell<unique::Claims> {
+        &self.claims
+    }
+
+    fn scratch(&self) -> &RefCell<Vec<u8>> {
+        &self.scratch
     }
 }
 

@@ -1,23 +1,19 @@
 //! Planning and executing a [`Query`] across cores.
 
 use super::parse::{encode_cursor, Position, Query, Return};
+use super::plan::{self, read_entries, COUNT_CAP, PROBE};
 use super::Filter;
-use crate::api::Shard;
 use crate::entity::write_json_str;
 use crate::error::ApiError;
-use crate::index::encoding::{Scalar, TAG_FALSE, TAG_TRUE};
-use crate::index::{build::table_range, IndexDef, IndexState};
-use crate::router::{ShardAnswer, ShardCall};
-use crate::stats::bump;
+use crate::index::{build::table_range, IndexDef};
+use crate::mesh::{Rpc, Served};
+use crate::node::{Core, Node};
+use crate::obs::counters::bump;
 use crate::storage::Family;
 use serde_json::json;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
-
-/// Entries counted inline when probing an index range.
-const PROBE: usize = 128;
-/// Entries counted (on the blocking pool) to compare large ranges.
-const COUNT_CAP: usize = 100_000;
 
 /// One matching row.
 #[derive(Debug, Clone)]
@@ -34,18 +30,6 @@ impl Row {
             key: self.key.clone(),
         }
     }
-}
-
-/// Work one core does for a query.
-#[derive(Debug)]
-pub enum ShardTask {
-    /// Fetch these keys (owned by the callee) and keep the matching ones.
-    Fetch {
-        keys: Vec<String>,
-        filter: Arc<Filter>,
-    },
-    /// Scan the callee's share of the table.
-    Scan(ScanTask),
 }
 
 #[derive(Debug, Clone)]
@@ -70,33 +54,46 @@ pub struct ShardRows {
     pub scanned: u64,
 }
 
-/// Runs a fetch share on this core (point reads, inline).
-pub fn run_share(shard: &Shard, task: ShardTask) -> Result<ShardRows, ApiError> {
-    match task {
-        ShardTask::Fetch { keys, filter } => fetch(shard, &keys, &filter),
-        ShardTask::Scan(_) => Err(ApiError::Unavailable("scan shares run asynchronously")),
+/// Fetch these keys (owned by the callee) and keep the matching ones.
+pub struct FetchShare {
+    pub keys: Vec<String>,
+    pub filter: Arc<Filter>,
+}
+
+impl Rpc<Core> for FetchShare {
+    type Answer = ShardRows;
+    fn serve(self, core: &Rc<Core>) -> Served<ShardRows> {
+        Served::Now(fetch(core, &self.keys, &self.filter))
     }
 }
 
-/// Runs any share on this core: scans on the blocking pool.
-pub async fn run_share_async(shard: &Shard, task: ShardTask) -> Result<ShardRows, ApiError> {
-    match task {
-        ShardTask::Scan(t) => {
-            let (shared, me, n) = (shard.shared.clone(), shard.id, shard.router.shards());
-            Ok(glommio::executor()
-                .spawn_blocking(move || scan_share(&shared, &t, me, n))
-                .await?)
-        }
-        t => run_share(shard, t),
+/// Scan the callee's share of a table (on its blocking pool).
+pub struct ScanShare(pub ScanTask);
+
+impl Rpc<Core> for ScanShare {
+    type Answer = ShardRows;
+    /// A scan may take a while: the peer loop keeps serving meanwhile.
+    const SPAWN: bool = true;
+    fn serve(self, core: &Rc<Core>) -> Served<ShardRows> {
+        let core = core.clone();
+        Served::Later(Box::pin(async move { scan_here(&core, self.0).await }))
     }
 }
 
-fn fetch(shard: &Shard, keys: &[String], filter: &Filter) -> Result<ShardRows, ApiError> {
+/// Scans this core's share of a table, on the blocking pool.
+async fn scan_here(core: &Core, task: ScanTask) -> Result<ShardRows, ApiError> {
+    let (node, me, n) = (core.node().clone(), core.id(), core.cores());
+    Ok(glommio::executor()
+        .spawn_blocking(move || scan_share(&node, &task, me, n))
+        .await?)
+}
+
+fn fetch(core: &Core, keys: &[String], filter: &Filter) -> Result<ShardRows, ApiError> {
     let mut found: Vec<Option<Row>> = Vec::with_capacity(keys.len());
     found.resize_with(keys.len(), || None);
-    let mut scratch = shard.check_scratch().borrow_mut();
+    let mut scratch = core.query().check_scratch().borrow_mut();
     let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    shard.shared.storage.with_entities(&refs, |i, v| {
+    core.node().storage.with_entities(&refs, |i, v| {
         if let Some(v) = v {
             if let Some(sort) = filter.check(v, &mut scratch) {
                 found[i] = Some(Row {
@@ -130,7 +127,7 @@ fn keep_first(rows: &mut Vec<Row>, limit: usize, desc: bool) {
 
 /// Scans the table's keys owned by core `me` (on a blocking thread).
 fn scan_share(
-    shared: &crate::server::Shared,
+    shared: &Node,
     t: &ScanTask,
     me: usize,
     shards: usize,
@@ -154,7 +151,7 @@ fn scan_share(
     shared
         .storage
         .scan(Family::Entities, &from, &to, false, |k, v| {
-            if by_owner && crate::router::owner_of(k, shards) != me {
+            if by_owner && crate::mesh::owner_of(k, shards) != me {
                 return true;
             }
             out.scanned += 1;
@@ -199,11 +196,7 @@ const SPLIT_MIN_BYTES: u64 = 8 << 20;
 /// 8 key bytes after `table:`). `None` when the table is small or mostly
 /// still in memtables: then every core scans the table and keeps the keys
 /// it owns.
-fn split_table(
-    shared: &crate::server::Shared,
-    table: &str,
-    n: usize,
-) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+fn split_table(shared: &Node, table: &str, n: usize) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let (from, to) = table_range(table);
     let total = shared.storage.approximate_entity_bytes(&from, &to);
     if total < SPLIT_MIN_BYTES {
@@ -244,147 +237,6 @@ fn split_table(
     )
 }
 
-/// How the rows are found.
-#[derive(Debug, Clone)]
-struct IndexAccess {
-    def: Arc<IndexDef>,
-    from: Vec<u8>,
-    to: Vec<u8>,
-    /// Index order is the result order (read with early stop).
-    streamable: bool,
-    reverse: bool,
-    /// Bytes before the sort value / key in an entry (for cursor anchors).
-    eq_prefix: Vec<u8>,
-    /// The order column is the index column after the equality prefix.
-    order_in_index: bool,
-}
-
-fn type_range(b: &Scalar) -> (u8, u8) {
-    match b.tag() {
-        TAG_FALSE | TAG_TRUE => (TAG_FALSE, TAG_TRUE + 1),
-        t => (t, t + 1),
-    }
-}
-
-/// The key range of `def` that holds every row the query can match, if the
-/// index helps at all.
-fn index_access(def: &Arc<IndexDef>, q: &Query) -> Option<IndexAccess> {
-    let conds = &q.filter.conds;
-    let mut prefix = def.prefix().to_vec();
-    let mut k = 0;
-    for col in &def.columns {
-        match conds.iter().find(|c| &c.column == col && c.eq.is_some()) {
-            Some(c) => {
-                if let Some(e) = &c.eq {
-                    e.encode(&mut prefix);
-                }
-                k += 1;
-            }
-            None => break,
-        }
-    }
-    let eq_prefix = prefix.clone();
-    let n = def.columns.len();
-    let order_col = q.order.as_ref().map(|o| o.column.as_str());
-    let desc = q.order.as_ref().is_some_and(|o| o.desc);
-    let (from, to, ranged) = if k < n {
-        let next = &def.columns[k];
-        match conds.iter().find(|c| &c.column == next && c.eq.is_none()) {
-            Some(c) => {
-                let bound_type = c.lower.as_ref().or(c.upper.as_ref()).map(|(b, _)| b)?;
-                let (t0, t1) = type_range(bound_type);
-                let mut from = prefix.clone();
-                match &c.lower {
-                    Some((b, inclusive)) => {
-                        b.encode(&mut from);
-                        if !inclusive {
-                            from.push(0xFF);
-                        }
-                    }
-                    None => from.push(t0),
-                }
-                let mut to = prefix.clone();
-                match &c.upper {
-                    Some((b, inclusive)) => {
-                        b.encode(&mut to);
-                        if *inclusive {
-                            to.push(0xFF);
-                        }
-                    }
-                    None => to.push(t1),
-                }
-                (from, to, true)
-            }
-            None => {
-                let mut to = prefix.clone();
-                to.push(0xFF);
-                (prefix, to, false)
-            }
-        }
-    } else {
-        let mut to = prefix.clone();
-        to.push(0xFF);
-        (prefix, to, false)
-    };
-    let order_in_index = order_col.is_some_and(|c| k < n && def.columns[k] == c && k + 1 == n);
-    let order_is_eq_col = order_col.is_some_and(|c| def.columns[..k].iter().any(|x| x == c));
-    let usable = k > 0 || ranged || order_in_index;
-    if !usable {
-        return None;
-    }
-    let streamable = match order_col {
-        None => k == n,
-        Some(_) => order_in_index || (k == n && order_is_eq_col),
-    };
-    Some(IndexAccess {
-        def: def.clone(),
-        from,
-        to,
-        streamable,
-        reverse: streamable && desc,
-        eq_prefix,
-        order_in_index,
-    })
-}
-
-/// Entity keys of the index entries in `[from, to)`, at most `cap`.
-struct Entries {
-    keys: Vec<String>,
-    /// All entries of the range were read.
-    complete: bool,
-    /// The last entry read (where a continuation starts).
-    last: Option<Vec<u8>>,
-}
-
-fn read_entries(
-    shared: &crate::server::Shared,
-    def: &IndexDef,
-    from: &[u8],
-    to: &[u8],
-    reverse: bool,
-    cap: usize,
-) -> Result<Entries, crate::storage::StorageError> {
-    let mut e = Entries {
-        keys: Vec::new(),
-        complete: true,
-        last: None,
-    };
-    shared
-        .storage
-        .scan(Family::Indexes, from, to, reverse, |k, _| {
-            if e.keys.len() >= cap {
-                e.complete = false;
-                return false;
-            }
-            if let Some((_, key)) = def.split_entry(k) {
-                e.keys.push(key.to_string());
-            }
-            e.last = Some(k.to_vec());
-            true
-        })?;
-    Ok(e)
-}
-
 /// The plan, for `explain`.
 #[derive(Debug, Default)]
 struct PlanInfo {
@@ -398,66 +250,39 @@ struct PlanInfo {
 }
 
 /// Executes `q` and writes the answer.
-pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
-    let rt = shard.runtime();
+pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
+    let rt = core.settings();
     let (threshold, batch) = (rt.parallel_threshold, rt.batch_size.max(1));
-    let catalog = shard.catalog();
-    let shared = shard.shared.clone();
+    let catalog = core.index().catalog();
+    let shared = core.node().clone();
     let desc = q.order.as_ref().is_some_and(|o| o.desc);
     let count_only = q.ret == Return::Count;
     let want = if count_only { usize::MAX } else { q.limit + 1 };
 
     // Plan: probe every usable ready index (bounded, inline), keep the
     // smallest range; compare large ones with a capped count.
-    let mut best: Option<(IndexAccess, u64, Option<Vec<String>>)> = None;
-    let mut large = Vec::new();
-    for def in catalog
-        .for_table(&q.table)
-        .filter(|d| d.state == IndexState::Ready)
-    {
-        let Some(acc) = index_access(def, &q) else {
-            continue;
-        };
-        let e = read_entries(&shared, &acc.def, &acc.from, &acc.to, acc.reverse, PROBE)?;
-        if e.complete {
-            let n = e.keys.len() as u64;
-            if best.as_ref().is_none_or(|(_, b, _)| n < *b) {
-                best = Some((acc, n, Some(e.keys)));
-            }
-        } else {
-            large.push(acc);
+    let probe = plan::probe(&shared.storage, &catalog, &q)?;
+    let best = match probe {
+        plan::Probe::Small {
+            access,
+            count,
+            keys,
+        } => Some((access, count, Some(keys))),
+        plan::Probe::Large(large) => {
+            let s2 = shared.clone();
+            let (access, count) = glommio::executor()
+                .spawn_blocking(move || plan::smallest(&s2.storage, large, COUNT_CAP))
+                .await?;
+            Some((access, count, None))
         }
-    }
-    if best.is_none() && !large.is_empty() {
-        let s2 = shared.clone();
-        let ranges: Vec<_> = large
-            .iter()
-            .map(|a| (a.def.clone(), a.from.clone(), a.to.clone()))
-            .collect();
-        let counts = glommio::executor()
-            .spawn_blocking(move || {
-                ranges
-                    .iter()
-                    .map(|(d, f, t)| {
-                        read_entries(&s2, d, f, t, false, COUNT_CAP).map(|r| r.keys.len())
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await?;
-        let (i, n) = counts
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, n)| **n)
-            .map(|(i, n)| (i, *n as u64))
-            .unwrap_or((0, 0));
-        best = Some((large.swap_remove(i), n, None));
-    }
+        plan::Probe::NoIndex => None,
+    };
 
     let mut info = PlanInfo::default();
     let mut rows: Vec<Row> = Vec::new();
     let mut total = 0u64;
     let filter = Arc::new(q.filter.clone());
-    let counters = shard.counters();
+    let counters = core.counters();
     match best {
         Some((mut acc, estimated, probed)) => {
             bump(&counters.query_index_hits, 1);
@@ -509,7 +334,7 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
                         );
                         let cap = batch.max(PROBE);
                         let e = glommio::executor()
-                            .spawn_blocking(move || read_entries(&s2, &d, &f, &t, r, cap))
+                            .spawn_blocking(move || read_entries(&s2.storage, &d, &f, &t, r, cap))
                             .await?;
                         match (e.complete, e.last) {
                             (false, Some(mut last)) => {
@@ -528,7 +353,7 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
                 };
                 info.actual += chunk.len() as u64;
                 bump(&counters.range_scan_steps, chunk.len() as u64);
-                let got = fetch_filter(shard, chunk, &filter, parallel, batch).await?;
+                let got = fetch_filter(core, chunk, &filter, parallel, batch).await?;
                 for r in got {
                     if let Some(c) = &q.cursor {
                         if !r.position().after(c, desc) {
@@ -548,7 +373,7 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
         None => {
             bump(&counters.query_full_scans, 1);
             info.mode = "full_scan_fallback";
-            let shards = shard.router.shards();
+            let shards = core.cores();
             let s2 = shared.clone();
             let table = q.table.clone();
             let ranges = if shards > 1 {
@@ -576,22 +401,11 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
             for s in 0..shards {
                 let mut part = task.clone();
                 part.range = ranges.as_ref().map(|r| r[s].clone());
-                let t = ShardTask::Scan(part);
                 futures.push(async move {
-                    if s == shard.id {
-                        run_share_async(shard, t).await
+                    if s == core.id() {
+                        scan_here(core, part).await
                     } else {
-                        match shard
-                            .router
-                            .call(s, ShardCall::Query(Box::new(t)), shard.request_timeout())
-                            .await?
-                        {
-                            ShardAnswer::Query(Ok(r)) => Ok(r),
-                            ShardAnswer::Query(Err((_, body))) => Err(ApiError::Unprocessable(
-                                String::from_utf8_lossy(&body).into_owned(),
-                            )),
-                            _ => Err(ApiError::Unavailable("unexpected answer from a shard")),
-                        }
+                        core.call(s, ScanShare(part)).await
                     }
                 });
             }
@@ -660,7 +474,7 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
             "actual_candidates": info.actual,
             "cursor_anchor": info.cursor_anchor,
             "scan_split": info.scan_split,
-            "shards": shard.router.shards(),
+            "shards": core.cores(),
             "parallel_threshold": threshold,
             "batch_size": batch,
         });
@@ -674,19 +488,19 @@ pub async fn execute(shard: &Shard, q: Query) -> Result<Vec<u8>, ApiError> {
 /// Fetches and filters candidate keys, in their order: here, or grouped by
 /// owning core in batches.
 async fn fetch_filter(
-    shard: &Shard,
+    core: &Core,
     keys: Vec<String>,
     filter: &Arc<Filter>,
     parallel: bool,
     batch: usize,
 ) -> Result<Vec<Row>, ApiError> {
-    let shards = shard.router.shards();
+    let shards = core.cores();
     if !parallel || shards == 1 {
-        return Ok(fetch(shard, &keys, filter)?.rows);
+        return Ok(fetch(core, &keys, filter)?.rows);
     }
     let mut by_owner: Vec<Vec<String>> = vec![Vec::new(); shards];
     for k in &keys {
-        by_owner[shard.router.owner(k)].push(k.clone());
+        by_owner[core.owner_of(k.as_bytes())].push(k.clone());
     }
     let mut futures = Vec::new();
     for (owner, share) in by_owner.into_iter().enumerate() {
@@ -694,25 +508,11 @@ async fn fetch_filter(
             let part = part.to_vec();
             let filter = filter.clone();
             futures.push(async move {
-                if owner == shard.id {
-                    return Ok(fetch(shard, &part, &filter)?.rows);
+                if owner == core.id() {
+                    return Ok::<_, ApiError>(fetch(core, &part, &filter)?.rows);
                 }
-                let task = ShardTask::Fetch { keys: part, filter };
-                match shard
-                    .router
-                    .call(
-                        owner,
-                        ShardCall::Query(Box::new(task)),
-                        shard.request_timeout(),
-                    )
-                    .await?
-                {
-                    ShardAnswer::Query(Ok(r)) => Ok(r.rows),
-                    ShardAnswer::Query(Err((_, body))) => Err(ApiError::Unprocessable(
-                        String::from_utf8_lossy(&body).into_owned(),
-                    )),
-                    _ => Err(ApiError::Unavailable("unexpected answer from a shard")),
-                }
+                let share = FetchShare { keys: part, filter };
+                Ok(core.call(owner, share).await?.rows)
             });
         }
     }

@@ -26,11 +26,26 @@
 //! that did not change are never returned twice or skipped.
 
 pub mod exec;
+pub mod http;
 pub mod parse;
+pub mod plan;
 
 use crate::index::encoding::{scalar_ref, Scalar, ScalarRef};
-pub use exec::{run_share, ShardRows, ShardTask};
+pub use exec::ShardRows;
 pub use parse::{parse, Query};
+use std::cell::RefCell;
+
+/// One core's query state: scratch for checking documents against filters.
+#[derive(Default)]
+pub struct Local {
+    check: RefCell<CheckScratch>,
+}
+
+impl Local {
+    pub(crate) fn check_scratch(&self) -> &RefCell<CheckScratch> {
+        &self.check
+    }
+}
 
 /// One column condition on a document.
 #[derive(Debug, Clone)]

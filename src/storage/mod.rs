@@ -1,10 +1,15 @@
 //! `Storage`: the one RocksDB instance and the narrow API the server uses.
 //!
+//! * [`keyspace`]: every column family and key prefix.
+//! * [`batch`]: [`ChangeBatch`], the one atomic write a change is made of.
+//! * [`read`]: [`ReadView`], the narrow read interface logic is written
+//!   against (and unit-tested over an in-memory map).
+//!
 //! Invariants:
 //! * User data and internal data live in different column families
-//!   ([`CF_ENTITIES`] for entities; the others for indexes, the change feed,
-//!   vectors, time series and metadata), so no table name can ever collide
-//!   with an internal key.
+//!   ([`Family::Entities`] for entities; the others for indexes, the change
+//!   feed, vectors, time series and metadata), so no table name can ever
+//!   collide with an internal key.
 //! * An entity key is stored exactly as the client wrote it (`table:pk`);
 //!   the value is the entity's compact JSON object.
 //! * Every write goes through one `WriteBatch`, so later features (index
@@ -16,61 +21,23 @@
 //! * Point reads and writes are called inline on the executor; anything that
 //!   scans or rebuilds runs off the reactor.
 
+pub mod batch;
+pub mod keyspace;
+pub mod read;
+
+pub use batch::ChangeBatch;
+pub use keyspace::Family;
+pub use read::ReadView;
+
 use crate::config::{Compression, StorageConfig};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions, DB,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// Entities (user data).
-pub const CF_ENTITIES: &str = "entities";
-/// Column families reserved for internal data.
-pub const CF_INTERNAL: &[&str] = &[CF_INDEXES, CF_CHANGEFEED, "vectors", "timeseries", CF_META];
-/// Change-feed records, keyed by sequence (8 bytes big-endian).
-pub const CF_CHANGEFEED: &str = "changefeed";
-/// Small server metadata (index definitions, the feed's first sequence).
-pub const CF_META: &str = "meta";
-/// Secondary index entries.
-pub const CF_INDEXES: &str = "indexes";
-
-/// The column families a range [`Storage::scan`] may read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Entities,
-    Indexes,
-    Meta,
-}
-
-impl Family {
-    fn name(self) -> &'static str {
-        match self {
-            Family::Entities => CF_ENTITIES,
-            Family::Indexes => CF_INDEXES,
-            Family::Meta => CF_META,
-        }
-    }
-}
-
-/// Index entries one entity change removes and adds.
-#[derive(Debug, Default, Clone)]
-pub struct IndexWrites {
-    pub deletes: Vec<Vec<u8>>,
-    pub puts: Vec<Vec<u8>>,
-}
-
-impl IndexWrites {
-    pub fn is_empty(&self) -> bool {
-        self.deletes.is_empty() && self.puts.is_empty()
-    }
-}
-/// Meta key: the change feed's first sequence after the last prune.
-const META_FEED_FIRST: &[u8] = b"changefeed.first_sequence";
-
-fn seq_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.try_into().ok()?))
-}
+/// The first and the last key of a range.
+pub type KeyBounds = (Vec<u8>, Vec<u8>);
 
 /// A storage failure, with RocksDB's message.
 #[derive(Debug, thiserror::Error)]
@@ -231,21 +198,13 @@ impl Storage {
             rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers
         });
 
-        let mut descriptors = vec![ColumnFamilyDescriptor::new(
-            CF_ENTITIES,
-            cf_options(cfg, &cache, CfUse::Keyed),
-        )];
-        for name in CF_INTERNAL {
-            let usage = if *name == CF_CHANGEFEED {
-                CfUse::Log
-            } else {
-                CfUse::Keyed
-            };
-            descriptors.push(ColumnFamilyDescriptor::new(
-                *name,
-                cf_options(cfg, &cache, usage),
-            ));
-        }
+        let descriptors: Vec<_> = Family::ALL
+            .iter()
+            .map(|f| {
+                let usage = if f.is_log() { CfUse::Log } else { CfUse::Keyed };
+                ColumnFamilyDescriptor::new(f.name(), cf_options(cfg, &cache, usage))
+            })
+            .collect();
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
             .map_err(|e| open_err(e.into_string()))?;
         let mut write_opts = WriteOptions::default();
@@ -265,89 +224,93 @@ impl Storage {
         &self.path
     }
 
-    fn entities(&self) -> Result<&rocksdb::ColumnFamily, StorageError> {
+    fn cf(&self, family: Family) -> Result<&rocksdb::ColumnFamily, StorageError> {
         self.db
-            .cf_handle(CF_ENTITIES)
-            .ok_or(StorageError::MissingColumnFamily(CF_ENTITIES))
+            .cf_handle(family.name())
+            .ok_or(StorageError::MissingColumnFamily(family.name()))
     }
 
-    /// Reads an entity and hands its bytes (pinned in RocksDB, not copied)
-    /// to `f`.
+    /// Reads a key and hands its bytes (pinned in RocksDB, not copied) to
+    /// `f`. A point read: fine on the reactor.
+    pub fn get_with<R>(
+        &self,
+        family: Family,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StorageError> {
+        let pinned = self.db.get_pinned_cf(self.cf(family)?, key)?;
+        Ok(f(pinned.as_deref()))
+    }
+
+    /// Reads an entity and hands its bytes (pinned, not copied) to `f`.
+    #[inline]
     pub fn with_entity<R>(
         &self,
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R, StorageError> {
-        let cf = self.entities()?;
-        let pinned = self.db.get_pinned_cf(cf, key)?;
-        Ok(f(pinned.as_deref()))
-    }
-
-    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StorageError> {
-        self.db
-            .cf_handle(name)
-            .ok_or(StorageError::MissingColumnFamily(name))
+        self.get_with(Family::Entities, key, f)
     }
 
     /// Whether an entity exists.
     pub fn entity_exists(&self, key: &[u8]) -> Result<bool, StorageError> {
-        Ok(self.db.get_pinned_cf(self.entities()?, key)?.is_some())
+        self.with_entity(key, |v| v.is_some())
     }
 
-    /// Writes one entity change — `Some(value)` stores, `None` deletes — and,
-    /// when given, its change-feed record `(sequence, record)`, in one
-    /// atomic batch: after a crash both are there or neither is.
-    ///
-    /// Must be called on the key's owning shard: callers read the old state
-    /// first, and ownership is what rules out a concurrent writer.
-    pub fn write_change(
-        &self,
-        key: &[u8],
-        value: Option<&[u8]>,
-        event: Option<(u64, &[u8])>,
-        index: &IndexWrites,
-    ) -> Result<(), StorageError> {
-        let cf = self.entities()?;
-        let mut batch = WriteBatch::default();
-        match value {
-            Some(v) => batch.put_cf(cf, key, v),
-            None => batch.delete_cf(cf, key),
-        }
-        if let Some((seq, record)) = event {
-            batch.put_cf(self.cf(CF_CHANGEFEED)?, seq.to_be_bytes(), record);
-        }
-        if !index.is_empty() {
-            let icf = self.cf(CF_INDEXES)?;
-            for k in &index.deletes {
-                batch.delete_cf(icf, k);
-            }
-            for k in &index.puts {
-                batch.put_cf(icf, k, b"");
-            }
-        }
-        self.db.write_opt(batch, &self.write_opts)?;
+    /// A new, empty batch of writes.
+    pub fn batch(&self) -> ChangeBatch<'_> {
+        ChangeBatch::new(self)
+    }
+
+    /// Commits a batch atomically. It has reached the WAL (and with
+    /// `sync_writes`, the disk) when this returns Ok: only then may the
+    /// write be acknowledged.
+    pub fn commit(&self, batch: ChangeBatch<'_>) -> Result<(), StorageError> {
+        self.db.write_opt(batch.into_inner(), &self.write_opts)?;
         Ok(())
     }
 
-    /// Adds index entries (a backfill step), in one batch.
-    pub fn put_index_entries(&self, keys: &[Vec<u8>]) -> Result<(), StorageError> {
-        let icf = self.cf(CF_INDEXES)?;
-        let mut batch = WriteBatch::default();
-        for k in keys {
-            batch.put_cf(icf, k, b"");
-        }
-        self.db.write_opt(batch, &self.write_opts)?;
+    /// Commits a batch of metadata fsynced, whatever `sync_writes` says
+    /// (definitions that other keys' meaning depends on).
+    pub fn commit_synced(&self, batch: ChangeBatch<'_>) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch.into_inner(), &opts)?;
         Ok(())
     }
 
-    /// Deletes every index entry in `[from, to)`. Off the reactor.
-    pub fn delete_index_range(&self, from: &[u8], to: &[u8]) -> Result<(), StorageError> {
-        let icf = self.cf(CF_INDEXES)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(icf, from, to);
-        self.db.write_opt(batch, &self.write_opts)?;
-        self.db.compact_range_cf(icf, Some(from), Some(to));
-        Ok(())
+    /// Compacts `[from, to)` of a family now (reclaims deleted ranges).
+    /// Blocking: off the reactor.
+    pub fn compact_range(&self, family: Family, from: Option<&[u8]>, to: Option<&[u8]>) {
+        if let Ok(cf) = self.cf(family) {
+            self.db.compact_range_cf(cf, from, to);
+        }
+    }
+
+    /// The first and last key of a family. Cheap at both ends of a log.
+    pub fn bounds(&self, family: Family) -> Result<Option<KeyBounds>, StorageError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(family)?);
+        it.seek_to_first();
+        let first = it.key().map(<[u8]>::to_vec);
+        it.seek_to_last();
+        let last = it.key().map(<[u8]>::to_vec);
+        it.status()?;
+        Ok(first.zip(last))
+    }
+
+    /// Approximate bytes a family occupies (SST files + memtables).
+    pub fn family_size_bytes(&self, family: Family) -> u64 {
+        let Ok(cf) = self.cf(family) else {
+            return 0;
+        };
+        let p = |name: &str| {
+            self.db
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        p("rocksdb.live-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
     }
 
     /// Calls `f(key, value)` for the keys of column family `family` in
@@ -361,7 +324,7 @@ impl Storage {
         reverse: bool,
         mut f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
-        let cf = self.cf(family.name())?;
+        let cf = self.cf(family)?;
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_lower_bound(from.to_vec());
         opts.set_iterate_upper_bound(to.to_vec());
@@ -391,7 +354,7 @@ impl Storage {
     /// Approximate bytes of entities in `[from, to)`, from the SST files'
     /// index (memtables are not counted). Cheap: no data is read.
     pub fn approximate_entity_bytes(&self, from: &[u8], to: &[u8]) -> u64 {
-        match self.entities() {
+        match self.cf(Family::Entities) {
             Ok(cf) => self
                 .db
                 .get_approximate_sizes_cf(cf, &[rocksdb::Range::new(from, to)])
@@ -409,7 +372,7 @@ impl Storage {
         keys: &[&[u8]],
         mut f: impl FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StorageError> {
-        let cf = self.entities()?;
+        let cf = self.cf(Family::Entities)?;
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by_key(|i| keys[*i]);
         let sorted: Vec<&[u8]> = order.iter().map(|i| keys[*i]).collect();
@@ -421,119 +384,7 @@ impl Storage {
     }
 
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.db.get_cf(self.cf(CF_META)?, key)?)
-    }
-
-    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_META)?, key, value, &opts)?;
-        Ok(())
-    }
-
-    pub fn meta_delete(&self, key: &[u8]) -> Result<(), StorageError> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.delete_cf_opt(self.cf(CF_META)?, key, &opts)?;
-        Ok(())
-    }
-
-    /// Stores an entity; returns whether it was created (false: replaced).
-    /// Owner-only, as [`Storage::write_change`].
-    pub fn put_entity(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
-        let existed = self.entity_exists(key)?;
-        self.write_change(key, Some(value), None, &IndexWrites::default())?;
-        Ok(!existed)
-    }
-
-    /// Deletes an entity; returns whether it existed. Owner-only, as above.
-    pub fn delete_entity(&self, key: &[u8]) -> Result<bool, StorageError> {
-        let existed = self.entity_exists(key)?;
-        if existed {
-            self.write_change(key, None, None, &IndexWrites::default())?;
-        }
-        Ok(existed)
-    }
-
-    /// The first and last sequence stored in the change feed.
-    pub fn changefeed_bounds(&self) -> Result<Option<(u64, u64)>, StorageError> {
-        let cf = self.cf(CF_CHANGEFEED)?;
-        let mut it = self.db.raw_iterator_cf(cf);
-        it.seek_to_first();
-        let first = it.key().and_then(seq_of);
-        it.seek_to_last();
-        let last = it.key().and_then(seq_of);
-        it.status()?;
-        Ok(first.zip(last))
-    }
-
-    /// Calls `f(sequence, record)` for the change-feed records with
-    /// `after < sequence <= upto`, in order, until `f` returns false.
-    /// Reads sequentially: call it off the reactor unless the range is
-    /// small and recent.
-    pub fn scan_changefeed(
-        &self,
-        after: u64,
-        upto: u64,
-        mut f: impl FnMut(u64, &[u8]) -> bool,
-    ) -> Result<(), StorageError> {
-        if upto <= after {
-            return Ok(());
-        }
-        let cf = self.cf(CF_CHANGEFEED)?;
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(upto.saturating_add(1).to_be_bytes().to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
-        it.seek(after.saturating_add(1).to_be_bytes());
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            let Some(seq) = seq_of(k) else { break };
-            if seq > upto || !f(seq, v) {
-                break;
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
-    }
-
-    /// Deletes the change-feed records with sequence `< before` and records
-    /// `before` as the feed's first sequence (so the counter never goes back
-    /// even when every record is gone). Off the reactor.
-    pub fn prune_changefeed(&self, before: u64) -> Result<(), StorageError> {
-        let cf = self.cf(CF_CHANGEFEED)?;
-        let meta = self.cf(CF_META)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, 0u64.to_be_bytes(), before.to_be_bytes());
-        batch.put_cf(meta, META_FEED_FIRST, before.to_be_bytes());
-        self.db.write_opt(batch, &self.write_opts)?;
-        // Reclaim the space now rather than at the next natural compaction.
-        self.db
-            .compact_range_cf(cf, None::<&[u8]>, Some(before.to_be_bytes()));
-        Ok(())
-    }
-
-    /// The first sequence recorded by the last prune (0 if never pruned).
-    pub fn changefeed_pruned_before(&self) -> Result<u64, StorageError> {
-        let v = self.db.get_pinned_cf(self.cf(CF_META)?, META_FEED_FIRST)?;
-        Ok(v.as_deref().and_then(seq_of).unwrap_or(0))
-    }
-
-    /// Approximate bytes the change feed occupies (SST files + memtables).
-    pub fn changefeed_size_bytes(&self) -> u64 {
-        let Ok(cf) = self.cf(CF_CHANGEFEED) else {
-            return 0;
-        };
-        let p = |name: &str| {
-            self.db
-                .property_int_value_cf(cf, name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        p("rocksdb.live-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
+        self.get_with(Family::Meta, key, |v| v.map(<[u8]>::to_vec))
     }
 
     fn prop(&self, name: &str) -> u64 {
@@ -542,8 +393,8 @@ impl Storage {
 
     fn prop_all_cfs(&self, name: &str) -> u64 {
         let mut total = 0;
-        for cf_name in std::iter::once(&CF_ENTITIES).chain(CF_INTERNAL.iter()) {
-            if let Some(cf) = self.db.cf_handle(cf_name) {
+        for family in Family::ALL {
+            if let Ok(cf) = self.cf(family) {
                 total += self
                     .db
                     .property_int_value_cf(cf, name)
@@ -558,7 +409,7 @@ impl Storage {
     /// Current RocksDB figures (cheap property reads; no scan).
     pub fn stats(&self) -> RocksStats {
         let estimate_num_keys = self
-            .entities()
+            .cf(Family::Entities)
             .ok()
             .and_then(|cf| {
                 self.db
@@ -598,9 +449,9 @@ impl Storage {
     /// flushed. Called once on shutdown.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
-        let cfs: Vec<_> = std::iter::once(&CF_ENTITIES)
-            .chain(CF_INTERNAL.iter())
-            .filter_map(|n| self.db.cf_handle(n))
+        let cfs: Vec<_> = Family::ALL
+            .iter()
+            .filter_map(|f| self.cf(*f).ok())
             .collect();
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
@@ -622,25 +473,41 @@ mod tests {
         Storage::open(&cfg).unwrap()
     }
 
+    fn put(s: &Storage, key: &[u8], value: Option<&[u8]>) {
+        let mut b = s.batch();
+        match value {
+            Some(v) => b.put(Family::Entities, key, v).unwrap(),
+            None => b.delete(Family::Entities, key).unwrap(),
+        }
+        s.commit(b).unwrap();
+    }
+
     #[test]
     fn put_get_delete_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path());
-            assert!(s.put_entity(b"t:1", br#"{"a":1}"#).unwrap());
-            assert!(!s.put_entity(b"t:1", br#"{"a":2}"#).unwrap());
+            put(&s, b"t:1", Some(br#"{"a":1}"#));
+            put(&s, b"t:1", Some(br#"{"a":2}"#));
             assert_eq!(
                 s.with_entity(b"t:1", |v| v.map(|b| b.to_vec())).unwrap(),
                 Some(br#"{"a":2}"#.to_vec())
             );
-            assert!(s.put_entity(b"t:2", b"{}").unwrap());
-            assert!(s.delete_entity(b"t:2").unwrap());
-            assert!(!s.delete_entity(b"t:2").unwrap());
+            put(&s, b"t:2", Some(b"{}"));
+            assert!(s.entity_exists(b"t:2").unwrap());
+            put(&s, b"t:2", None);
+            assert!(!s.entity_exists(b"t:2").unwrap());
+            let mut b = s.batch();
+            b.put(Family::Meta, b"m", b"1").unwrap();
+            b.put(Family::Indexes, b"i", b"").unwrap();
+            assert_eq!(b.len(), 2);
+            s.commit_synced(b).unwrap();
             s.flush().unwrap();
             assert_eq!(s.stats().files_per_level.len(), 7);
         }
         let s = open(dir.path());
         assert!(s.with_entity(b"t:1", |v| v.is_some()).unwrap());
         assert!(!s.with_entity(b"t:2", |v| v.is_some()).unwrap());
+        assert_eq!(s.meta_get(b"m").unwrap(), Some(b"1".to_vec()));
     }
 }

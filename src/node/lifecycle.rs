@@ -1,10 +1,6 @@
-//! Start-up and shutdown of the thread-per-core server.
-//!
-//! One glommio executor per configured worker, each pinned to its own CPU,
-//! each accepting on its own `SO_REUSEPORT` socket and owning a slice of the
-//! keyspace. What the cores share is read-only (`Shared`: config, the
-//! RocksDB handle, the per-shard counter slots). Nothing on the request path
-//! takes a lock.
+//! The server's life: start-up (listeners, storage, the node, one pinned
+//! executor per core, the meshes), signals (SIGTERM/SIGINT stop, SIGHUP
+//! reloads), and shutdown.
 //!
 //! Shutdown (SIGTERM/SIGINT): a signal thread raises a flag; every core
 //! stops accepting, lets in-flight requests finish and closes idle
@@ -12,12 +8,11 @@
 //! need its owner), close their channels and exit; the main thread then
 //! flushes RocksDB and returns.
 
-use crate::api::Shard;
+use super::{Core, Node};
 use crate::config::{CliOverrides, Config};
-use crate::metrics::{LatencySnapshot, Route};
-use crate::router::{ShardReply, ShardRequest, ShardRouter};
+use crate::mesh::{Mesh, MeshFaults, MeshOwner, Reply, Request};
+use crate::obs::counters::{bump, drop_one, CoreCounters};
 use crate::runtime::{Runtime, RuntimeState};
-use crate::stats::{bump, drop_one, ShardCounters};
 use crate::storage::{Storage, StorageError};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
@@ -29,29 +24,6 @@ use std::time::{Duration, Instant};
 use themis_io::listener::{bind_reuseport, resolve, BoundListener};
 use themis_io::{serve_connection, ConnectionLimits, ShutdownSignal};
 
-/// State every core reads; nothing in it is mutated on the request path
-/// except each shard's own counter slot.
-pub struct Shared {
-    /// The configuration the server started with (restart-only values).
-    pub config: Config,
-    /// The hot-reloadable values, current.
-    pub runtime: RuntimeState,
-    pub storage: Storage,
-    /// The change feed's sequencer and position (server-wide).
-    pub changefeed: crate::changefeed::ChangeFeed,
-    /// The index catalog, and the progress of index builds.
-    pub indexes: crate::index::Indexes,
-    pub builds: crate::index::build::Builds,
-    pub counters: Box<[ShardCounters]>,
-    /// The CPU each shard is pinned to.
-    pub cpus: Vec<usize>,
-    pub started: Instant,
-    /// Request total at the previous `/metrics` scrape (scrape path only).
-    last_scrape: Mutex<(Instant, u64)>,
-    /// Where the configuration came from, for SIGHUP.
-    pub reload: ReloadSource,
-}
-
 /// What SIGHUP re-reads: the same file (or search) and flags as at start.
 #[derive(Debug, Clone, Default)]
 pub struct ReloadSource {
@@ -59,105 +31,18 @@ pub struct ReloadSource {
     pub cli: CliOverrides,
 }
 
-impl Shared {
-    /// Every shard's counters, read now (the merge-on-read point).
-    pub fn shard_snapshots(&self) -> Vec<crate::stats::ShardSnapshot> {
-        self.counters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| c.snapshot(i, self.cpus[i]))
-            .collect()
-    }
-
-    fn requests_total(&self) -> u64 {
-        self.shard_snapshots().iter().map(|s| s.requests).sum()
-    }
-
-    /// `vccdb_qps`: requests per second since the previous scrape.
-    pub fn qps_since_last_scrape(&self) -> f64 {
-        let now = Instant::now();
-        let total = self.requests_total();
-        let mut last = match self.last_scrape.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let (then, before) = *last;
-        *last = (now, total);
-        let secs = now.duration_since(then).as_secs_f64();
-        if secs > 0.0 {
-            total.saturating_sub(before) as f64 / secs
-        } else {
-            0.0
-        }
-    }
-
-    /// `GET /config`: every setting (current values), secrets redacted.
-    pub fn config_json(&self, rt: &Runtime) -> serde_json::Value {
-        let mut effective = self.config.clone();
-        rt.apply_to(&mut effective);
-        for k in effective.server.api_keys.iter_mut() {
-            k.key = "***redacted***".into();
-        }
-        let mut v = serde_json::to_value(&effective).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "hot_reloadable".into(),
-                serde_json::json!(crate::runtime::HOT_RELOADABLE),
-            );
-        }
-        v
-    }
-
-    /// `/stats`: per-shard counters merged at read time, latency
-    /// percentiles per route, RocksDB figures.
-    pub fn stats_json(&self, latency: &LatencySnapshot) -> serde_json::Value {
-        let mut routes = serde_json::Map::new();
-        for r in Route::ALL {
-            let (h, _) = latency.route(r);
-            if h.is_empty() {
-                continue;
-            }
-            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            routes.insert(
-                r.label().to_string(),
-                serde_json::json!({
-                    "count": h.len(),
-                    "p50_ms": ms(0.5), "p95_ms": ms(0.95), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
-                    "max_ms": h.max() as f64 / 1000.0,
-                }),
-            );
-        }
-        let shards = self.shard_snapshots();
-        let sum = |f: fn(&crate::stats::ShardSnapshot) -> u64| shards.iter().map(f).sum::<u64>();
-        serde_json::json!({
-            "server": {
-                "version": crate::VERSION,
-                "uptime_seconds": self.started.elapsed().as_secs(),
-                "shards": shards.len(),
-                "requests_total": sum(|s| s.requests),
-                "errors_total": sum(|s| s.errors),
-                "forwarded_total": sum(|s| s.forwarded_out),
-                "connections_active": sum(|s| s.connections_active),
-                "per_shard": shards,
-                "latency": routes,
-            },
-            "storage": {
-                "path": self.storage.path(),
-                "rocksdb": self.storage.stats(),
-            }
-        })
-    }
-}
-
 /// Test-only fault injection, from `THEMIS_TEST_FAULTS` (never set in
-/// production): `forward_delay_ms=N` delays every cross-core forward;
+/// production): `forward_delay_ms=N` delays every cross-core call;
+/// `peer_unavailable=1` makes every call a core serves for another answer
+/// 503 (the error must reach the client as it is);
 /// `event_time_offset_ms=N` shifts change-event timestamps (N may be
 /// negative: events look older, for retention tests);
 /// `retention_interval_ms=N` runs the background retention pass every N ms
 /// instead of every minute.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    pub forward_delay: Option<Duration>,
+    /// Delays and failures of cross-core calls.
+    pub mesh: MeshFaults,
     pub event_time_offset_ms: i64,
     pub retention_interval: Option<Duration>,
 }
@@ -169,7 +54,9 @@ impl Faults {
             for item in spec.split(',') {
                 let item = item.trim();
                 if let Some(ms) = item.strip_prefix("forward_delay_ms=") {
-                    f.forward_delay = ms.parse().ok().map(Duration::from_millis);
+                    f.mesh.call_delay = ms.parse().ok().map(Duration::from_millis);
+                } else if item == "peer_unavailable=1" {
+                    f.mesh.serve_unavailable = true;
                 } else if let Some(ms) = item.strip_prefix("event_time_offset_ms=") {
                     f.event_time_offset_ms = ms.parse().unwrap_or(0);
                 } else if let Some(ms) = item.strip_prefix("retention_interval_ms=") {
@@ -269,19 +156,18 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
 
     let storage = Storage::open(&config.storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
-    let indexes = crate::index::Indexes::open(&storage)?;
+    let index = Arc::new(crate::index::Indexes::open(&storage)?);
     raise_limits();
 
-    let shared = Arc::new(Shared {
-        counters: (0..n).map(|_| ShardCounters::default()).collect(),
+    let node = Arc::new(Node {
+        counters: (0..n).map(|_| CoreCounters::default()).collect(),
         cpus: cpus.clone(),
         started: Instant::now(),
         last_scrape: Mutex::new((Instant::now(), 0)),
         runtime: RuntimeState::new(Runtime::from_config(&config)),
         storage,
         changefeed,
-        indexes,
-        builds: Default::default(),
+        index,
         config,
         reload,
     });
@@ -292,14 +178,14 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         drained: AtomicUsize::new(0),
         shards: n,
     });
-    spawn_signal_thread(coord.clone(), shared.clone());
+    spawn_signal_thread(coord.clone(), node.clone());
 
-    let spans_tx = if shared.config.tracing.enabled {
-        match crate::otlp::Endpoint::parse(&shared.config.tracing.otlp_endpoint) {
+    let spans_tx = if node.config.tracing.enabled {
+        match crate::obs::otlp::Endpoint::parse(&node.config.tracing.otlp_endpoint) {
             Ok(ep) => {
                 tracing::info!(endpoint = %ep.addr, "exporting request spans over OTLP/HTTP");
-                Some(crate::otlp::start(
-                    shared.config.tracing.service_name.clone(),
+                Some(crate::obs::otlp::start(
+                    node.config.tracing.service_name.clone(),
                     ep,
                 ))
             }
@@ -311,11 +197,11 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     } else {
         None
     };
-    let requests = MeshBuilder::<ShardRequest, _>::full(n, 1024);
-    let replies = MeshBuilder::<ShardReply, _>::full(n, 1024);
+    let requests = MeshBuilder::<Request<Core>, _>::full(n, 1024);
+    let replies = MeshBuilder::<Reply, _>::full(n, 1024);
     let mut handles = Vec::with_capacity(n);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let (shared, coord) = (shared.clone(), coord.clone());
+        let (node, coord) = (node.clone(), coord.clone());
         let (requests, replies, faults) = (requests.clone(), replies.clone(), faults.clone());
         let spans_tx = spans_tx.clone();
         // Dropped when the shard's future ends, or when its executor could
@@ -330,10 +216,10 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 let _guard = guard;
-                shard_main(ShardSetup {
+                core_main(CoreSetup {
                     id: i,
                     listener,
-                    shared,
+                    node,
                     coord,
                     requests,
                     replies,
@@ -384,7 +270,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         }
     }
     tracing::info!("all shards stopped; flushing storage");
-    shared.storage.flush()?;
+    node.storage.flush()?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
@@ -401,7 +287,7 @@ impl Drop for ExitGuard {
 
 /// SIGHUP: re-read the configuration and apply its hot-reloadable values,
 /// exactly as `POST /config` would; restart-only changes are reported.
-fn reload_from_file(shared: &Shared) {
+fn reload_from_file(shared: &Node) {
     let src = &shared.reload;
     match crate::config::load(src.explicit.as_deref(), &src.cli) {
         Ok(loaded) => {
@@ -425,7 +311,7 @@ fn reload_from_file(shared: &Shared) {
     }
 }
 
-fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Shared>) {
+fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Node>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -462,53 +348,23 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Shared>) {
         .ok();
 }
 
-/// Prunes change events older than `cdc_retention_hours` (hot-reloadable)
-/// every `interval`, on the blocking pool.
-async fn retention_loop(shard: Rc<Shard>, shutdown: ShutdownSignal, interval: Duration) {
-    loop {
-        let stop = async {
-            shutdown.wait().await;
-            true
-        };
-        let tick = async {
-            glommio::timer::sleep(interval).await;
-            false
-        };
-        if futures_lite::future::or(stop, tick).await {
-            return;
-        }
-        let hours = u64::from(shard.runtime().cdc_retention_hours);
-        let shared = shard.shared.clone();
-        let result = glommio::executor()
-            .spawn_blocking(move || {
-                shared
-                    .changefeed
-                    .prune_older_than(&shared.storage, hours * 3_600_000)
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("change feed retention failed: {e}");
-        }
-    }
-}
-
 /// Everything one executor starts with.
-struct ShardSetup {
+struct CoreSetup {
     id: usize,
     listener: BoundListener,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     coord: Arc<Coordination>,
-    requests: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
-    replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
+    requests: MeshBuilder<Request<Core>, glommio::channels::channel_mesh::Full>,
+    replies: MeshBuilder<Reply, glommio::channels::channel_mesh::Full>,
     faults: Faults,
-    spans_tx: Option<crossbeam_channel::Sender<Vec<crate::otlp::SpanRecord>>>,
+    spans_tx: Option<crossbeam_channel::Sender<Vec<crate::obs::otlp::SpanRecord>>>,
 }
 
-async fn shard_main(setup: ShardSetup) -> Result<(), String> {
-    let ShardSetup {
+async fn core_main(setup: CoreSetup) -> Result<(), String> {
+    let CoreSetup {
         id,
         listener,
-        shared,
+        node,
         coord,
         requests,
         replies,
@@ -529,76 +385,35 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
     } else {
         (None, None, None, None)
     };
-    let shard = Shard::new(
+    let core = Core::new(
         id,
-        shared.clone(),
-        ShardRouter::new(id, n, req_tx, faults.forward_delay),
-        spans_tx.map(|tx| crate::otlp::CoreSpans::new(tx, id)),
+        node.clone(),
+        Mesh::new(id, n, req_tx, faults.mesh),
+        spans_tx.map(|tx| crate::obs::otlp::CoreSpans::new(tx, id)),
     );
-    // Index builds interrupted by a stop resume where every core left
-    // them: from the start (entries already written are rewritten).
-    for d in shared.indexes.catalog.current().indexes.iter() {
-        if d.state == crate::index::IndexState::Building {
-            shard.spawn_index_build(d.id);
-        }
-    }
-    if shard.spans.is_some() {
+    if core.spans().is_some() {
         // Ship buffered spans at least every half second.
-        let (shard, coord) = (shard.clone(), coord.clone());
+        let (core, coord) = (core.clone(), coord.clone());
         glommio::spawn_local(async move {
             while !coord.stop.load(Ordering::Acquire) {
                 glommio::timer::sleep(Duration::from_millis(500)).await;
-                if let Some(s) = &shard.spans {
+                if let Some(s) = core.spans() {
                     s.flush();
                 }
             }
-            if let Some(s) = &shard.spans {
+            if let Some(s) = core.spans() {
                 s.flush();
             }
         })
         .detach();
     }
 
-    // Cross-core traffic: replies complete local waiters; requests run here
-    // (this shard owns their keys) and answer on the reply mesh.
-    let mut peer_tasks = Vec::new();
-    if let Some(rr) = rep_rx.as_mut() {
-        for (_, rx) in rr.streams() {
-            let shard = shard.clone();
-            peer_tasks.push(glommio::spawn_local(async move {
-                while let Some(reply) = rx.recv().await {
-                    shard.router.complete(reply);
-                }
-            }));
-        }
-    }
-    if let (Some(qr), Some(rep_tx)) = (req_rx.as_mut(), rep_tx.as_ref()) {
-        for (_, rx) in qr.streams() {
-            let (shard, rep_tx) = (shard.clone(), rep_tx.clone());
-            peer_tasks.push(glommio::spawn_local(async move {
-                while let Some(req) = rx.recv().await {
-                    let from = req.from;
-                    if let crate::router::ShardCall::Query(_) = req.call {
-                        // Query shares may scan: run them as their own task
-                        // so this loop keeps serving other calls meanwhile.
-                        let (shard, rep_tx) = (shard.clone(), rep_tx.clone());
-                        glommio::spawn_local(async move {
-                            let reply = shard.execute_query_share(req).await;
-                            let _ = rep_tx.send_to(from, reply).await;
-                        })
-                        .detach();
-                        continue;
-                    }
-                    let reply = shard.execute_forwarded(req);
-                    if rep_tx.send_to(from, reply).await.is_err() {
-                        break;
-                    }
-                }
-                rep_tx.close();
-            }));
-        }
-    }
-    drop(rep_tx);
+    // Cross-core traffic: replies complete local waiters; calls from peers
+    // run here and answer on the reply mesh.
+    let peer_tasks = match (req_rx.as_mut(), rep_rx.as_mut(), rep_tx) {
+        (Some(qr), Some(pr), Some(pt)) => crate::mesh::serve_peers(&core, qr, pr, pt),
+        _ => Vec::new(),
+    };
 
     let listener = listener.into_glommio();
     let shutdown = ShutdownSignal::new();
@@ -612,18 +427,12 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
         })
         .detach();
     }
-    // The change feed: this core's watch task, and (on shard 0) the
-    // background retention pass.
-    glommio::spawn_local(shard.feed.clone().watch(shared.clone(), shutdown.clone())).detach();
-    if id == 0 {
-        let interval = faults.retention_interval.unwrap_or(Duration::from_secs(60));
-        glommio::spawn_local(retention_loop(shard.clone(), shutdown.clone(), interval)).detach();
-    }
+    super::features::start(&core, &shutdown, &faults);
     coord.ready.fetch_add(1, Ordering::AcqRel);
 
     let limits = ConnectionLimits {
-        max_body: shared.config.max_body_bytes(),
-        idle_timeout: Duration::from_millis(shared.config.server.idle_timeout_ms),
+        max_body: node.config.max_body_bytes(),
+        idle_timeout: Duration::from_millis(node.config.server.idle_timeout_ms),
         ..ConnectionLimits::default()
     };
     let gate = glommio::sync::Gate::new();
@@ -636,14 +445,14 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
         match futures_lite::future::or(accept, stop).await {
             None => break,
             Some(Ok(stream)) => {
-                let (shard, shutdown) = (shard.clone(), shutdown.clone());
+                let (core, shutdown) = (core.clone(), shutdown.clone());
                 let spawned = gate.spawn(async move {
-                    let counters = &shard.shared.counters[shard.id];
+                    let counters = core.counters();
                     bump(&counters.connections_accepted, 1);
                     bump(&counters.connections_active, 1);
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = serve_connection(stream, &*shard, &limits, &shutdown).await {
-                        tracing::debug!(shard = shard.id, "connection ended: {e}");
+                    if let Err(e) = serve_connection(stream, &*core, &limits, &shutdown).await {
+                        tracing::debug!(shard = core.id(), "connection ended: {e}");
                     }
                     drop_one(&counters.connections_active);
                 });
@@ -664,13 +473,13 @@ async fn shard_main(setup: ShardSetup) -> Result<(), String> {
     drop(listener);
     let _ = gate.close().await;
 
-    // Forwarded requests from other cores may still need this shard: wait
-    // until every core has drained its connections.
+    // Calls from other cores may still need this core: wait until every
+    // core has drained its connections.
     coord.drained.fetch_add(1, Ordering::AcqRel);
     while coord.drained.load(Ordering::Acquire) < n {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    shard.router.close();
+    core.mesh().close();
     for t in peer_tasks {
         t.await;
     }

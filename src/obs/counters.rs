@@ -1,6 +1,6 @@
 //! Per-shard counters, merged only when read.
 //!
-//! Each shard writes only its own [`ShardCounters`] (cache-line aligned, so
+//! Each shard writes only its own [`CoreCounters`] (cache-line aligned, so
 //! cores never share a line) with plain relaxed load+store: one writer, no
 //! read-modify-write, no lock. `/stats` reads every shard's counters and
 //! adds them up; a reader may see a value a few increments old, never a
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// One shard's counters. Written only by its own core.
 #[derive(Default)]
 #[repr(align(128))]
-pub struct ShardCounters {
+pub struct CoreCounters {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     /// Requests this shard sent to another owner.
@@ -85,7 +85,7 @@ pub struct ShardSnapshot {
     pub query_full_scans: u64,
 }
 
-impl ShardCounters {
+impl CoreCounters {
     pub fn snapshot(&self, shard: usize, cpu: usize) -> ShardSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ShardSnapshot {
@@ -120,8 +120,8 @@ mod tests {
 
     #[test]
     fn counters_are_cache_line_sized() {
-        assert_eq!(std::mem::align_of::<ShardCounters>(), 128);
-        let c = ShardCounters::default();
+        assert_eq!(std::mem::align_of::<CoreCounters>(), 128);
+        let c = CoreCounters::default();
         bump(&c.requests, 2);
         drop_one(&c.connections_active);
         let s = c.snapshot(0, 3);

@@ -5,8 +5,8 @@
 //! dashboards work as written. Families are built as plain data and encoded
 //! by the `prometheus` crate's text encoder.
 
-use crate::metrics::{LatencySnapshot, Route};
-use crate::server::Shared;
+use crate::node::Node;
+use crate::obs::latency::LatencySnapshot;
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
     Summary,
@@ -125,10 +125,16 @@ pub fn process_stats() -> ProcessStats {
 
 /// Renders every metric. `latency` is the merge of all cores' histograms,
 /// `qps` the request rate since the previous scrape.
-pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
+pub fn render(
+    shared: &Node,
+    latency: &LatencySnapshot,
+    route_labels: &[&'static str],
+    qps: f64,
+) -> Vec<u8> {
     let snaps = shared.shard_snapshots();
-    let total =
-        |f: fn(&crate::stats::ShardSnapshot) -> u64| snaps.iter().map(f).sum::<u64>() as f64;
+    let total = |f: fn(&crate::obs::counters::ShardSnapshot) -> u64| {
+        snaps.iter().map(f).sum::<u64>() as f64
+    };
     let rocks = shared.storage.stats();
     let tickers = shared.storage.tickers();
     let proc = process_stats();
@@ -311,13 +317,13 @@ pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
             shared.changefeed.gaps() as f64,
         ),
     ];
-    let per_shard = |f: fn(&crate::stats::ShardSnapshot) -> u64| -> Vec<Metric> {
+    let per_shard = |f: fn(&crate::obs::counters::ShardSnapshot) -> u64| -> Vec<Metric> {
         snaps
             .iter()
             .map(|s| counter_m(f(s) as f64, &[("shard", &s.shard.to_string())]))
             .collect()
     };
-    type Field = fn(&crate::stats::ShardSnapshot) -> u64;
+    type Field = fn(&crate::obs::counters::ShardSnapshot) -> u64;
     let shard_families: [(&str, &str, Field); 5] = [
         (
             "themis_shard_requests_total",
@@ -351,10 +357,9 @@ pub fn render(shared: &Shared, latency: &LatencySnapshot, qps: f64) -> Vec<u8> {
 
     let mut hist_metrics = Vec::new();
     let mut summary_metrics = Vec::new();
-    for route in Route::ALL {
-        let (h, sum_us) = latency.route(route);
+    for (label, h, sum_us) in latency.by_label(route_labels) {
         let sum_s = sum_us as f64 / 1e6;
-        let lbl = [("route", route.label())];
+        let lbl = [("route", label)];
         let mut hist = Histogram::default();
         hist.set_sample_count(h.len());
         hist.set_sample_sum(sum_s);

@@ -1,0 +1,284 @@
+//! `/entities` routes, and the calls that carry an entity operation to the
+//! key's owner.
+//!
+//! The receiving core validates the request (key, document); the owner
+//! only reads or writes. On the owner itself a GET copies RocksDB's pinned
+//! value straight into the connection's output buffer (the hot path: no
+//! allocation, no copy in between).
+
+use super::key::{decode_path_key, parse_key};
+use super::write;
+use crate::error::ApiError;
+use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::index::unique;
+use crate::mesh::{Rpc, Served};
+use crate::node::Core;
+use crate::obs::counters::bump;
+use std::rc::Rc;
+use themis_io::{Method, Request, Response};
+
+const KEY_PREFIX: &str = "/entities/";
+
+/// The entity routes (first in the server's table: the hot path).
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::EntityGet,
+        methods: &[Method::Get, Method::Head],
+        path: PathPattern::Prefix(KEY_PREFIX),
+        role: Role::Read,
+        label: "GET /entities/{key}",
+    },
+    Route {
+        id: RouteId::EntityPut,
+        methods: &[Method::Put],
+        path: PathPattern::Prefix(KEY_PREFIX),
+        role: Role::Write,
+        label: "PUT /entities/{key}",
+    },
+    Route {
+        id: RouteId::EntityDelete,
+        methods: &[Method::Delete],
+        path: PathPattern::Prefix(KEY_PREFIX),
+        role: Role::Write,
+        label: "DELETE /entities/{key}",
+    },
+    Route {
+        id: RouteId::EntityPost,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/entities"),
+        role: Role::Write,
+        label: "POST /entities",
+    },
+];
+
+/// Reused per-core buffers for building bodies (in `entity::Local`).
+#[derive(Default)]
+pub(super) struct Scratch {
+    doc: super::DocScratch,
+    value: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// Runs `f` with this core's entity scratch.
+fn with_scratch<R>(core: &Core, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    f(&mut core.entity().http.borrow_mut())
+}
+
+/// The key of a `/entities/{key}` request, decoded and checked.
+fn path_key<'r>(req: &Request<'r>) -> Result<std::borrow::Cow<'r, str>, ApiError> {
+    let key = decode_path_key(req.path.strip_prefix(KEY_PREFIX).unwrap_or(""))?;
+    parse_key(&key)?;
+    Ok(key)
+}
+
+/// Read an entity on its owner; answers the complete `GET` body.
+pub struct ReadEntity {
+    pub key: String,
+}
+
+impl Rpc<Core> for ReadEntity {
+    type Answer = Vec<u8>;
+    fn serve(self, core: &Rc<Core>) -> Served<Vec<u8>> {
+        bump(&core.counters().forwarded_in, 1);
+        bump(&core.counters().entity_ops, 1);
+        let mut body = Vec::new();
+        let found = core.node().storage.with_entity(self.key.as_bytes(), |v| {
+            v.map(|v| super::render_get(&mut body, &self.key, v))
+        });
+        Served::Now(match found {
+            Ok(Some(())) => Ok(body),
+            Ok(None) => Err(ApiError::EntityNotFound(self.key)),
+            Err(e) => Err(e.into()),
+        })
+    }
+}
+
+/// Store (`Some`) or delete (`None`) an entity on its owner; answers
+/// whether it existed.
+pub struct WriteEntity {
+    pub key: String,
+    /// An already validated JSON object.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Rpc<Core> for WriteEntity {
+    type Answer = bool;
+    fn serve(self, core: &Rc<Core>) -> Served<bool> {
+        bump(&core.counters().forwarded_in, 1);
+        Served::Now(match core.own(self.key.as_str()) {
+            Some(owned) => write::apply(core, owned, self.value.as_deref()),
+            None => Err(ApiError::Internal(
+                "entity write sent to a core that does not own the key",
+            )),
+        })
+    }
+}
+
+/// `GET|HEAD /entities/{key}`.
+pub async fn get(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    let key = path_key(req)?;
+    if core.own(key.as_ref()).is_none() {
+        bump(&core.counters().forwarded_out, 1);
+        let owner = core.owner_of(key.as_bytes());
+        let body = core
+            .call(
+                owner,
+                ReadEntity {
+                    key: key.into_owned(),
+                },
+            )
+            .await?;
+        resp.json(200, &body);
+        return Ok(());
+    }
+    bump(&core.counters().entity_ops, 1);
+    with_scratch(core, |s| {
+        let prefix = &mut s.body;
+        prefix.clear();
+        super::write_get_prefix(prefix, &key);
+        let found = core
+            .node()
+            .storage
+            .with_entity(key.as_bytes(), |value| match value {
+                Some(v) => {
+                    resp.start(200, "application/json", prefix.len() + v.len() + 1, &[]);
+                    resp.body(prefix);
+                    resp.body(v);
+                    resp.body(b"}");
+                    true
+                }
+                None => false,
+            })?;
+        if found {
+            Ok(())
+        } else {
+            Err(ApiError::EntityNotFound(key.into_owned()))
+        }
+    })
+}
+
+/// `PUT /entities/{key}`.
+pub async fn put(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    let key = path_key(req)?;
+    store(core, Some(key.into_owned()), req.body, resp).await
+}
+
+/// `POST /entities` (the key is the body's `key` field).
+pub async fn post(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    store(core, None, req.body, resp).await
+}
+
+fn answer_put(core: &Core, resp: &mut Response<'_>, key: &str, existed: bool) {
+    with_scratch(core, |s| {
+        s.body.clear();
+        super::render_put(&mut s.body, key, !existed);
+        resp.json(if existed { 200 } else { 201 }, &s.body);
+    });
+}
+
+/// Validates the document here, then writes it on the owner. A table with
+/// unique indexes first claims each unique value on its arbiter
+/// ([`unique`]), and releases the claims after the write.
+async fn store(
+    core: &Core,
+    key: Option<String>,
+    body: &[u8],
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
+    let prepared = with_scratch(core, |s| -> Result<_, ApiError> {
+        let from_body = super::prepare_document(body, key.is_none(), &mut s.doc, &mut s.value)?;
+        let key = match (key, from_body) {
+            (_, Some(k)) => {
+                parse_key(&k)?;
+                k
+            }
+            (Some(k), None) => k,
+            (None, None) => return Err(ApiError::Internal("POST body validated without a key")),
+        };
+        let catalog = core.index().catalog();
+        let table = super::table_of(&key);
+        let claims = if catalog.for_table(table).any(|d| d.unique) {
+            let mut copy = s.value.clone();
+            let claims = match simd_json::to_borrowed_value(&mut copy) {
+                Ok(doc) => unique::claims_for(&catalog, table, &doc),
+                Err(_) => Vec::new(),
+            };
+            claims
+        } else {
+            Vec::new()
+        };
+        if claims.is_empty() {
+            if let Some(owned) = core.own(key.as_str()) {
+                // The common case: no claims, this core owns the key.
+                let existed = write::apply(core, owned, Some(&s.value))?;
+                s.body.clear();
+                super::render_put(&mut s.body, &key, !existed);
+                resp.json(if existed { 200 } else { 201 }, &s.body);
+                return Ok(None);
+            }
+        }
+        Ok(Some((key, s.value.clone(), claims)))
+    })?;
+    let Some((key, value, claims)) = prepared else {
+        return Ok(());
+    };
+    let mut claimed = Vec::new();
+    let mut result = Ok(false);
+    for value in claims {
+        match unique::claim(core, value.clone(), &key).await {
+            Ok(()) => claimed.push(value),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = match core.own(key.as_str()) {
+            Some(owned) => write::apply(core, owned, Some(&value)),
+            None => {
+                bump(&core.counters().forwarded_out, 1);
+                let owner = core.owner_of(key.as_bytes());
+                let call = WriteEntity {
+                    key: key.clone(),
+                    value: Some(value),
+                };
+                core.call(owner, call).await
+            }
+        };
+    }
+    for value in claimed {
+        if let Err(e) = unique::release(core, value, &key).await {
+            tracing::warn!("releasing a unique claim failed (it expires): {e}");
+        }
+    }
+    answer_put(core, resp, &key, result?);
+    Ok(())
+}
+
+/// `DELETE /entities/{key}`.
+pub async fn delete(
+    core: &Core,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
+    let key = path_key(req)?;
+    let existed = match core.own(key.as_ref()) {
+        Some(owned) => write::apply(core, owned, None)?,
+        None => {
+            bump(&core.counters().forwarded_out, 1);
+            let owner = core.owner_of(key.as_bytes());
+            let call = WriteEntity {
+                key: key.to_string(),
+                value: None,
+            };
+            core.call(owner, call).await?
+        }
+    };
+    with_scratch(core, |s| {
+        s.body.clear();
+        super::render_delete(&mut s.body, &key, existed);
+        resp.json(200, &s.body);
+    });
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The dispatcher: the `Handler` every connection of a core calls.
+//!
+//! [`TABLE`] joins every feature's route rows. A request is classified by
+//! the table (404 and 405 with `Allow` come from it), then runs its
+//! route's handler through the one `match` on [`RouteId`] below; its
+//! latency is recorded under the route's id, and a span is exported when
+//! tracing is on.
+
+use super::routes::{Classified, RouteId, Table};
+use crate::changefeed::http::SseStream;
+use crate::error::ApiError;
+use crate::node::Core;
+use crate::obs::counters::bump;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime};
+use themis_io::connection::ProtocolError;
+use themis_io::{Handler, Request, Response, StreamOut};
+
+/// Every route of the server: entity routes first (the hot path matches
+/// on the first row).
+pub static TABLE: Table = Table(&[
+    crate::entity::http::ROUTES,
+    crate::query::http::ROUTES,
+    crate::index::http::ROUTES,
+    crate::changefeed::http::ROUTES,
+    super::ops::ROUTES,
+]);
+
+/// The latency label of each route id.
+pub static LABELS: LazyLock<[&'static str; RouteId::COUNT]> = LazyLock::new(|| TABLE.labels());
+
+/// Runs the handler of route `id`: the one `match` on route ids.
+async fn run(
+    core: &Core,
+    id: RouteId,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+) -> Result<Option<SseStream>, ApiError> {
+    use super::ops;
+    use crate::{changefeed::http as feed, entity::http as entity, index::http as index};
+    let done = |r: Result<(), ApiError>| r.map(|()| None);
+    match id {
+        RouteId::EntityGet => done(entity::get(core, req, resp).await),
+        RouteId::EntityPut => done(entity::put(core, req, resp).await),
+        RouteId::EntityDelete => done(entity::delete(core, req, resp).await),
+        RouteId::EntityPost => done(entity::post(core, req, resp).await),
+        RouteId::Query => done(crate::query::http::query(core, req, resp).await),
+        RouteId::IndexCreate => done(index::create(core, req.body, resp).await),
+        RouteId::IndexDrop => done(index::drop(core, req.body, resp).await),
+        RouteId::IndexRebuild => done(index::rebuild(core, req.body, resp).await),
+        RouteId::IndexStats => done(index::stats(core, req, resp).await),
+        RouteId::ChangefeedPoll => done(feed::poll(core, req, resp).await),
+        RouteId::ChangefeedStream => feed::open_stream(core, req, resp).map(Some),
+        RouteId::ChangefeedStats => done(feed::stats(core, resp)),
+        RouteId::ChangefeedRetention => done(feed::retention(core, req.body, resp).await),
+        RouteId::Health => done(ops::health(core, resp)),
+        RouteId::Stats => done(ops::stats(core, resp).await),
+        RouteId::Metrics => done(ops::metrics(core, resp).await),
+        RouteId::ConfigGet => done(ops::get_config(core, resp)),
+        RouteId::ConfigSet => done(ops::post_config(core, req.body, resp)),
+        RouteId::Other => Err(not_found(req)),
+    }
+}
+
+fn not_found(req: &Request<'_>) -> ApiError {
+    ApiError::RouteNotFound(format!("{} {}", req.method.as_str(), req.path))
+}
+
+impl Handler for Core {
+    type Stream = SseStream;
+
+    async fn stream(&self, state: SseStream, out: &mut StreamOut<'_>) {
+        crate::changefeed::http::run_stream(self, state, out).await;
+    }
+
+    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<SseStream> {
+        let start = Instant::now();
+        let wall = self.spans().map(|_| SystemTime::now());
+        bump(&self.counters().requests, 1);
+        let (id, result) = match TABLE.classify(req.method, req.path) {
+            Classified::Found(route) => (route.id, run(self, route.id, req, resp).await),
+            Classified::WrongMethod(allow) => (
+                RouteId::Other,
+                Err(ApiError::MethodNotAllowed {
+                    method: req.method.as_str(),
+                    path: req.path.to_string(),
+                    allow,
+                }),
+            ),
+            Classified::NoSuchPath => (RouteId::Other, Err(not_found(req))),
+        };
+        let stream = result.unwrap_or_else(|e| {
+            e.write(resp);
+            None
+        });
+        let status = resp.status();
+        if status >= 400 {
+            bump(&self.counters().errors, 1);
+        }
+        let elapsed = start.elapsed();
+        if cfg!(not(feature = "no-latency-metrics")) {
+            self.latency().record(id as usize, elapsed);
+        }
+        if let (Some(spans), Some(wall)) = (self.spans(), wall) {
+            let (trace_id, parent_span_id) = match req
+                .header("traceparent")
+                .and_then(crate::obs::otlp::parse_traceparent)
+            {
+                Some((t, p)) => (t, Some(p)),
+                None => (
+                    (u128::from(spans.next_id()) << 64) | u128::from(spans.next_id()),
+                    None,
+                ),
+            };
+            let start_unix_nanos = crate::obs::otlp::unix_nanos(wall);
+            spans.push(crate::obs::otlp::SpanRecord {
+                trace_id,
+                span_id: spans.next_id(),
+                parent_span_id,
+                name: LABELS[id as usize],
+                method: req.method.as_str(),
+                start_unix_nanos,
+                end_unix_nanos: start_unix_nanos + elapsed.as_nanos() as u64,
+                status,
+                shard: self.id(),
+            });
+        }
+        tracing::debug!(
+            method = req.method.as_str(),
+            path = req.path,
+            route = LABELS[id as usize],
+            status,
+            latency_us = elapsed.as_micros() as u64,
+            shard = self.id(),
+            "request"
+        );
+        stream
+    }
+
+    fn protocol_error(&self, err: ProtocolError, resp: &mut Response<'_>) {
+        bump(&self.counters().requests, 1);
+        bump(&self.counters().errors, 1);
+        self.latency()
+            .record(RouteId::Other as usize, Duration::ZERO);
+        ApiError::from(err).write(resp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::routes::Role;
+    use super::*;
+    use themis_io::Method;
+
+    #[test]
+    fn the_table_is_complete_and_consistent() {
+        TABLE.check().unwrap();
+    }
+
+    fn id(method: Method, path: &str) -> Option<RouteId> {
+        match TABLE.classify(method, path) {
+            Classified::Found(r) => Some(r.id),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn classification_404_and_405_come_from_the_table() {
+        assert_eq!(
+            id(Method::Get, "/entities/users:1"),
+            Some(RouteId::EntityGet)
+        );
+        assert_eq!(
+            id(Method::Head, "/entities/users:1"),
+            Some(RouteId::EntityGet)
+        );
+        assert_eq!(id(Method::Post, "/entities"), Some(RouteId::EntityPost));
+        assert_eq!(id(Method::Get, "/api/stats"), Some(RouteId::Stats));
+        assert_eq!(id(Method::Post, "/config"), Some(RouteId::ConfigSet));
+        match TABLE.classify(Method::Post, "/entities/users:1") {
+            Classified::WrongMethod(allow) => assert_eq!(allow, "GET, HEAD, PUT, DELETE"),
+            _ => panic!("405 expected"),
+        }
+        match TABLE.classify(Method::Delete, "/config") {
+            Classified::WrongMethod(allow) => assert_eq!(allow, "GET, HEAD, POST"),
+            _ => panic!("405 expected"),
+        }
+        assert!(matches!(
+            TABLE.classify(Method::Get, "/nope"),
+            Classified::NoSuchPath
+        ));
+    }
+
+    #[test]
+    fn labels_and_roles() {
+        assert_eq!(LABELS[RouteId::ConfigGet as usize], "/config");
+        assert_eq!(LABELS[RouteId::ConfigSet as usize], "/config");
+        assert_eq!(LABELS[RouteId::Other as usize], "other");
+        let role = |m, p| match TABLE.classify(m, p) {
+            Classified::Found(r) => r.role,
+            _ => panic!("no route"),
+        };
+        assert_eq!(role(Method::Get, "/health"), Role::Public);
+        assert_eq!(role(Method::Get, "/entities/a:b"), Role::Read);
+        assert_eq!(role(Method::Put, "/entities/a:b"), Role::Write);
+        assert_eq!(role(Method::Post, "/index/create"), Role::Admin);
+    }
+}

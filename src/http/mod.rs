@@ -1,0 +1,14 @@
+//! The HTTP face of a core: the route table, the dispatcher, and the
+//! operational endpoints.
+//!
+//! * [`routes`]: what a route is (method, path, role, label) and how a
+//!   request finds its route; every feature exports its own rows.
+//! * [`dispatch`]: the `Handler` a core's connections call — table, then
+//!   the one `match` on the route id, then metrics and spans.
+//! * [`ops`]: `/health`, `/stats`, `/metrics`, `/config`.
+//!
+//! Errors are [`crate::error::ApiError`]s, turned into HTTP in one place.
+
+pub mod dispatch;
+pub mod ops;
+pub mod routes;

@@ -1,0 +1,131 @@
+//! Operational endpoints: `/health`, `/stats`, `/metrics`, `/config`.
+//!
+//! `/stats` and `/metrics` merge what every core recorded: counters are
+//! read from each core's slot, latency histograms are copied from each
+//! core over the mesh ([`LatencyCopy`]) and added up here.
+
+use super::dispatch::LABELS;
+use super::routes::{PathPattern, Role, Route, RouteId};
+use crate::error::ApiError;
+use crate::mesh::{Rpc, Served};
+use crate::node::Core;
+use crate::obs::latency::LatencySnapshot;
+use std::rc::Rc;
+use themis_io::{Method, Response};
+
+const GET: &[Method] = &[Method::Get, Method::Head];
+
+/// The operational routes.
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::Health,
+        methods: GET,
+        path: PathPattern::Exact("/health"),
+        role: Role::Public,
+        label: "GET /health",
+    },
+    Route {
+        id: RouteId::Stats,
+        methods: GET,
+        path: PathPattern::Exact("/stats"),
+        role: Role::Read,
+        label: "GET /stats",
+    },
+    Route {
+        id: RouteId::Stats,
+        methods: GET,
+        path: PathPattern::Exact("/api/stats"),
+        role: Role::Read,
+        label: "GET /stats",
+    },
+    Route {
+        id: RouteId::Metrics,
+        methods: GET,
+        path: PathPattern::Exact("/metrics"),
+        role: Role::Read,
+        label: "GET /metrics",
+    },
+    Route {
+        id: RouteId::ConfigGet,
+        methods: GET,
+        path: PathPattern::Exact("/config"),
+        role: Role::Admin,
+        label: "/config",
+    },
+    Route {
+        id: RouteId::ConfigSet,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/config"),
+        role: Role::Admin,
+        label: "/config",
+    },
+];
+
+/// A copy of the callee's latency histograms.
+pub struct LatencyCopy;
+
+impl Rpc<Core> for LatencyCopy {
+    type Answer = Box<LatencySnapshot>;
+    fn serve(self, core: &Rc<Core>) -> Served<Box<LatencySnapshot>> {
+        Served::Now(Ok(Box::new(core.latency().snapshot())))
+    }
+}
+
+/// All cores' latency histograms merged.
+async fn merged_latency(core: &Core) -> Result<LatencySnapshot, ApiError> {
+    let mut merged = core.latency().snapshot();
+    for other in (0..core.cores()).filter(|c| *c != core.id()) {
+        merged.merge(&*core.call(other, LatencyCopy).await?);
+    }
+    Ok(merged)
+}
+
+fn json(resp: &mut Response<'_>, v: &serde_json::Value) {
+    resp.json(200, &serde_json::to_vec(v).unwrap_or_default());
+}
+
+pub fn health(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    json(
+        resp,
+        &serde_json::json!({
+            "status": "healthy",
+            "version": crate::VERSION,
+            "uptime_seconds": core.node().started.elapsed().as_secs(),
+            "shards": core.cores(),
+        }),
+    );
+    Ok(())
+}
+
+pub async fn stats(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    let latency = merged_latency(core).await?;
+    json(resp, &core.node().stats_json(&latency, &LABELS[..]));
+    Ok(())
+}
+
+pub async fn metrics(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    let latency = merged_latency(core).await?;
+    let node = core.node();
+    let qps = node.qps_since_last_scrape();
+    let body = crate::obs::prometheus::render(node, &latency, &LABELS[..], qps);
+    resp.send(200, "text/plain; version=0.0.4; charset=utf-8", &body);
+    Ok(())
+}
+
+pub fn get_config(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
+    json(resp, &core.node().config_json(&core.settings()));
+    Ok(())
+}
+
+pub fn post_config(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+    let update: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let node = core.node();
+    let current = node.runtime.current();
+    let next = crate::runtime::parse_update(&current, &update).map_err(|errors| {
+        ApiError::BadRequest(format!("configuration not changed: {}", errors.join("; ")))
+    })?;
+    tracing::info!(?next, "configuration updated through POST /config");
+    node.runtime.publish(next);
+    get_config(core, resp)
+}

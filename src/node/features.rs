@@ -1,0 +1,41 @@
+//! The one list of features, in order: what each core starts, and the
+//! order in which features take part in an entity write.
+//!
+//! Adding a feature means adding its part to [`super::Core`] / [`super::Node`],
+//! its routes to `http::routes`, and — if it derives data from entities —
+//! one line in each function below. Nothing else in the write path changes.
+
+use super::Core;
+use crate::entity::write::Change;
+use crate::error::ApiError;
+use std::rc::Rc;
+
+/// Whether any feature needs the stored document before a change of an
+/// entity of `table` (the index hook needs it to remove old entries).
+#[inline]
+pub fn needs_old(core: &Core, table: &str) -> bool {
+    crate::index::maintain::needs_old(core, table)
+}
+
+/// The write hooks, in their fixed order:
+/// 1. indexes (`index::maintain`): old entries out, new entries in;
+/// 2. (vectors and time series will come here);
+/// 3. the change feed (`changefeed::write`) — last, because it takes the
+///    sequence: nothing after it may fail before the commit.
+pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError> {
+    crate::index::maintain::on_write(core, change)?;
+    crate::changefeed::write::on_write(core, change)?;
+    Ok(())
+}
+
+/// After the batch was committed (or failed), in the same order.
+pub fn after_commit(core: &Core, committed: bool) {
+    crate::changefeed::write::after_commit(core, committed);
+}
+
+/// Starts each feature's background tasks on a core that has just joined
+/// the mesh.
+pub fn start(core: &Rc<Core>, shutdown: &themis_io::ShutdownSignal, faults: &super::Faults) {
+    crate::index::build::resume(core);
+    crate::changefeed::http::start(core, shutdown, faults);
+}

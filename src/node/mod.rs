@@ -1,0 +1,141 @@
+//! The node: what every core shares ([`Node`]), the cores themselves
+//! ([`Core`]), the feature list ([`features`]) and the server's life
+//! ([`lifecycle`]: start-up, signals, shutdown).
+//!
+//! One glommio executor per configured worker, each pinned to its own CPU,
+//! each accepting on its own `SO_REUSEPORT` socket and owning a slice of the
+//! keyspace. What the cores share is the `Node`: read-only on the request
+//! path except each core's own counter slot and the change feed's sequence
+//! counter. Nothing on the request path takes a lock.
+
+pub mod core;
+pub mod features;
+pub mod lifecycle;
+
+pub use self::core::{Core, Owned};
+pub use lifecycle::{run, usable_cpus, Faults, ReloadSource, ServerError};
+
+use crate::config::Config;
+use crate::obs::counters::CoreCounters;
+use crate::obs::latency::LatencySnapshot;
+use crate::runtime::{Runtime, RuntimeState};
+use crate::storage::Storage;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What every core shares (thread-safe): the configuration, the database,
+/// each feature's node-wide part, and each core's counter slot.
+pub struct Node {
+    /// The configuration the server started with (restart-only values).
+    pub config: Config,
+    /// The hot-reloadable values, current.
+    pub runtime: RuntimeState,
+    pub storage: Storage,
+    /// The change feed's sequencer and position (server-wide).
+    pub changefeed: crate::changefeed::ChangeFeed,
+    /// The index catalog, and the progress of index builds.
+    pub index: Arc<crate::index::Indexes>,
+    /// One counter slot per core, each written only by its core.
+    pub counters: Box<[CoreCounters]>,
+    /// The CPU each shard is pinned to.
+    pub cpus: Vec<usize>,
+    pub started: Instant,
+    /// Request total at the previous `/metrics` scrape (scrape path only).
+    last_scrape: Mutex<(Instant, u64)>,
+    /// Where the configuration came from, for SIGHUP.
+    pub reload: ReloadSource,
+}
+
+impl Node {
+    /// Every shard's counters, read now (the merge-on-read point).
+    pub fn shard_snapshots(&self) -> Vec<crate::obs::counters::ShardSnapshot> {
+        self.counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.snapshot(i, self.cpus[i]))
+            .collect()
+    }
+
+    fn requests_total(&self) -> u64 {
+        self.shard_snapshots().iter().map(|s| s.requests).sum()
+    }
+
+    /// `vccdb_qps`: requests per second since the previous scrape.
+    pub fn qps_since_last_scrape(&self) -> f64 {
+        let now = Instant::now();
+        let total = self.requests_total();
+        let mut last = match self.last_scrape.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let (then, before) = *last;
+        *last = (now, total);
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            total.saturating_sub(before) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// `GET /config`: every setting (current values), secrets redacted.
+    pub fn config_json(&self, rt: &Runtime) -> serde_json::Value {
+        let mut effective = self.config.clone();
+        rt.apply_to(&mut effective);
+        for k in effective.server.api_keys.iter_mut() {
+            k.key = "***redacted***".into();
+        }
+        let mut v = serde_json::to_value(&effective).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "hot_reloadable".into(),
+                serde_json::json!(crate::runtime::HOT_RELOADABLE),
+            );
+        }
+        v
+    }
+
+    /// `/stats`: per-shard counters merged at read time, latency
+    /// percentiles per route, RocksDB figures.
+    pub fn stats_json(
+        &self,
+        latency: &LatencySnapshot,
+        route_labels: &[&'static str],
+    ) -> serde_json::Value {
+        let mut routes = serde_json::Map::new();
+        for (label, h, _) in latency.by_label(route_labels) {
+            if h.is_empty() {
+                continue;
+            }
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            routes.insert(
+                label.to_string(),
+                serde_json::json!({
+                    "count": h.len(),
+                    "p50_ms": ms(0.5), "p95_ms": ms(0.95), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+                    "max_ms": h.max() as f64 / 1000.0,
+                }),
+            );
+        }
+        let shards = self.shard_snapshots();
+        let sum =
+            |f: fn(&crate::obs::counters::ShardSnapshot) -> u64| shards.iter().map(f).sum::<u64>();
+        serde_json::json!({
+            "server": {
+                "version": crate::VERSION,
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "shards": shards.len(),
+                "requests_total": sum(|s| s.requests),
+                "errors_total": sum(|s| s.errors),
+                "forwarded_total": sum(|s| s.forwarded_out),
+                "connections_active": sum(|s| s.connections_active),
+                "per_shard": shards,
+                "latency": routes,
+            },
+            "storage": {
+                "path": self.storage.path(),
+                "rocksdb": self.storage.stats(),
+            }
+        })
+    }
+}

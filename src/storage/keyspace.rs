@@ -1,0 +1,108 @@
+//! The keyspace: every column family and every key prefix of the database,
+//! in one place.
+//!
+//! Invariant: user data never meets internal data. Entities are the only
+//! user data and live alone in [`Family::Entities`]; everything the server
+//! derives or keeps for itself lives in the internal families, so no table
+//! or key a client chooses can collide with an internal key.
+//!
+//! Each feature owns the encoding of its keys inside its family (the index
+//! entry layout in `index`, the sequence key in `changefeed::record`); what
+//! this module fixes is which family and which `meta` prefix each one uses.
+
+/// A column family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// Entities, `table:pk` → JSON object. The only user data.
+    Entities,
+    /// Secondary index entries (`index`): `[id u32 BE][values][entity key]`.
+    Indexes,
+    /// Change events (`changefeed`): sequence u64 BE → record.
+    Changefeed,
+    /// Vectors (reserved for vector search).
+    Vectors,
+    /// Time series points (reserved for time series).
+    Timeseries,
+    /// Small server metadata, by the prefixes below.
+    Meta,
+}
+
+impl Family {
+    /// Every family, user data first.
+    pub const ALL: [Family; 6] = [
+        Family::Entities,
+        Family::Indexes,
+        Family::Changefeed,
+        Family::Vectors,
+        Family::Timeseries,
+        Family::Meta,
+    ];
+
+    /// The RocksDB column family name (stable on disk).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Entities => "entities",
+            Family::Indexes => "indexes",
+            Family::Changefeed => "changefeed",
+            Family::Vectors => "vectors",
+            Family::Timeseries => "timeseries",
+            Family::Meta => "meta",
+        }
+    }
+
+    /// Written like a log (append at the end, delete from the front): no
+    /// point lookups, so no bloom filters.
+    pub const fn is_log(self) -> bool {
+        matches!(self, Family::Changefeed)
+    }
+
+    /// Holds user data.
+    pub const fn is_user(self) -> bool {
+        matches!(self, Family::Entities)
+    }
+}
+
+/// Keys in [`Family::Meta`]. Every internal record the server keeps outside
+/// its own family is listed here.
+pub mod meta {
+    /// `index/<id u32 BE>` → an index definition (JSON).
+    pub const INDEX_DEF_PREFIX: &[u8] = b"index/";
+    /// The next unused index id (u32 BE); ids are never reused.
+    pub const INDEX_NEXT_ID: &[u8] = b"index.next_id";
+    /// The change feed's first sequence after the last prune (u64 BE).
+    pub const FEED_FIRST_SEQUENCE: &[u8] = b"changefeed.first_sequence";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_and_only_entities_is_user_data() {
+        let mut names: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Family::ALL.len());
+        assert_eq!(
+            Family::ALL.iter().filter(|f| f.is_user()).count(),
+            1,
+            "entities alone hold user data"
+        );
+    }
+
+    #[test]
+    fn meta_prefixes_do_not_overlap() {
+        let keys = [
+            meta::INDEX_DEF_PREFIX,
+            meta::INDEX_NEXT_ID,
+            meta::FEED_FIRST_SEQUENCE,
+        ];
+        for a in keys {
+            for b in keys {
+                if a != b {
+                    assert!(!b.starts_with(a), "{a:?} is a prefix of {b:?}");
+                }
+            }
+        }
+    }
+}
