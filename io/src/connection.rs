@@ -5,6 +5,11 @@
 //! long as the connection and are reused, so the steady state allocates
 //! nothing per request.
 //!
+//! The loop runs over any [`Transport`] (plain TCP, TLS, a test pipe), as a
+//! generic parameter: each transport gets its own compiled copy, with no
+//! dynamic dispatch per read or write. The peer's [`PeerIdentity`] is taken
+//! once when the connection starts and lent to every request on it.
+//!
 //! Protocol errors (malformed request line, oversized headers or body, bad
 //! framing) are answered through [`Handler::protocol_error`] so the server
 //! renders them in its own error format, and then the connection is closed:
@@ -15,6 +20,7 @@ use crate::request::{split_target, Method, Request};
 use crate::response::Response;
 use crate::shutdown::ShutdownSignal;
 use crate::stream::StreamOut;
+use crate::transport::{PeerIdentity, Transport};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::future::Future;
@@ -60,7 +66,12 @@ pub enum ProtocolError {
 }
 
 /// Answers requests. One value per core; not `Send`.
-pub trait Handler {
+///
+/// `T` is the transport a streaming response writes to (see
+/// [`StreamOut`]); it defaults to plain TCP. A handler that serves several
+/// transports (TCP and TLS) implements `Handler<T>` for each, usually with
+/// one generic `impl<T: Transport> Handler<T> for ...`.
+pub trait Handler<T: Transport = TcpStream> {
     /// What a streaming response (Server-Sent Events) needs to go on after
     /// its head is sent.
     type Stream;
@@ -79,7 +90,7 @@ pub trait Handler {
 
     /// Writes the body of a streaming response until it ends (the client
     /// leaves, the server stops, or the handler decides so).
-    fn stream(&self, state: Self::Stream, out: &mut StreamOut<'_>) -> impl Future<Output = ()>;
+    fn stream(&self, state: Self::Stream, out: &mut StreamOut<'_, T>) -> impl Future<Output = ()>;
 }
 
 enum Step<S> {
@@ -99,8 +110,9 @@ struct Buffers {
 }
 
 /// Parses and answers the request at the start of `input`.
-async fn step<H: Handler>(
+async fn step<T: Transport, H: Handler<T>>(
     input: &[u8],
+    peer: &PeerIdentity,
     handler: &H,
     limits: &ConnectionLimits,
     bufs: &mut Buffers,
@@ -240,6 +252,7 @@ async fn step<H: Handler>(
         query,
         headers,
         body,
+        peer,
     };
     let keep_alive = keep_alive && !closing;
     let mut resp = Response::new(&mut bufs.out, keep_alive, method == Method::Head);
@@ -267,7 +280,11 @@ fn send_continue(bufs: &mut Buffers, expect: bool) {
     }
 }
 
-fn fatal<H: Handler>(handler: &H, bufs: &mut Buffers, err: ProtocolError) -> Step<H::Stream> {
+fn fatal<T: Transport, H: Handler<T>>(
+    handler: &H,
+    bufs: &mut Buffers,
+    err: ProtocolError,
+) -> Step<H::Stream> {
     let mut resp = Response::new(&mut bufs.out, false, false);
     handler.protocol_error(err, &mut resp);
     Step::Done {
@@ -287,12 +304,17 @@ fn parse_content_length(v: &[u8]) -> Option<usize> {
 
 /// Serves one connection until the peer closes it, a protocol error closes
 /// it, or `shutdown` fires while it is idle.
-pub async fn serve_connection<H: Handler>(
-    mut stream: TcpStream,
+///
+/// `stream` is the connection's transport, ready for HTTP (for TLS: after
+/// the handshake). Its [`Transport::peer`] is asked once, here, and every
+/// [`Request`] on the connection carries it.
+pub async fn serve_connection<T: Transport, H: Handler<T>>(
+    mut stream: T,
     handler: &H,
     limits: &ConnectionLimits,
     shutdown: &ShutdownSignal,
 ) -> io::Result<()> {
+    let peer = stream.peer();
     let mut rbuf = vec![0u8; 8 << 10];
     let (mut start, mut end) = (0usize, 0usize);
     let mut bufs = Buffers {
@@ -308,7 +330,16 @@ pub async fn serve_connection<H: Handler>(
         let mut streaming = None;
         let closing = shutdown.is_fired();
         while start < end {
-            match step(&rbuf[start..end], handler, limits, &mut bufs, closing).await {
+            match step(
+                &rbuf[start..end],
+                &peer,
+                handler,
+                limits,
+                &mut bufs,
+                closing,
+            )
+            .await
+            {
                 Step::Stream(s) => {
                     streaming = Some(s);
                     break;
@@ -327,7 +358,7 @@ pub async fn serve_connection<H: Handler>(
             }
         }
         if !bufs.out.is_empty() {
-            stream.write_all(&bufs.out).await?;
+            send(&mut stream, &bufs.out).await?;
             bufs.out.clear();
         }
         if let Some(state) = streaming {
@@ -366,7 +397,7 @@ pub async fn serve_connection<H: Handler>(
                     },
                     &mut resp,
                 );
-                stream.write_all(&bufs.out).await?;
+                send(&mut stream, &bufs.out).await?;
                 lingering_close(&mut stream, &mut rbuf).await;
                 return Ok(());
             }
@@ -405,11 +436,19 @@ pub async fn serve_connection<H: Handler>(
     }
 }
 
+/// Writes `bytes` and flushes them: a transport that buffers (TLS) must
+/// put them on the wire now; for a plain socket the flush is free.
+pub(crate) async fn send<T: Transport>(stream: &mut T, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 /// Closes after an error response without resetting the connection: stop
-/// writing, then discard what the client is still sending for a short while,
-/// so it can read our answer instead of a reset.
-async fn lingering_close(stream: &mut TcpStream, scratch: &mut [u8]) {
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+/// writing ([`Transport::close_write`]), then discard what the client is
+/// still sending (at most 64 MiB, for at most 2 s), so it can read our
+/// answer instead of a reset.
+async fn lingering_close<T: Transport>(stream: &mut T, scratch: &mut [u8]) {
+    let _ = stream.close_write().await;
     let drain = async {
         let mut total = 0usize;
         loop {

@@ -6,15 +6,21 @@
 //! * [`listener`] opens the `SO_REUSEPORT` listening sockets (one per core)
 //!   on the main thread, so a busy port fails start-up before any executor
 //!   runs.
-//! * [`request`] is a borrowed view of one parsed HTTP/1.1 request.
+//! * [`request`] is a borrowed view of one parsed HTTP/1.1 request, with the
+//!   connection's [`PeerIdentity`].
 //! * [`response`] writes status line, headers and body straight into the
 //!   connection's reused output buffer.
-//! * [`connection`] drives one keep-alive connection: it parses every
-//!   pipelined request already in the read buffer, lets the [`Handler`]
-//!   answer each into the output buffer, and flushes all answers with one
-//!   write.
+//! * [`connection`] drives one keep-alive connection over any [`Transport`]:
+//!   it parses every pipelined request already in the read buffer, lets the
+//!   [`Handler`] answer each into the output buffer, and flushes all answers
+//!   with one write.
 //! * [`stream`] carries a streaming response (Server-Sent Events) after its
 //!   head: chunks, stall timeouts, and noticing a client that hangs up.
+//! * [`transport`] is what a connection runs over: the [`Transport`] trait
+//!   (read, write, stop writing, describe the peer), implemented for
+//!   glommio's TCP and Unix sockets, and the [`PeerIdentity`] every request
+//!   carries. Connections and streams are generic over it, so TLS plugs in
+//!   as another transport.
 //! * [`shutdown`] is the per-core signal that stops accepting and closes idle
 //!   connections during a graceful stop.
 //!
@@ -29,9 +35,11 @@ pub mod request;
 pub mod response;
 pub mod shutdown;
 pub mod stream;
+pub mod transport;
 
 pub use connection::{serve_connection, ConnectionLimits, Handler};
 pub use request::{Method, Request};
 pub use response::Response;
 pub use shutdown::ShutdownSignal;
 pub use stream::{StreamEnd, StreamOut};
+pub use transport::{PeerIdentity, Transport};

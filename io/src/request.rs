@@ -1,7 +1,11 @@
 //! A borrowed view of one parsed HTTP/1.1 request.
 //!
 //! Nothing is copied: method, path, query, headers and body all point into
-//! the connection's read buffer (or, for a chunked body, its decode buffer).
+//! the connection's read buffer (or, for a chunked body, its decode buffer),
+//! and the peer's identity is the one value the connection took from its
+//! transport when it started.
+
+use crate::transport::PeerIdentity;
 
 /// The request methods the server distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub struct Request<'a> {
     pub query: &'a str,
     pub headers: &'a [httparse::Header<'a>],
     pub body: &'a [u8],
+    /// Who sent the request: the connection's peer, the same for every
+    /// request on it.
+    pub peer: &'a PeerIdentity,
 }
 
 impl<'a> Request<'a> {
@@ -63,6 +70,11 @@ impl<'a> Request<'a> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+
+    /// The peer's identity (address, verified client certificate subject).
+    pub fn peer(&self) -> &'a PeerIdentity {
+        self.peer
     }
 
     /// Iterates `key=value` pairs of the query string (still percent-encoded).
@@ -101,6 +113,7 @@ mod tests {
             query: "a=1&&b&c=",
             headers: &[],
             body: b"",
+            peer: &PeerIdentity::default(),
         };
         let v: Vec<_> = r.query_pairs().collect();
         assert_eq!(v, vec![("a", "1"), ("b", ""), ("c", "")]);

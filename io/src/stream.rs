@@ -3,23 +3,27 @@
 //! A handler that wants to stream answers the request with
 //! [`Response::start_stream`](crate::Response::start_stream) (a head with
 //! `Transfer-Encoding: chunked` and no length) and returns a stream state;
-//! the connection flushes the head and hands the socket to
+//! the connection flushes the head and hands its transport to
 //! [`Handler::stream`](crate::Handler::stream) through a [`StreamOut`].
 //!
-//! `StreamOut` is all the handler may do with the socket:
+//! `StreamOut<T>` is generic over the connection's [`Transport`] (plain TCP
+//! by default), so a TLS stream is written the same way, without dynamic
+//! dispatch. It is all the handler may do with the transport:
 //! * append bytes to the pending chunk and [`flush`](StreamOut::flush) them
-//!   as one HTTP chunk (one write), bounded by a stall timeout so a client
-//!   that stops reading cannot pin the stream forever;
+//!   as one HTTP chunk (one write and a flush), bounded by a stall timeout
+//!   so a client that stops reading cannot pin the stream forever;
 //! * [`wait`](StreamOut::wait) for something (the next event, a heartbeat
-//!   deadline) while also watching the socket, so a client that hangs up is
+//!   deadline) while also watching the transport, so a client that hangs up is
 //!   noticed at once rather than at the next write, and a graceful shutdown
 //!   ends the stream.
 //!
 //! When the handler returns, the connection writes the terminating
 //! zero-length chunk (best effort) and closes.
 
+use crate::connection::send;
 use crate::shutdown::ShutdownSignal;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::transport::Transport;
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use std::future::Future;
 use std::time::Duration;
@@ -35,9 +39,9 @@ pub enum StreamEnd {
     Shutdown,
 }
 
-/// The socket side of a streaming response.
-pub struct StreamOut<'a> {
-    stream: &'a mut TcpStream,
+/// The transport side of a streaming response.
+pub struct StreamOut<'a, T = TcpStream> {
+    stream: &'a mut T,
     pending: Vec<u8>,
     frame: Vec<u8>,
     scratch: &'a mut [u8],
@@ -45,9 +49,9 @@ pub struct StreamOut<'a> {
     closed: bool,
 }
 
-impl<'a> StreamOut<'a> {
+impl<'a, T: Transport> StreamOut<'a, T> {
     pub(crate) fn new(
-        stream: &'a mut TcpStream,
+        stream: &'a mut T,
         scratch: &'a mut [u8],
         shutdown: &'a ShutdownSignal,
     ) -> Self {
@@ -88,7 +92,7 @@ impl<'a> StreamOut<'a> {
         self.frame.extend_from_slice(&self.pending);
         self.frame.extend_from_slice(b"\r\n");
         self.pending.clear();
-        let write = self.stream.write_all(&self.frame);
+        let write = send(self.stream, &self.frame);
         match glommio::timer::timeout(stall, async { Ok(write.await) }).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
@@ -150,7 +154,7 @@ impl<'a> StreamOut<'a> {
         if self.flush(stall).await.is_err() {
             return;
         }
-        let end = self.stream.write_all(b"0\r\n\r\n");
+        let end = send(self.stream, b"0\r\n\r\n");
         let _ = glommio::timer::timeout(stall, async { Ok(end.await) }).await;
     }
 }
