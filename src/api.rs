@@ -649,12 +649,10 @@ impl Shard {
     fn post_config(&self, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
         let update: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-        let current = self.shared.runtime.current();
-        let next = crate::runtime::parse_update(&current, &update).map_err(|errors| {
+        let change = self.shared.runtime.apply_patch(&update).map_err(|errors| {
             ApiError::BadRequest(format!("configuration not changed: {}", errors.join("; ")))
         })?;
-        tracing::info!(?next, "configuration updated through POST /config");
-        self.shared.runtime.publish(next);
+        tracing::info!(changed = ?change.changed, "configuration updated through POST /config");
         self.get_config(resp);
         Ok(())
     }

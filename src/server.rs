@@ -93,19 +93,7 @@ impl Shared {
 
     /// `GET /config`: every setting (current values), secrets redacted.
     pub fn config_json(&self, rt: &Runtime) -> serde_json::Value {
-        let mut effective = self.config.clone();
-        rt.apply_to(&mut effective);
-        for k in effective.server.api_keys.iter_mut() {
-            k.key = "***redacted***".into();
-        }
-        let mut v = serde_json::to_value(&effective).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "hot_reloadable".into(),
-                serde_json::json!(crate::runtime::HOT_RELOADABLE),
-            );
-        }
-        v
+        rt.config_json()
     }
 
     /// `/stats`: per-shard counters merged at read time, latency
@@ -408,18 +396,20 @@ fn reload_from_file(shared: &Shared) {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let next = Runtime::from_config(&loaded.config);
-            let mut started = shared.config.clone();
-            let mut reread = loaded.config.clone();
-            next.apply_to(&mut started);
-            next.apply_to(&mut reread);
-            if started != reread {
-                tracing::warn!(
-                    "SIGHUP: restart-only settings changed in the file; they apply after a restart"
-                );
+            match shared.runtime.apply_reload(&loaded.config) {
+                Ok(change) => {
+                    if !change.restart_only.is_empty() {
+                        tracing::warn!(
+                            keys = ?change.restart_only,
+                            "SIGHUP: restart-only settings changed in the file; they apply after a restart"
+                        );
+                    }
+                    tracing::info!(changed = ?change.changed, "SIGHUP: configuration reloaded");
+                }
+                Err(errors) => {
+                    tracing::error!("SIGHUP: configuration not reloaded: {}", errors.join("; "))
+                }
             }
-            tracing::info!(?next, "SIGHUP: configuration reloaded");
-            shared.runtime.publish(next);
         }
         Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
     }
