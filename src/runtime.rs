@@ -1,14 +1,19 @@
-//! Hot-reloadable settings: what `POST /config` and SIGHUP may change while
-//! the server runs, and how every core picks the change up.
+//! Hot-reloadable settings: the per-core read view of the effective
+//! configuration, and how every core picks a change up.
+//!
+//! Which keys may change, and their rules, are declared in
+//! [`crate::config::KEYS`]; `POST /config` and SIGHUP go through
+//! [`RuntimeState::apply_patch`] and [`RuntimeState::apply_reload`], which
+//! call [`crate::config::apply_patch`] / [`crate::config::apply_reload`].
 //!
 //! The current [`Runtime`] is a [`Published`] value ([`RuntimeState`]); each
 //! core reads it through its own copy ([`LocalRuntime`]), so a change is seen
 //! by every core's next request and the request path takes no lock.
 
-use crate::config::{Config, LOG_FORMATS, LOG_LEVELS};
+use crate::config::{Change, Config};
 use crate::published::{LocalCopy, Published};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -21,8 +26,9 @@ pub struct Features {
     pub timeseries: bool,
 }
 
-/// Everything that can change at runtime.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The effective configuration, with the values the request path reads
+/// copied out flat. Built only by [`Runtime::from_config`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Runtime {
     pub log_level: String,
     pub log_format: String,
@@ -31,24 +37,13 @@ pub struct Runtime {
     pub cdc_retention_hours: u32,
     pub parallel_threshold: usize,
     pub batch_size: usize,
+    /// The whole effective configuration (start-up values plus every
+    /// runtime change), for `GET /config` and the next change.
+    pub config: Arc<Config>,
 }
 
-/// The keys `POST /config` accepts, as dotted paths.
-pub const HOT_RELOADABLE: &[&str] = &[
-    "logging.level",
-    "logging.format",
-    "request_timeout_ms",
-    "server.request_timeout_ms",
-    "features.semantic_cache",
-    "features.llm_store",
-    "features.cdc",
-    "features.timeseries",
-    "cdc_retention_hours",
-    "query.parallel_threshold",
-    "query.batch_size",
-];
-
 impl Runtime {
+    /// The one place the read view is derived from a configuration.
     pub fn from_config(c: &Config) -> Runtime {
         Runtime {
             log_level: c.logging.level.clone(),
@@ -63,212 +58,14 @@ impl Runtime {
             cdc_retention_hours: c.cdc_retention_hours,
             parallel_threshold: c.query.parallel_threshold,
             batch_size: c.query.batch_size,
+            config: Arc::new(c.clone()),
         }
     }
 
-    /// Writes these values into a full config (for `GET /config`).
-    pub fn apply_to(&self, c: &mut Config) {
-        c.logging.level = self.log_level.clone();
-        c.logging.format = self.log_format.clone();
-        c.server.request_timeout_ms = self.request_timeout_ms;
-        c.features.semantic_cache = self.features.semantic_cache;
-        c.features.llm_store = self.features.llm_store;
-        c.features.cdc = self.features.cdc;
-        c.features.timeseries = self.features.timeseries;
-        c.cdc_retention_hours = self.cdc_retention_hours;
-        c.query.parallel_threshold = self.parallel_threshold;
-        c.query.batch_size = self.batch_size;
-    }
-}
-
-fn int_in(errors: &mut Vec<String>, key: &str, v: &Value, min: u64, max: u64) -> Option<u64> {
-    match v.as_u64() {
-        Some(n) if (min..=max).contains(&n) => Some(n),
-        Some(n) => {
-            errors.push(format!(
-                "{key}: {n} is out of range (allowed {min}..={max})"
-            ));
-            None
-        }
-        None => {
-            errors.push(format!(
-                "{key}: must be an integer in {min}..={max}, got {v}"
-            ));
-            None
-        }
-    }
-}
-
-fn one_of(errors: &mut Vec<String>, key: &str, v: &Value, allowed: &[&str]) -> Option<String> {
-    match v.as_str() {
-        Some(s) if allowed.contains(&s) => Some(s.to_string()),
-        _ => {
-            errors.push(format!(
-                "{key}: must be one of {}, got {v}",
-                allowed.join(", ")
-            ));
-            None
-        }
-    }
-}
-
-fn boolean(errors: &mut Vec<String>, key: &str, v: &Value) -> Option<bool> {
-    match v.as_bool() {
-        Some(b) => Some(b),
-        None => {
-            errors.push(format!("{key}: must be a boolean (true or false), got {v}"));
-            None
-        }
-    }
-}
-
-fn restart_only(errors: &mut Vec<String>, key: &str) {
-    errors.push(format!(
-        "{key}: cannot be changed at runtime (restart required)"
-    ));
-}
-
-fn unknown(errors: &mut Vec<String>, key: &str) {
-    errors.push(format!("{key}: unknown setting"));
-}
-
-fn section<'a>(
-    errors: &mut Vec<String>,
-    key: &str,
-    v: &'a Value,
-) -> Option<&'a Map<String, Value>> {
-    match v.as_object() {
-        Some(m) => Some(m),
-        None => {
-            errors.push(format!("{key}: must be an object"));
-            None
-        }
-    }
-}
-
-/// Applies a `POST /config` body to `current`. All or nothing: any invalid,
-/// unknown or restart-only key fails the whole update, and every such key
-/// is named in the returned errors.
-pub fn parse_update(current: &Runtime, body: &Value) -> Result<Runtime, Vec<String>> {
-    let mut next = current.clone();
-    let mut e = Vec::new();
-    let Some(top) = body.as_object() else {
-        return Err(vec!["the body must be a JSON object of settings".into()]);
-    };
-    if top.is_empty() {
-        return Err(vec!["the body names no setting to change".into()]);
-    }
-    for (k, v) in top {
-        match k.as_str() {
-            "request_timeout_ms" => {
-                if let Some(n) = int_in(&mut e, k, v, 1000, 300_000) {
-                    next.request_timeout_ms = n;
-                }
-            }
-            "cdc_retention_hours" => {
-                if let Some(n) = int_in(&mut e, k, v, 1, 8760) {
-                    next.cdc_retention_hours = n as u32;
-                }
-            }
-            "logging" => {
-                for (sk, sv) in section(&mut e, k, v).into_iter().flatten() {
-                    let key = format!("logging.{sk}");
-                    match sk.as_str() {
-                        "level" => {
-                            if let Some(s) = one_of(&mut e, &key, sv, LOG_LEVELS) {
-                                next.log_level = s;
-                            }
-                        }
-                        "format" => {
-                            if let Some(s) = one_of(&mut e, &key, sv, LOG_FORMATS) {
-                                next.log_format = s;
-                            }
-                        }
-                        "file" | "rotation_size_mb" | "max_files" => restart_only(&mut e, &key),
-                        _ => unknown(&mut e, &key),
-                    }
-                }
-            }
-            "features" => {
-                for (sk, sv) in section(&mut e, k, v).into_iter().flatten() {
-                    let key = format!("features.{sk}");
-                    let slot = match sk.as_str() {
-                        "semantic_cache" => &mut next.features.semantic_cache,
-                        "llm_store" => &mut next.features.llm_store,
-                        "cdc" => &mut next.features.cdc,
-                        "timeseries" => &mut next.features.timeseries,
-                        "retention" => {
-                            restart_only(&mut e, &key);
-                            continue;
-                        }
-                        _ => {
-                            unknown(&mut e, &key);
-                            continue;
-                        }
-                    };
-                    if let Some(b) = boolean(&mut e, &key, sv) {
-                        *slot = b;
-                    }
-                }
-            }
-            "query" => {
-                for (sk, sv) in section(&mut e, k, v).into_iter().flatten() {
-                    let key = format!("query.{sk}");
-                    match sk.as_str() {
-                        "parallel_threshold" => {
-                            if let Some(n) = int_in(&mut e, &key, sv, 1, 10_000_000) {
-                                next.parallel_threshold = n as usize;
-                            }
-                        }
-                        "batch_size" => {
-                            if let Some(n) = int_in(&mut e, &key, sv, 1, 1_000_000) {
-                                next.batch_size = n as usize;
-                            }
-                        }
-                        _ => unknown(&mut e, &key),
-                    }
-                }
-            }
-            "server" => {
-                for (sk, sv) in section(&mut e, k, v).into_iter().flatten() {
-                    let key = format!("server.{sk}");
-                    match sk.as_str() {
-                        "request_timeout_ms" => {
-                            if let Some(n) = int_in(&mut e, &key, sv, 1000, 300_000) {
-                                next.request_timeout_ms = n;
-                            }
-                        }
-                        "host"
-                        | "port"
-                        | "worker_threads"
-                        | "threads"
-                        | "max_request_size_mb"
-                        | "listen_backlog"
-                        | "enable_auth"
-                        | "api_keys"
-                        | "enable_tls"
-                        | "tls_cert"
-                        | "tls_key"
-                        | "tls_ca" => restart_only(&mut e, &key),
-                        _ => unknown(&mut e, &key),
-                    }
-                }
-            }
-            "storage" | "rocksdb" | "vector_index" | "vector" | "tracing" => match v.as_object() {
-                Some(m) if !m.is_empty() => {
-                    for sk in m.keys() {
-                        restart_only(&mut e, &format!("{k}.{sk}"));
-                    }
-                }
-                _ => restart_only(&mut e, k),
-            },
-            _ => unknown(&mut e, k),
-        }
-    }
-    if e.is_empty() {
-        Ok(next)
-    } else {
-        Err(e)
+    /// `GET /config`: every setting (current values), secrets redacted,
+    /// and the `hot_reloadable` keys.
+    pub fn config_json(&self) -> Value {
+        crate::config::public_json(&self.config)
     }
 }
 
@@ -287,10 +84,43 @@ impl RuntimeState {
     /// Makes `r` current for every core's next request, and applies the
     /// logging settings.
     pub fn publish(&self, r: Runtime) {
+        self.0.publish(r);
+        self.apply_logging();
+    }
+
+    fn apply_logging(&self) {
+        let r = self.0.current();
         if let Err(e) = crate::obs::logging::apply(&r.log_level, &r.log_format) {
             tracing::error!("applying logging settings: {e}");
         }
-        self.0.publish(r);
+    }
+
+    /// Changes the effective configuration with `f`, as one
+    /// read-modify-write (two concurrent changes cannot lose each other).
+    fn change(
+        &self,
+        f: impl FnOnce(&Config) -> Result<Change, Vec<String>>,
+    ) -> Result<Change, Vec<String>> {
+        let result = self.0.update(|rt| {
+            let change = f(&rt.config)?;
+            *rt = Runtime::from_config(&change.config);
+            Ok(change)
+        });
+        if result.is_ok() {
+            self.apply_logging();
+        }
+        result
+    }
+
+    /// `POST /config`: see [`crate::config::apply_patch`]. All or nothing.
+    pub fn apply_patch(&self, body: &Value) -> Result<Change, Vec<String>> {
+        self.change(|current| crate::config::apply_patch(current, body))
+    }
+
+    /// SIGHUP: see [`crate::config::apply_reload`]; `reread` is the
+    /// configuration built again from its sources.
+    pub fn apply_reload(&self, reread: &Config) -> Result<Change, Vec<String>> {
+        self.change(|current| crate::config::apply_reload(current, reread))
     }
 }
 
@@ -313,129 +143,83 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn base() -> Runtime {
-        Runtime::from_config(&Config::default())
+    fn state() -> RuntimeState {
+        RuntimeState::new(Runtime::from_config(&Config::default()))
     }
 
     #[test]
-    fn guide_examples_apply() {
-        let r = parse_update(
-            &base(),
-            &json!({"logging": {"level": "info", "format": "json"}}),
-        )
-        .unwrap();
-        assert_eq!(r.log_format, "json");
-        let r = parse_update(&base(), &json!({"request_timeout_ms": 60000})).unwrap();
-        assert_eq!(r.request_timeout_ms, 60000);
-        let r = parse_update(&base(), &json!({"features": {"cdc": true}})).unwrap();
-        assert!(r.features.cdc);
-        let r = parse_update(
-            &base(),
-            &json!({"logging": {"level": "debug", "format": "json"}, "request_timeout_ms": 45000,
-                    "features": {"semantic_cache": true, "cdc": true}}),
-        )
-        .unwrap();
+    fn the_view_follows_every_hot_key_of_the_config() {
+        let state = state();
+        state
+            .apply_patch(&json!({
+                "logging": {"level": "debug", "format": "json"},
+                "request_timeout_ms": 45000,
+                "features": {"semantic_cache": true, "llm_store": true, "cdc": true, "timeseries": true},
+                "cdc_retention_hours": 2,
+                "query": {"parallel_threshold": 3, "batch_size": 4},
+            }))
+            .unwrap();
+        let r = state.current();
         assert_eq!(
-            (r.log_level.as_str(), r.request_timeout_ms),
-            ("debug", 45000)
+            (r.log_level.as_str(), r.log_format.as_str()),
+            ("debug", "json")
         );
-        assert!(r.features.semantic_cache && r.features.cdc);
-        let r = parse_update(
-            &base(),
-            &json!({"query": {"parallel_threshold": 50, "batch_size": 25}}),
-        )
-        .unwrap();
-        assert_eq!((r.parallel_threshold, r.batch_size), (50, 25));
+        assert_eq!(r.request_timeout_ms, 45000);
+        assert_eq!(
+            r.features,
+            Features {
+                semantic_cache: true,
+                llm_store: true,
+                cdc: true,
+                timeseries: true
+            }
+        );
+        assert_eq!(
+            (r.cdc_retention_hours, r.parallel_threshold, r.batch_size),
+            (2, 3, 4)
+        );
+        assert_eq!(*r, Runtime::from_config(&r.config));
+        assert_eq!(r.config.server.request_timeout_ms, 45000);
+        assert_eq!(r.config_json()["server"]["request_timeout_ms"], 45000);
     }
 
     #[test]
-    fn every_rule_is_enforced() {
-        let cases = [
-            (
-                json!({"request_timeout_ms": 999}),
-                "request_timeout_ms: 999 is out of range",
-            ),
-            (
-                json!({"request_timeout_ms": 300001}),
-                "request_timeout_ms: 300001",
-            ),
-            (
-                json!({"request_timeout_ms": "60000"}),
-                "request_timeout_ms: must be an integer",
-            ),
-            (json!({"cdc_retention_hours": 0}), "cdc_retention_hours: 0"),
-            (
-                json!({"cdc_retention_hours": 8761}),
-                "cdc_retention_hours: 8761",
-            ),
-            (
-                json!({"features": {"cdc": "yes"}}),
-                "features.cdc: must be a boolean",
-            ),
-            (
-                json!({"features": {"cdc": 1}}),
-                "features.cdc: must be a boolean",
-            ),
-            (
-                json!({"logging": {"level": "loud"}}),
-                "logging.level: must be one of",
-            ),
-            (
-                json!({"logging": {"format": "xml"}}),
-                "logging.format: must be one of",
-            ),
-            (
-                json!({"server": {"port": 9000}}),
-                "server.port: cannot be changed at runtime",
-            ),
-            (
-                json!({"server": {"threads": 4}}),
-                "server.threads: cannot be changed at runtime",
-            ),
-            (
-                json!({"rocksdb": {"memtable_size_mb": 1}}),
-                "rocksdb.memtable_size_mb: cannot be changed",
-            ),
-            (
-                json!({"storage": {"rocksdb_path": "/x"}}),
-                "storage.rocksdb_path: cannot be changed",
-            ),
-            (
-                json!({"vector": {"dimension": 3}}),
-                "vector.dimension: cannot be changed",
-            ),
-            (json!({"bogus": 1}), "bogus: unknown setting"),
-            (
-                json!({"query": {"batch_size": 0}}),
-                "query.batch_size: 0 is out of range",
-            ),
-            (json!([1]), "must be a JSON object"),
-            (json!({}), "names no setting"),
-        ];
-        for (body, expect) in cases {
-            let errs = parse_update(&base(), &body).unwrap_err().join("; ");
-            assert!(errs.contains(expect), "{body}: {errs}");
-        }
+    fn a_refused_patch_changes_nothing() {
+        let state = state();
+        let before = state.current();
+        let errs = state
+            .apply_patch(&json!({"request_timeout_ms": 5000, "server": {"port": 1}}))
+            .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(*state.current(), *before);
     }
 
     #[test]
-    fn all_or_nothing_names_every_bad_key() {
-        let errs = parse_update(
-            &base(),
-            &json!({"request_timeout_ms": 5000, "server": {"port": 1}, "features": {"cdc": "x"}}),
-        )
-        .unwrap_err();
-        assert_eq!(errs.len(), 2, "{errs:?}");
+    fn reload_applies_hot_values_and_keeps_restart_only_ones() {
+        let state = state();
+        let mut reread = Config::default();
+        reread.query.batch_size = 7;
+        reread.server.port = 9999;
+        let change = state.apply_reload(&reread).unwrap();
+        assert_eq!(change.restart_only, vec!["server.port"]);
+        assert_eq!(change.changed, vec!["query.batch_size = 7"]);
+        let r = state.current();
+        assert_eq!(r.batch_size, 7);
+        assert_eq!(r.config.server.port, Config::default().server.port);
     }
 
     #[test]
-    fn local_copies_follow_publish() {
-        let state = RuntimeState::new(base());
+    fn local_copies_follow_changes() {
+        let state = state();
         let local = LocalRuntime::new(&state);
         assert_eq!(local.get(&state).request_timeout_ms, 30_000);
-        let mut r = base();
-        r.request_timeout_ms = 5000;
-        state.publish(r);
+        state
+            .apply_patch(&json!({"server": {"request_timeout_ms": 5000}}))
+            .unwrap();
         assert_eq!(local.get(&state).request_timeout_ms, 5000);
+        let mut c = Config::default();
+        c.server.request_timeout_ms = 6000;
+        state.publish(Runtime::from_config(&c));
+        assert_eq!(local.get(&state).request_timeout_ms, 6000);
     }
 }

@@ -113,19 +113,16 @@ pub async fn metrics(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiErro
 }
 
 pub fn get_config(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
-    json(resp, &core.node().config_json(&core.settings()));
+    json(resp, &core.settings().config_json());
     Ok(())
 }
 
 pub fn post_config(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     let update: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let node = core.node();
-    let current = node.runtime.current();
-    let next = crate::runtime::parse_update(&current, &update).map_err(|errors| {
+    let change = core.node().runtime.apply_patch(&update).map_err(|errors| {
         ApiError::BadRequest(format!("configuration not changed: {}", errors.join("; ")))
     })?;
-    tracing::info!(?next, "configuration updated through POST /config");
-    node.runtime.publish(next);
+    tracing::info!(changed = ?change.changed, "configuration updated through POST /config");
     get_config(core, resp)
 }

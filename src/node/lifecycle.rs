@@ -287,25 +287,27 @@ impl Drop for ExitGuard {
 
 /// SIGHUP: re-read the configuration and apply its hot-reloadable values,
 /// exactly as `POST /config` would; restart-only changes are reported.
-fn reload_from_file(shared: &Node) {
-    let src = &shared.reload;
+fn reload_from_file(node: &Node) {
+    let src = &node.reload;
     match crate::config::load(src.explicit.as_deref(), &src.cli) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let next = Runtime::from_config(&loaded.config);
-            let mut started = shared.config.clone();
-            let mut reread = loaded.config.clone();
-            next.apply_to(&mut started);
-            next.apply_to(&mut reread);
-            if started != reread {
-                tracing::warn!(
-                    "SIGHUP: restart-only settings changed in the file; they apply after a restart"
-                );
+            match node.runtime.apply_reload(&loaded.config) {
+                Ok(change) => {
+                    if !change.restart_only.is_empty() {
+                        tracing::warn!(
+                            keys = ?change.restart_only,
+                            "SIGHUP: restart-only settings changed in the file; they apply after a restart"
+                        );
+                    }
+                    tracing::info!(changed = ?change.changed, "SIGHUP: configuration reloaded");
+                }
+                Err(errors) => {
+                    tracing::error!("SIGHUP: configuration not reloaded: {}", errors.join("; "))
+                }
             }
-            tracing::info!(?next, "SIGHUP: configuration reloaded");
-            shared.runtime.publish(next);
         }
         Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
     }

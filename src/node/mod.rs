@@ -18,7 +18,7 @@ pub use lifecycle::{run, usable_cpus, Faults, ReloadSource, ServerError};
 use crate::config::Config;
 use crate::obs::counters::CoreCounters;
 use crate::obs::latency::LatencySnapshot;
-use crate::runtime::{Runtime, RuntimeState};
+use crate::runtime::RuntimeState;
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -76,23 +76,6 @@ impl Node {
         } else {
             0.0
         }
-    }
-
-    /// `GET /config`: every setting (current values), secrets redacted.
-    pub fn config_json(&self, rt: &Runtime) -> serde_json::Value {
-        let mut effective = self.config.clone();
-        rt.apply_to(&mut effective);
-        for k in effective.server.api_keys.iter_mut() {
-            k.key = "***redacted***".into();
-        }
-        let mut v = serde_json::to_value(&effective).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "hot_reloadable".into(),
-                serde_json::json!(crate::runtime::HOT_RELOADABLE),
-            );
-        }
-        v
     }
 
     /// `/stats`: per-shard counters merged at read time, latency

@@ -1,5 +1,7 @@
 //! Configuration: one typed struct, its defaults, where it is read from, and
-//! its validation, all in this file.
+//! its validation. Each key's validation rule and whether it may change at
+//! runtime are declared once, in [`KEYS`] (`keys.rs`), which also drives
+//! `POST /config` ([`apply_patch`]) and SIGHUP ([`apply_reload`]).
 //!
 //! Precedence, lowest first: built-in defaults < config file (YAML or JSON)
 //! < environment (`THEMIS_*`) < command-line flags. The file and the
@@ -7,6 +9,12 @@
 //! so both go through the same deserializer: type errors name the key path,
 //! unknown keys become warnings naming the key, and [`Config::validate`]
 //! reports every out-of-range value with its allowed range.
+
+mod keys;
+
+pub use keys::{
+    apply_patch, apply_reload, hot_reloadable, key_rule, public_json, Change, KeyRule, Rule, KEYS,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -458,20 +466,40 @@ fn env_value(raw: &str) -> Value {
 }
 
 fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut node = root;
-    for (i, part) in path.iter().enumerate() {
+    for part in parents {
         if !node.is_object() {
             *node = Value::Object(Default::default());
         }
-        let map = node.as_object_mut().expect("made an object above");
-        if i + 1 == path.len() {
-            map.insert(part.clone(), value);
+        let Value::Object(map) = node else {
             return;
-        }
+        };
         node = map
             .entry(part.clone())
             .or_insert_with(|| Value::Object(Default::default()));
     }
+    if !node.is_object() {
+        *node = Value::Object(Default::default());
+    }
+    if let Value::Object(map) = node {
+        map.insert(last.clone(), value);
+    }
+}
+
+/// The typed configuration from a JSON tree, and the paths of the keys it
+/// does not know. Type errors name the key path. Start-up ([`build`]),
+/// `POST /config` and SIGHUP all go through this.
+pub(crate) fn from_tree(
+    tree: Value,
+) -> Result<(Config, Vec<String>), serde_path_to_error::Error<serde_json::Error>> {
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(tree, &mut on_unknown);
+    let config: Config = serde_path_to_error::deserialize(de)?;
+    Ok((config, unknown))
 }
 
 /// Builds the configuration from a parsed file tree, environment variables
@@ -499,10 +527,7 @@ pub fn build(
         }
     }
 
-    let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let de = serde_ignored::Deserializer::new(tree, &mut on_unknown);
-    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let (mut config, unknown) = from_tree(tree).map_err(|e| {
         let key = e.path().to_string();
         let key = env_origin
             .get(&key)
@@ -561,224 +586,16 @@ pub fn load(explicit: Option<&Path>, cli: &CliOverrides) -> Result<LoadedConfig,
     build(tree, file, std::env::vars(), cli)
 }
 
-fn check_range<T: PartialOrd + std::fmt::Display>(
-    errors: &mut Vec<String>,
-    key: &str,
-    value: T,
-    min: T,
-    max: T,
-) {
-    if value < min || value > max {
-        errors.push(format!(
-            "{key} = {value} is out of range (allowed {min}..={max})"
-        ));
-    }
-}
-
-fn check_one_of(errors: &mut Vec<String>, key: &str, value: &str, allowed: &[&str]) {
-    if !allowed.contains(&value) {
-        errors.push(format!(
-            "{key} = {value:?} is not allowed (one of: {})",
-            allowed.join(", ")
-        ));
-    }
-}
-
 /// Log levels the server accepts.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 /// Log formats the server accepts.
 pub const LOG_FORMATS: &[&str] = &["text", "json"];
 
 impl Config {
-    /// Every problem with the values, each naming its key and allowed range.
+    /// Every problem with the values, each naming its key and allowed
+    /// range: the rules of [`KEYS`].
     pub fn validate(&self) -> Vec<String> {
-        let mut e = Vec::new();
-        let s = &self.storage;
-        if s.rocksdb_path.as_os_str().is_empty() {
-            e.push("storage.rocksdb_path must not be empty".into());
-        }
-        check_range(
-            &mut e,
-            "storage.memtable_size_mb",
-            s.memtable_size_mb,
-            1,
-            65_536,
-        );
-        check_range(
-            &mut e,
-            "storage.block_cache_size_mb",
-            s.block_cache_size_mb,
-            1,
-            1_048_576,
-        );
-        if s.max_open_files != -1 && !(16..=10_000_000).contains(&s.max_open_files) {
-            e.push(format!(
-                "storage.max_open_files = {} is out of range (allowed -1 for unlimited, or 16..=10000000)",
-                s.max_open_files
-            ));
-        }
-        check_range(
-            &mut e,
-            "storage.max_write_buffer_number",
-            s.max_write_buffer_number,
-            2,
-            64,
-        );
-        check_range(
-            &mut e,
-            "storage.min_write_buffer_number_to_merge",
-            s.min_write_buffer_number_to_merge,
-            1,
-            (s.max_write_buffer_number - 1).max(1),
-        );
-        check_range(
-            &mut e,
-            "storage.level0_file_num_compaction_trigger",
-            s.level0_file_num_compaction_trigger,
-            1,
-            1000,
-        );
-        check_range(
-            &mut e,
-            "storage.level0_slowdown_writes_trigger",
-            s.level0_slowdown_writes_trigger,
-            s.level0_file_num_compaction_trigger,
-            10_000,
-        );
-        check_range(
-            &mut e,
-            "storage.level0_stop_writes_trigger",
-            s.level0_stop_writes_trigger,
-            s.level0_slowdown_writes_trigger,
-            10_000,
-        );
-        check_range(
-            &mut e,
-            "storage.bloom_bits_per_key",
-            s.bloom_bits_per_key,
-            1,
-            64,
-        );
-        check_range(
-            &mut e,
-            "storage.max_background_compactions",
-            s.max_background_compactions,
-            1,
-            256,
-        );
-
-        let v = &self.server;
-        if v.host.trim().is_empty() {
-            e.push("server.host must not be empty".into());
-        }
-        check_range(&mut e, "server.worker_threads", v.worker_threads, 0, 1024);
-        check_range(
-            &mut e,
-            "server.request_timeout_ms",
-            v.request_timeout_ms,
-            1000,
-            300_000,
-        );
-        check_range(
-            &mut e,
-            "server.max_request_size_mb",
-            v.max_request_size_mb,
-            1,
-            1024,
-        );
-        check_range(&mut e, "server.listen_backlog", v.listen_backlog, 1, 65_535);
-        check_range(
-            &mut e,
-            "server.idle_timeout_ms",
-            v.idle_timeout_ms,
-            1000,
-            3_600_000,
-        );
-        if v.enable_auth {
-            e.push(
-                "server.enable_auth = true: API-key authentication is not available in this build; \
-                 refusing to start rather than serve without it"
-                    .into(),
-            );
-        }
-        if v.enable_tls {
-            e.push(
-                "server.enable_tls = true: TLS is not available in this build; refusing to start \
-                 rather than serve plain text (terminate TLS in a reverse proxy for now)"
-                    .into(),
-            );
-        }
-
-        let l = &self.logging;
-        check_one_of(&mut e, "logging.level", &l.level, LOG_LEVELS);
-        check_one_of(&mut e, "logging.format", &l.format, LOG_FORMATS);
-        check_range(
-            &mut e,
-            "logging.rotation_size_mb",
-            l.rotation_size_mb,
-            1,
-            102_400,
-        );
-        check_range(&mut e, "logging.max_files", l.max_files, 1, 10_000);
-
-        let vi = &self.vector_index;
-        check_one_of(&mut e, "vector_index.engine", &vi.engine, &["hnsw"]);
-        check_range(&mut e, "vector_index.hnsw_m", vi.hnsw_m, 2, 128);
-        check_range(
-            &mut e,
-            "vector_index.hnsw_ef_construction",
-            vi.hnsw_ef_construction,
-            1,
-            10_000,
-        );
-        check_range(&mut e, "vector_index.dimension", vi.dimension, 1, 65_536);
-        check_range(
-            &mut e,
-            "features.retention.interval_hours",
-            self.features.retention.interval_hours,
-            1,
-            8760,
-        );
-        check_range(
-            &mut e,
-            "cdc_retention_hours",
-            self.cdc_retention_hours,
-            1,
-            8760,
-        );
-
-        let t = &self.tracing;
-        if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
-            e.push(format!(
-                "tracing.otlp_endpoint = {:?} must be an http:// or https:// URL",
-                t.otlp_endpoint
-            ));
-        }
-        if t.enabled && !t.otlp_endpoint.starts_with("http://") {
-            e.push(format!(
-                "tracing.otlp_endpoint = {:?}: only http:// collectors are supported (TLS is not in this build)",
-                t.otlp_endpoint
-            ));
-        }
-        if t.service_name.trim().is_empty() {
-            e.push("tracing.service_name must not be empty".into());
-        }
-
-        check_range(
-            &mut e,
-            "query.parallel_threshold",
-            self.query.parallel_threshold,
-            1,
-            10_000_000,
-        );
-        check_range(
-            &mut e,
-            "query.batch_size",
-            self.query.batch_size,
-            1,
-            1_000_000,
-        );
-        e
+        keys::validate(self)
     }
 
     /// The number of executors to start on a machine with `cpus` usable CPUs.
