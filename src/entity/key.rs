@@ -56,6 +56,15 @@ pub fn decode_query_value(v: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest("query parameter is not valid UTF-8".into()))
 }
 
+/// The key range of `table`'s entities: `[table:, table;)` (`;` is the
+/// byte after `:`, so the range holds exactly the keys `table:*`).
+pub fn table_range(table: &str) -> (Vec<u8>, Vec<u8>) {
+    (
+        format!("{table}:").into_bytes(),
+        format!("{table};").into_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,15 +74,6 @@ impl Builds {
     }
 }
 
-/// The key range of `table`'s entities: `[table:, table;)`.
-pub fn table_range(table: &str) -> (Vec<u8>, Vec<u8>) {
-    // ';' is the byte after ':'.
-    (
-        format!("{table}:").into_bytes(),
-        format!("{table};").into_bytes(),
-    )
-}
-
 /// Start this core's share of building index `id` (sent to every core).
 #[derive(Clone)]
 pub struct StartBuild {
@@ -127,7 +118,7 @@ async fn run(core: Rc<Core>, id: u32) {
     let progress = core.node().index.builds.get_or_start(id);
     let me = core.id();
     let shards = core.cores();
-    let (mut from, to) = table_range(&def.table);
+    let (mut from, to) = crate::entity::key::table_range(&def.table);
     let mut processed = 0u64;
     loop {
         // Dropped or rebuilt meanwhile: stop (its entries are being deleted).

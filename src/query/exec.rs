@@ -3,9 +3,10 @@
 use super::parse::{encode_cursor, Position, Query, Return};
 use super::plan::{self, read_entries, COUNT_CAP, PROBE};
 use super::Filter;
+use crate::entity::key::table_range;
 use crate::entity::write_json_str;
 use crate::error::ApiError;
-use crate::index::{build::table_range, IndexDef};
+use crate::index::IndexDef;
 use crate::mesh::{Rpc, Served};
 use crate::node::{Core, Node};
 use crate::obs::counters::bump;
