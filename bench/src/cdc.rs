@@ -11,16 +11,13 @@
 //! Plain threads and blocking sockets: the figures are about the server,
 //! and at these rates one thread per subscriber is no bottleneck.
 
-#[path = "wire.rs"]
-mod wire;
-
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use themis_testkit::{Client, Sse};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -61,24 +58,15 @@ enum Cmd {
 }
 
 /// Opens an SSE stream and returns it once the response head arrived.
-fn subscribe(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.write_all(b"GET /changefeed/stream?heartbeat_ms=60000 HTTP/1.1\r\nHost: bench\r\n\r\n")?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    if !line.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("stream refused: {line}")));
+fn subscribe(addr: SocketAddr) -> std::io::Result<Sse> {
+    let mut sse = Sse::open(addr, "heartbeat_ms=60000", None)?;
+    match sse.try_status(Duration::from_secs(60)) {
+        Some(200) => Ok(sse),
+        _ => Err(std::io::Error::other(format!(
+            "stream refused: {}",
+            sse.head.as_deref().unwrap_or("no response")
+        ))),
     }
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    Ok(r)
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -91,31 +79,30 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// Reads events; records `now - t` (µs) for every `"t":` found after
-/// `"value":{` in a data line.
+/// `"value":{` in an event's data.
 fn receive(
-    mut r: BufReader<TcpStream>,
+    mut sse: Sse,
     start: Instant,
     stop: Arc<AtomicBool>,
     warmup_us: u64,
 ) -> (Histogram<u64>, u64) {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut n = 0u64;
-    let _ = r
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(200)));
-    let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => continue,
-        }
-        let now = start.elapsed().as_micros() as u64;
-        let Some(p) = line.find("\"value\":{\"t\":") else {
+        let Some(block) = sse.next(Duration::from_millis(200)) else {
+            if sse.ended() {
+                break;
+            }
             continue;
         };
-        let digits: String = line[p + 13..]
+        let now = start.elapsed().as_micros() as u64;
+        let Some(data) = block.data else {
+            continue;
+        };
+        let Some(p) = data.find("\"value\":{\"t\":") else {
+            continue;
+        };
+        let digits: String = data[p + 13..]
             .chars()
             .take_while(char::is_ascii_digit)
             .collect();
@@ -149,12 +136,9 @@ fn latency(addr: SocketAddr, subscribers: usize, rate: u64, duration: u64, doc_s
     // the moment just before it is sent.
     let total = rate * (duration + 1);
     let pad = "x".repeat(doc_size);
-    let mut conn = TcpStream::connect(addr).expect("writer connect");
-    conn.set_nodelay(true).expect("nodelay");
-    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut conn = Client::connect(addr).expect("writer connect");
     let begin = start.elapsed();
     let mut late = 0u64;
-    let mut resp_body = Vec::new();
     for i in 0..total {
         let due = begin + Duration::from_nanos(i * 1_000_000_000 / rate);
         let now = start.elapsed();
@@ -171,8 +155,8 @@ fn latency(addr: SocketAddr, subscribers: usize, rate: u64, duration: u64, doc_s
             body.len(),
             body
         );
-        conn.write_all(req.as_bytes()).expect("write");
-        let st = wire::read_response(&mut reader, &mut resp_body);
+        conn.send_raw(req.as_bytes());
+        let st = conn.read_response(false).status;
         assert!(st < 300, "write failed: {st}");
     }
     let achieved = total as f64 / (start.elapsed() - begin).as_secs_f64();

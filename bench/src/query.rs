@@ -11,16 +11,13 @@
 //!
 //! Plain threads and blocking sockets, one per connection.
 
-#[path = "wire.rs"]
-mod wire;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use themis_testkit::Client;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -70,11 +67,7 @@ fn load(addr: SocketAddr, entities: u64, groups: u64, connections: u64, pad: usi
         .map(|c| {
             let pad = pad.clone();
             std::thread::spawn(move || {
-                let s = TcpStream::connect(addr).expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                let mut w = s.try_clone().expect("clone");
-                let mut r = BufReader::new(s);
-                let mut body = Vec::new();
+                let mut conn = Client::connect(addr).expect("connect");
                 let mine: Vec<u64> = (c..entities).step_by(connections as usize).collect();
                 for chunk in mine.chunks(64) {
                     let mut out = Vec::new();
@@ -89,9 +82,9 @@ fn load(addr: SocketAddr, entities: u64, groups: u64, connections: u64, pad: usi
                             .as_bytes(),
                         );
                     }
-                    w.write_all(&out).expect("write");
+                    conn.send_raw(&out);
                     for _ in chunk {
-                        let st = wire::read_response(&mut r, &mut body);
+                        let st = conn.read_response(false).status;
                         assert!(st < 300, "PUT failed: {st}");
                     }
                 }
@@ -121,13 +114,9 @@ fn run(
         .map(|c| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let s = TcpStream::connect(addr).expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                let mut w = s.try_clone().expect("clone");
-                let mut r = BufReader::new(s);
+                let mut conn = Client::connect(addr).expect("connect");
                 let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("hist");
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
-                let mut body = Vec::new();
                 let mut rows = 0u64;
                 let mut errors = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -149,14 +138,14 @@ fn run(
                         }
                     };
                     let t = Instant::now();
-                    w.write_all(req.as_bytes()).expect("write");
-                    let st = wire::read_response(&mut r, &mut body);
+                    conn.send_raw(req.as_bytes());
+                    let resp = conn.read_response(false);
                     let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-                    if st != 200 {
+                    if resp.status != 200 {
                         errors += 1;
                     } else if !matches!(mode, Mode::Get) {
                         // "count":N
-                        let s = String::from_utf8_lossy(&body);
+                        let s = String::from_utf8_lossy(&resp.body);
                         if let Some(p) = s.find("\"count\":") {
                             let n: String = s[p + 8..].chars().take_while(char::is_ascii_digit).collect();
                             rows += n.parse::<u64>().unwrap_or(0);

@@ -1,61 +1,20 @@
 //! The load generator end to end: against a real `themis_server`, each mode
 //! produces a well-formed report with the counts it promised.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
+use themis_testkit::{tempdir, workspace_bin, Opts, Server};
 
-/// Binaries of the workspace live next to this test's `deps/` folder.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    dir.join(name)
-}
+/// This package's binary; the server is another package's, found next to
+/// this test.
+const LOADTEST: &str = env!("CARGO_BIN_EXE_themis-loadtest");
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A one-thread server (built by `cargo test --workspace`) in `dir`.
 fn start_server(dir: &std::path::Path) -> Server {
-    let mut child = Command::new(bin("themis_server"))
-        .current_dir(dir)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--db",
-            "data",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("themis_server is built by `cargo test --workspace`");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("THEMIS listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server started");
-    Server(child, addr)
+    Server::start(&workspace_bin("themis_server"), dir, &Opts::threads(1))
 }
 
-fn loadtest(addr: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(bin("themis-loadtest"))
+fn loadtest(addr: std::net::SocketAddr, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(LOADTEST)
         .args([
             "--url",
             &format!("http://{addr}"),
@@ -76,12 +35,12 @@ fn loadtest(addr: &str, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn closed_open_and_count_bounded_runs_report_consistently() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let s = start_server(dir.path());
 
     // Closed loop, mixed, zipfian, after a preload: only 2xx answers.
     let r = loadtest(
-        &s.1,
+        s.addr,
         &[
             "--mix",
             "mixed",
@@ -124,7 +83,7 @@ fn closed_open_and_count_bounded_runs_report_consistently() {
 
     // Count-bounded: stops by itself after about N measured requests.
     let r = loadtest(
-        &s.1,
+        s.addr,
         &[
             "-n",
             "300",
@@ -144,7 +103,7 @@ fn closed_open_and_count_bounded_runs_report_consistently() {
 
     // Open loop at a fixed rate sends what was scheduled.
     let r = loadtest(
-        &s.1,
+        s.addr,
         &[
             "--mode",
             "open",
@@ -169,7 +128,7 @@ fn closed_open_and_count_bounded_runs_report_consistently() {
 
     // DELETE workload: the first delete of each key finds it, later ones 200 too.
     let r = loadtest(
-        &s.1,
+        s.addr,
         &[
             "--mix",
             "delete",
@@ -191,7 +150,7 @@ fn closed_open_and_count_bounded_runs_report_consistently() {
 
 #[test]
 fn bad_arguments_and_unreachable_servers_fail_cleanly() {
-    let out = Command::new(bin("themis-loadtest"))
+    let out = Command::new(LOADTEST)
         .args(["--read-ratio", "2"])
         .output()
         .unwrap();
@@ -202,7 +161,7 @@ fn bad_arguments_and_unreachable_servers_fail_cleanly() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(bin("themis-loadtest"))
+    let out = Command::new(LOADTEST)
         .args([
             "--url",
             &format!("http://127.0.0.1:{port}"),

@@ -1,15 +1,13 @@
 //! Change data capture against the real binary: the feed, long polling,
 //! the SSE stream, retention, crash consistency and the feature flag.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use themis_testkit::Sse;
 
 fn cdc(threads: usize) -> Opts {
     Opts::threads(threads).env("THEMIS_FEATURES_CDC", "true")
@@ -45,147 +43,15 @@ fn seqs(events: &[Value]) -> Vec<u64> {
         .collect()
 }
 
-/// One SSE message block.
-#[derive(Debug, Default, Clone)]
-struct Block {
-    id: Option<u64>,
-    event: Option<String>,
-    data: Option<String>,
-    comments: Vec<String>,
-    retry: Option<u64>,
-}
-
-/// A minimal SSE client over a raw socket (chunked decoding included).
-struct Sse {
-    stream: TcpStream,
-    raw: Vec<u8>,
-    text: String,
-    head: Option<String>,
-    ended: bool,
-}
-
-impl Sse {
-    fn open(s: &Server, query: &str, last_event_id: Option<u64>) -> Sse {
-        let mut stream = TcpStream::connect(s.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut req = format!("GET /changefeed/stream?{query} HTTP/1.1\r\nHost: t\r\n");
-        if let Some(id) = last_event_id {
-            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
-        }
-        req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).unwrap();
-        Sse {
-            stream,
-            raw: Vec::new(),
-            text: String::new(),
-            head: None,
-            ended: false,
-        }
-    }
-
-    /// Reads what is available, decoding chunks into `text`.
-    fn pump(&mut self) {
-        let mut buf = [0u8; 65536];
-        match self.stream.read(&mut buf) {
-            Ok(0) => self.ended = true,
-            Ok(n) => self.raw.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => self.ended = true,
-        }
-        if self.head.is_none() {
-            if let Some(p) = find(&self.raw, b"\r\n\r\n") {
-                self.head = Some(String::from_utf8_lossy(&self.raw[..p]).into_owned());
-                self.raw.drain(..p + 4);
-            } else {
-                return;
-            }
-        }
-        loop {
-            let Some(p) = find(&self.raw, b"\r\n") else {
-                return;
-            };
-            let len = usize::from_str_radix(std::str::from_utf8(&self.raw[..p]).unwrap(), 16)
-                .expect("chunk size");
-            if self.raw.len() < p + 2 + len + 2 {
-                return;
-            }
-            let chunk = self.raw[p + 2..p + 2 + len].to_vec();
-            self.raw.drain(..p + 2 + len + 2);
-            if len == 0 {
-                self.ended = true;
-                return;
-            }
-            self.text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
-
-    fn status(&mut self) -> u16 {
-        let end = Instant::now() + Duration::from_secs(10);
-        while self.head.is_none() && Instant::now() < end && !self.ended {
-            self.pump();
-        }
-        let head = self.head.clone().expect("response head");
-        head.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// The next block, waiting up to `limit`.
-    fn next(&mut self, limit: Duration) -> Option<Block> {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(p) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..p + 2).collect();
-                let mut b = Block::default();
-                for line in block.lines() {
-                    if let Some(c) = line.strip_prefix(':') {
-                        b.comments.push(c.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("id: ") {
-                        b.id = Some(v.parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        b.event = Some(v.to_string());
-                    } else if let Some(v) = line.strip_prefix("retry: ") {
-                        b.retry = Some(v.parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        let d = b.data.get_or_insert_with(String::new);
-                        if !d.is_empty() {
-                            d.push('\n');
-                        }
-                        d.push_str(v);
-                    }
-                }
-                return Some(b);
-            }
-            if self.ended || Instant::now() > end {
-                return None;
-            }
-            self.pump();
-        }
-    }
-
-    /// The next block that carries an event.
-    fn next_event(&mut self, limit: Duration) -> Option<(u64, Value)> {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            let b = self.next(end.saturating_duration_since(Instant::now()))?;
-            if let (Some(id), Some(d)) = (b.id, b.data) {
-                return Some((id, serde_json::from_str(&d).unwrap()));
-            }
-        }
-        None
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Opens `GET /changefeed/stream?{query}` on `s`.
+fn open_sse(s: &Server, query: &str, last_event_id: Option<u64>) -> Sse {
+    Sse::open(s.addr, query, last_event_id).expect("connect")
 }
 
 #[test]
 fn feature_flag_gates_every_endpoint_at_runtime() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(1));
+    let s = start_in(dir.path(), &Opts::threads(1));
     for (m, p) in [
         ("GET", "/changefeed?from_seq=0&limit=1"),
         ("GET", "/changefeed/stream"),
@@ -214,7 +80,7 @@ fn feature_flag_gates_every_endpoint_at_runtime() {
     assert_eq!(p["events"][0]["sequence"], 1);
 
     // An open stream is closed with a comment when the flag goes off.
-    let mut sse = Sse::open(&s, "from_seq=0", None);
+    let mut sse = open_sse(&s, "from_seq=0", None);
     assert_eq!(sse.status(), 200);
     assert_eq!(sse.next_event(Duration::from_secs(10)).unwrap().0, 1);
     let (st, _) = s.json("POST", "/config", Some(r#"{"features":{"cdc":false}}"#));
@@ -233,7 +99,7 @@ fn feature_flag_gates_every_endpoint_at_runtime() {
 #[test]
 fn events_have_the_documented_shape() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &cdc(1));
+    let s = start_in(dir.path(), &cdc(1));
     s.request(
         "PUT",
         "/entities/users:alice",
@@ -276,7 +142,7 @@ fn events_have_the_documented_shape() {
 #[test]
 fn malformed_parameters_get_400_naming_the_field() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &cdc(1));
+    let s = start_in(dir.path(), &cdc(1));
     for (q, field) in [
         ("limit=0", "limit"),
         ("limit=10001", "limit"),
@@ -290,9 +156,9 @@ fn malformed_parameters_get_400_naming_the_field() {
         assert_eq!(r.status, 400, "{q}");
         assert!(r.json()["message"].as_str().unwrap().contains(field), "{q}");
     }
-    let mut sse = Sse::open(&s, "heartbeat_ms=5", None);
+    let mut sse = open_sse(&s, "heartbeat_ms=5", None);
     assert_eq!(sse.status(), 400);
-    let mut sse = Sse::open(&s, "", None);
+    let mut sse = open_sse(&s, "", None);
     assert_eq!(sse.status(), 200);
     let r = {
         let mut c = s.client();
@@ -319,7 +185,7 @@ fn malformed_parameters_get_400_naming_the_field() {
 #[test]
 fn long_poll_returns_on_the_first_event_or_at_the_deadline() {
     let dir = tempdir();
-    let s = Arc::new(Server::start_in(dir.path(), &cdc(2)));
+    let s = Arc::new(start_in(dir.path(), &cdc(2)));
     // Nothing happens: the request waits, then answers empty.
     let t = Instant::now();
     let p = page(&s, "from_seq=0&long_poll_ms=800");
@@ -359,7 +225,7 @@ fn long_poll_returns_on_the_first_event_or_at_the_deadline() {
 #[test]
 fn concurrent_writers_on_all_cores_readers_miss_nothing() {
     let dir = tempdir();
-    let s = Arc::new(Server::start_in(dir.path(), &cdc(3)));
+    let s = Arc::new(start_in(dir.path(), &cdc(3)));
     let done = Arc::new(AtomicBool::new(false));
     let poller = {
         let (s, done) = (s.clone(), done.clone());
@@ -378,7 +244,7 @@ fn concurrent_writers_on_all_cores_readers_miss_nothing() {
             }
         })
     };
-    let mut sse = Sse::open(&s, "from_seq=0&heartbeat_ms=100", None);
+    let mut sse = open_sse(&s, "from_seq=0&heartbeat_ms=100", None);
     assert_eq!(sse.status(), 200);
 
     const WRITERS: usize = 6;
@@ -447,8 +313,8 @@ fn concurrent_writers_on_all_cores_readers_miss_nothing() {
 #[test]
 fn stream_sends_retry_heartbeats_and_resumes_from_last_event_id() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &cdc(2));
-    let mut sse = Sse::open(&s, "heartbeat_ms=150", None);
+    let s = start_in(dir.path(), &cdc(2));
+    let mut sse = open_sse(&s, "heartbeat_ms=150", None);
     assert_eq!(sse.status(), 200);
     let head = sse.head.clone().unwrap();
     assert!(head.contains("Content-Type: text/event-stream"));
@@ -470,7 +336,7 @@ fn stream_sends_retry_heartbeats_and_resumes_from_last_event_id() {
     // Changes while disconnected, then resume after id 1.
     s.request("PUT", "/entities/x:2", Some(r#"{"n":2}"#));
     s.request("DELETE", "/entities/x:1", None);
-    let mut sse = Sse::open(&s, "", Some(1));
+    let mut sse = open_sse(&s, "", Some(1));
     assert_eq!(sse.status(), 200);
     let got: Vec<u64> = (0..2)
         .map(|_| sse.next_event(Duration::from_secs(5)).unwrap().0)
@@ -496,7 +362,7 @@ fn stream_sends_retry_heartbeats_and_resumes_from_last_event_id() {
 #[test]
 fn crash_after_acknowledged_writes_leaves_feed_and_data_equal() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &cdc(2));
+    let s = start_in(dir.path(), &cdc(2));
     let mut c = s.client();
     let mut acknowledged = 0;
     for i in 0..300 {
@@ -516,7 +382,7 @@ fn crash_after_acknowledged_writes_leaves_feed_and_data_equal() {
         }
     }
     s.kill9();
-    let s = Server::start_in(dir.path(), &cdc(2));
+    let s = start_in(dir.path(), &cdc(2));
     let events = all_events(&s, 0);
     assert_eq!(events.len(), acknowledged);
     assert_eq!(seqs(&events), (1..=acknowledged as u64).collect::<Vec<_>>());
@@ -543,7 +409,7 @@ fn crash_after_acknowledged_writes_leaves_feed_and_data_equal() {
 #[test]
 fn retention_on_demand_410_and_no_reuse_after_restart() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &cdc(1));
+    let s = start_in(dir.path(), &cdc(1));
     for i in 0..10 {
         s.request("PUT", &format!("/entities/r:{i}"), Some("{}"));
     }
@@ -561,7 +427,7 @@ fn retention_on_demand_410_and_no_reuse_after_restart() {
     let r = s.request("GET", "/changefeed?from_seq=2", None);
     assert_eq!(r.status, 410);
     assert_eq!(r.json()["oldest_available_sequence"], 6);
-    let mut sse = Sse::open(&s, "from_seq=1", None);
+    let mut sse = open_sse(&s, "from_seq=1", None);
     assert_eq!(sse.status(), 410);
     // from_seq=0 means "from the oldest available"; 5 is the edge.
     assert_eq!(seqs(&all_events(&s, 0)), (6..=10).collect::<Vec<_>>());
@@ -592,7 +458,7 @@ fn retention_on_demand_410_and_no_reuse_after_restart() {
         (Some(5), Some(11))
     );
     assert!(s.stop().success());
-    let s = Server::start_in(dir.path(), &cdc(1));
+    let s = start_in(dir.path(), &cdc(1));
     s.request("PUT", "/entities/r:after", Some("{}"));
     let events = all_events(&s, 0);
     assert_eq!(seqs(&events), vec![11]);
@@ -606,7 +472,7 @@ fn background_retention_follows_the_hot_reloaded_setting() {
         "THEMIS_TEST_FAULTS",
         "event_time_offset_ms=-7200000,retention_interval_ms=100",
     );
-    let s = Server::start_in(dir.path(), &opts);
+    let s = start_in(dir.path(), &opts);
     for i in 0..20 {
         s.request("PUT", &format!("/entities/bg:{i}"), Some("{}"));
     }
@@ -633,12 +499,12 @@ fn background_retention_follows_the_hot_reloaded_setting() {
 fn stalled_subscriber_is_disconnected_without_slowing_writers() {
     let dir = tempdir();
     let opts = cdc(1).env("THEMIS_SERVER_REQUEST_TIMEOUT_MS", "1000");
-    let s = Server::start_in(dir.path(), &opts);
-    let mut stalled = Sse::open(&s, "from_seq=0", None);
+    let s = start_in(dir.path(), &opts);
+    let mut stalled = open_sse(&s, "from_seq=0", None);
     assert_eq!(stalled.status(), 200);
     // Never read from `stalled` again. Shrink its receive window.
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(200_000));
-    let mut live = Sse::open(&s, "", None);
+    let mut live = open_sse(&s, "", None);
     assert_eq!(live.status(), 200);
     let mut c = s.client();
     let t = Instant::now();

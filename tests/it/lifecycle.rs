@@ -1,14 +1,13 @@
 //! Start-up, configuration, durability and shutdown of the real binary.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 
 #[test]
 fn data_survives_a_graceful_restart() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     for i in 0..50 {
         let (st, _) = s.json(
             "PUT",
@@ -17,10 +16,8 @@ fn data_survives_a_graceful_restart() {
         );
         assert_eq!(st, 201);
     }
-    let status = s.stop();
+    let (status, s) = s.restart(&Opts::threads(1));
     assert!(status.success(), "SIGTERM must exit 0, got {status:?}");
-
-    let s = Server::start_in(dir.path(), &Opts::threads(1));
     for i in 0..50 {
         let (st, v) = s.json("GET", &format!("/entities/r:{i}"), None);
         assert_eq!(st, 200);
@@ -33,7 +30,7 @@ fn data_survives_a_graceful_restart() {
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let mut clients: Vec<Client> = (0..4).map(|_| s.client()).collect();
     for i in 0..400 {
         let r = clients[i % 4].request(
@@ -47,7 +44,7 @@ fn kill_9_loses_no_acknowledged_write() {
     assert_eq!(r.json()["deleted"], true);
     s.kill9();
 
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let mut c = s.client();
     for i in 0..400 {
         let r = c.request("GET", &format!("/entities/d:{i}"), None);
@@ -63,7 +60,7 @@ fn kill_9_loses_no_acknowledged_write() {
 #[test]
 fn sigterm_while_clients_are_connected_exits_cleanly() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     // Idle keep-alive connections must not hold the shutdown up.
     let mut idle: Vec<Client> = (0..5).map(|_| s.client()).collect();
     for c in idle.iter_mut() {
@@ -88,7 +85,7 @@ fn config_precedence_file_env_cli() {
     )
     .unwrap();
     // The file is found by the search path (cwd is the temp dir).
-    let s = Server::start_in(dir.path(), &Opts::default());
+    let s = start_in(dir.path(), &Opts::default());
     assert_eq!(s.json("GET", "/health", None).1["shards"], 1);
     let (_, v) = s.json("GET", "/stats", None);
     assert_eq!(
@@ -97,14 +94,14 @@ fn config_precedence_file_env_cli() {
     );
     drop(s);
     // Environment beats the file.
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::default().env("THEMIS_WORKER_THREADS", "2"),
     );
     assert_eq!(s.json("GET", "/health", None).1["shards"], 2);
     drop(s);
     // The command line beats the environment.
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(1).env("THEMIS_WORKER_THREADS", "2"),
     );
@@ -116,7 +113,7 @@ fn config_precedence_file_env_cli() {
         r#"{"server": {"worker_threads": 2}}"#,
     )
     .unwrap();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::default().arg("--config").arg("other.json"),
     );
@@ -131,7 +128,7 @@ fn unknown_keys_are_warned_about_by_name() {
         "server:\n  worker_threads: 1\n  wroker_threads: 4\n",
     )
     .unwrap();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::default().env("THEMIS_STORAGE_BOGUS", "1"),
     );
@@ -258,7 +255,7 @@ fn version_line() {
 #[test]
 fn a_second_server_cannot_share_the_port() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(1));
+    let s = start_in(dir.path(), &Opts::threads(1));
     let other = tempdir();
     let out = output_within(
         command(other.path())
@@ -286,7 +283,7 @@ fn a_second_server_cannot_share_the_port() {
 #[test]
 fn silent_and_stalled_connections_are_closed_after_the_idle_timeout() {
     let dir = tempdir();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(1).env("THEMIS_SERVER_IDLE_TIMEOUT_MS", "1000"),
     );

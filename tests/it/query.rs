@@ -1,8 +1,7 @@
 //! Secondary indexes and `POST /query` against the real binary, checked
 //! against a brute-force filter over the same data.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicBool, Ordering as AtOrd};
@@ -262,7 +261,7 @@ fn check_random_queries(s: &Server, data: &[(String, Value)], seed: u64, n: usiz
 fn random_queries_match_brute_force() {
     for threads in [1, 3] {
         let dir = tempdir();
-        let s = Arc::new(Server::start_in(dir.path(), &Opts::threads(threads)));
+        let s = Arc::new(start_in(dir.path(), &Opts::threads(threads)));
         let data = load(&s, 300, 7 + threads as u64);
         let stop = Arc::new(AtomicBool::new(false));
         let noise = {
@@ -317,7 +316,7 @@ fn random_queries_match_brute_force() {
 #[test]
 fn explain_shows_full_scan_then_index_and_metrics_count_them() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let mut c = s.client();
     for i in 0..200 {
         let body = json!({"status": if i % 20 == 0 { "vip" } else { "std" }, "address": {"city": format!("c{}", i % 7)}});
@@ -420,7 +419,7 @@ fn explain_shows_full_scan_then_index_and_metrics_count_them() {
 #[test]
 fn index_entries_follow_updates_deletes_and_restarts() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     s.json(
         "POST",
         "/index/create",
@@ -451,7 +450,7 @@ fn index_entries_follow_updates_deletes_and_restarts() {
         "stale entries left: {stats}"
     );
     s.kill9();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     assert_eq!(keys_of(&s, "blue"), vec!["p:1"]);
     let q = json!({"table": "p", "predicates": [{"column": "color", "value": "blue"}], "explain": true});
     assert_eq!(
@@ -463,7 +462,7 @@ fn index_entries_follow_updates_deletes_and_restarts() {
 #[test]
 fn backfill_while_writing_is_complete() {
     let dir = tempdir();
-    let s = Arc::new(Server::start_in(dir.path(), &Opts::threads(3)));
+    let s = Arc::new(start_in(dir.path(), &Opts::threads(3)));
     let mut c = s.client();
     for i in 0..1500 {
         c.request(
@@ -524,7 +523,7 @@ fn backfill_while_writing_is_complete() {
 #[test]
 fn unique_index_holds_across_cores() {
     let dir = tempdir();
-    let s = Arc::new(Server::start_in(dir.path(), &Opts::threads(2)));
+    let s = Arc::new(start_in(dir.path(), &Opts::threads(2)));
     let (st, _) = s.json(
         "POST",
         "/index/create",
@@ -608,7 +607,7 @@ fn unique_index_holds_across_cores() {
 #[test]
 fn bad_requests_get_400_naming_the_field() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(1));
+    let s = start_in(dir.path(), &Opts::threads(1));
     for (body, field) in [
         (r#"{"predicates":[]}"#, "table"),
         (
@@ -659,7 +658,7 @@ fn bad_requests_get_400_naming_the_field() {
 #[test]
 fn full_scan_split_by_key_range_is_exact() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(3));
+    let s = start_in(dir.path(), &Opts::threads(3));
     let mut r = Rng(5);
     let mut c = s.client();
     let mut data = Vec::new();
@@ -675,7 +674,7 @@ fn full_scan_split_by_key_range_is_exact() {
     }
     drop(c);
     assert!(s.stop().success()); // flushes: the table is now in SST files
-    let s = Server::start_in(dir.path(), &Opts::threads(3));
+    let s = start_in(dir.path(), &Opts::threads(3));
     data.sort_by(|a, b| a.0.cmp(&b.0));
     data.dedup_by(|a, b| a.0 == b.0);
     for q in [
@@ -702,7 +701,7 @@ fn full_scan_split_by_key_range_is_exact() {
 fn index_entries_and_change_events_commit_together() {
     let dir = tempdir();
     let opts = Opts::threads(2).env("THEMIS_FEATURES_CDC", "true");
-    let s = Server::start_in(dir.path(), &opts);
+    let s = start_in(dir.path(), &opts);
     s.json(
         "POST",
         "/index/create",
@@ -722,7 +721,7 @@ fn index_entries_and_change_events_commit_together() {
     }
     drop(c);
     s.kill9();
-    let s = Server::start_in(dir.path(), &opts);
+    let s = start_in(dir.path(), &opts);
     // Replay the feed into the final state of every key.
     let mut state: std::collections::BTreeMap<String, Value> = Default::default();
     let mut after = 0;

@@ -1,8 +1,7 @@
 //! Metrics, runtime configuration, SIGHUP and logging, against the real
 //! binary.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ fn key_per_shard() -> [String; 2] {
 #[test]
 fn every_guide_metric_is_exposed() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     s.json("PUT", "/entities/m:1", Some("{}"));
     s.json("GET", "/entities/m:1", None);
     s.json("GET", "/entities/m:404", None);
@@ -107,7 +106,7 @@ fn every_guide_metric_is_exposed() {
 #[test]
 fn quantiles_move_when_latency_moves() {
     let dir = tempdir();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(2).env("THEMIS_TEST_FAULTS", "forward_delay_ms=150"),
     );
@@ -151,7 +150,7 @@ fn quantiles_move_when_latency_moves() {
 #[test]
 fn config_get_and_post() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let (st, v) = s.json("GET", "/config", None);
     assert_eq!(st, 200);
     assert_eq!(v["server"]["request_timeout_ms"], 30000);
@@ -200,7 +199,7 @@ fn config_get_and_post() {
 #[test]
 fn a_new_timeout_applies_on_every_core_at_once() {
     let dir = tempdir();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(2).env("THEMIS_TEST_FAULTS", "forward_delay_ms=1500"),
     );
@@ -225,7 +224,7 @@ fn a_new_timeout_applies_on_every_core_at_once() {
 #[test]
 fn log_level_and_format_change_at_runtime() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(1));
+    let s = start_in(dir.path(), &Opts::threads(1));
     s.json("GET", "/health?before", None);
     std::thread::sleep(Duration::from_millis(100));
     assert!(!s.output().contains("before"), "debug line logged at info");
@@ -261,14 +260,14 @@ fn sighup_rereads_the_config_file() {
         "server:\n  worker_threads: 1\n",
     )
     .unwrap();
-    let s = Server::start_in(dir.path(), &Opts::default());
+    let s = start_in(dir.path(), &Opts::default());
     assert_eq!(s.json("GET", "/config", None).1["query"]["batch_size"], 50);
     std::fs::write(
         dir.path().join("config.yaml"),
         "server:\n  worker_threads: 1\n  request_timeout_ms: 2000\nquery:\n  batch_size: 7\nfeatures:\n  cdc: true\n",
     )
     .unwrap();
-    unsafe_kill(s.child.id(), "HUP");
+    s.signal("HUP");
     let mut v = json!(null);
     for _ in 0..100 {
         v = s.json("GET", "/config", None).1;
@@ -282,7 +281,7 @@ fn sighup_rereads_the_config_file() {
     assert_eq!(v["features"]["cdc"], true);
     // A broken file changes nothing and the server keeps running.
     std::fs::write(dir.path().join("config.yaml"), "server: [\n").unwrap();
-    unsafe_kill(s.child.id(), "HUP");
+    s.signal("HUP");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.json("GET", "/config", None).1["query"]["batch_size"], 7);
     assert!(s.stop().success());
@@ -296,7 +295,7 @@ fn logs_go_to_the_configured_file() {
         "server:\n  worker_threads: 1\nlogging:\n  file: logs/server.log\n  level: debug\n",
     )
     .unwrap();
-    let s = Server::start_in(dir.path(), &Opts::default());
+    let s = start_in(dir.path(), &Opts::default());
     s.json("GET", "/nope-in-file", None);
     std::thread::sleep(Duration::from_millis(100));
     let text = std::fs::read_to_string(dir.path().join("logs/server.log")).unwrap();
@@ -321,7 +320,7 @@ fn promtool_accepts_the_scrape_and_the_shipped_files() {
         panic!("promtool not found: install Debian's prometheus package (make test does) or set THEMIS_SKIP_PROMTOOL=1");
     }
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     s.json("PUT", "/entities/p:1", Some("{}"));
     let scrape = metrics(&s);
     let path = dir.path().join("scrape.txt");
@@ -418,7 +417,7 @@ fn request_spans_reach_an_otlp_collector() {
         ),
     )
     .unwrap();
-    let s = Server::start_in(dir.path(), &Opts::default());
+    let s = start_in(dir.path(), &Opts::default());
     let mut c = s.client();
     c.send_raw(
         b"GET /health HTTP/1.1\r\nHost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
@@ -466,7 +465,7 @@ fn a_collector_that_is_down_fails_no_request() {
         format!("server:\n  worker_threads: 1\ntracing:\n  enabled: true\n  otlp_endpoint: http://127.0.0.1:{port}\n"),
     )
     .unwrap();
-    let s = Server::start_in(dir.path(), &Opts::default());
+    let s = start_in(dir.path(), &Opts::default());
     let mut c = s.client();
     for i in 0..300 {
         assert_eq!(

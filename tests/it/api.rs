@@ -1,13 +1,12 @@
 //! The HTTP API end to end, against the real binary.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[test]
 fn crud_round_trip() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
 
     let (st, v) = s.json(
         "PUT",
@@ -88,7 +87,7 @@ fn assert_error(r: &Resp, status: u16, code: &str) {
 #[test]
 fn each_error_status() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let mut c = s.client();
     assert_error(
         &c.request("PUT", "/entities/users:x", Some("{not json")),
@@ -164,7 +163,7 @@ fn each_error_status() {
 #[test]
 fn oversized_body_is_answered_413() {
     let dir = tempdir();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(1).env("THEMIS_SERVER_MAX_REQUEST_SIZE_MB", "1"),
     );
@@ -191,7 +190,7 @@ fn oversized_body_is_answered_413() {
 #[test]
 fn expect_continue_and_chunked_bodies() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(1));
+    let s = start_in(dir.path(), &Opts::threads(1));
     let mut c = s.client();
     c.send_raw(b"PUT /entities/t:c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n");
     assert_eq!(c.read_response(false).status, 100);
@@ -212,7 +211,7 @@ fn expect_continue_and_chunked_bodies() {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let mut c = s.client();
     let mut batch = Vec::new();
     for i in 0..20 {
@@ -244,7 +243,7 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn two_shards_both_serve_and_forward() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let mut clients: Vec<Client> = (0..8).map(|_| s.client()).collect();
     for i in 0..64 {
         let c = &mut clients[i % 8];
@@ -289,7 +288,7 @@ fn two_shards_both_serve_and_forward() {
 #[test]
 fn forward_past_the_timeout_gets_503() {
     let dir = tempdir();
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(2)
             .env("THEMIS_SERVER_REQUEST_TIMEOUT_MS", "1000")
@@ -337,7 +336,7 @@ impl Rng {
 #[test]
 fn mangled_requests_never_take_a_core_down() {
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(2));
+    let s = start_in(dir.path(), &Opts::threads(2));
     let seeds: [&[u8]; 6] = [
         b"GET /entities/users:alice HTTP/1.1\r\nHost: x\r\n\r\n",
         b"PUT /entities/t:k HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{\"a\":[1]}",

@@ -1,0 +1,13 @@
+//! The integration tests, one test binary: each binary of this package links
+//! RocksDB, and on a small CI machine linking dominates, so the suites are
+//! modules of one binary rather than five. They run as parallel threads of
+//! one process: each starts its own server (own port, own temp dir) and sets
+//! environment variables only on that child, never on this process.
+
+mod common;
+
+mod api;
+mod changefeed;
+mod lifecycle;
+mod observability;
+mod query;
