@@ -17,7 +17,7 @@
 //!   every core at once, each over the keys it owns, on its blocking pool.
 //!
 //! Semantics (the reference a brute-force filter implements, see
-//! `tests/query.rs`): a predicate or range matches when the value at the
+//! `tests/it/query.rs`): a predicate or range matches when the value at the
 //! column's path is a JSON scalar comparing equal (or in range) under the
 //! index order — numbers numerically, strings bytewise, and a range bound
 //! only matches values of its own type. A missing column or an object/array

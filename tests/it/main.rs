@@ -7,6 +7,7 @@
 mod common;
 
 mod api;
+mod architecture;
 mod changefeed;
 mod lifecycle;
 mod observability;

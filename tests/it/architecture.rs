@@ -2,8 +2,7 @@
 //! reach the client with their own status, and index ids are never given
 //! twice, even to creates racing on several cores.
 
-mod common;
-use common::{tempdir, Opts, Server};
+use crate::common::{start_in, tempdir, Client, Opts};
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
@@ -25,7 +24,7 @@ fn a_remote_error_keeps_its_status_and_code() {
     let dir = tempdir();
     // First run, healthy: a unique index (its build talks to every core).
     {
-        let s = Server::start_in(dir.path(), &Opts::threads(2));
+        let s = start_in(dir.path(), &Opts::threads(2));
         let (st, v) = s.json(
             "POST",
             "/index/create",
@@ -42,7 +41,7 @@ fn a_remote_error_keeps_its_status_and_code() {
         s.stop();
     }
     // Second run: every call a core serves for another answers 503.
-    let s = Server::start_in(
+    let s = start_in(
         dir.path(),
         &Opts::threads(2).env("THEMIS_TEST_FAULTS", "peer_unavailable=1"),
     );
@@ -87,7 +86,7 @@ fn a_remote_error_keeps_its_status_and_code() {
 fn concurrent_index_creates_on_several_cores_get_distinct_ids() {
     const CREATES: usize = 12;
     let dir = tempdir();
-    let s = Server::start_in(dir.path(), &Opts::threads(3));
+    let s = start_in(dir.path(), &Opts::threads(3));
     let barrier = Arc::new(Barrier::new(CREATES));
     let addr = s.addr;
     let handles: Vec<_> = (0..CREATES)
@@ -95,7 +94,7 @@ fn concurrent_index_creates_on_several_cores_get_distinct_ids() {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 // A connection each: the kernel spreads them over the cores.
-                let mut c = common::Client::connect(addr);
+                let mut c = Client::connect(addr).expect("connect");
                 barrier.wait();
                 let body = format!(r#"{{"table":"t{i}","column":"c"}}"#);
                 let r = c.request("POST", "/index/create", Some(&body));
@@ -119,7 +118,7 @@ fn concurrent_index_creates_on_several_cores_get_distinct_ids() {
         .unwrap_or_default();
     assert_eq!(listed, distinct);
     s.stop();
-    let s = Server::start_in(dir.path(), &Opts::threads(3));
+    let s = start_in(dir.path(), &Opts::threads(3));
     let (st, v) = s.json(
         "POST",
         "/index/create",
