@@ -15,7 +15,7 @@
 //! renders them in its own error format, and then the connection is closed:
 //! after a framing error the byte stream can no longer be trusted.
 
-use crate::chunked::{self, ChunkedError};
+use crate::chunked::{self, ChunkedError, ChunkedState};
 use crate::request::{split_target, Method, Request};
 use crate::response::Response;
 use crate::shutdown::ShutdownSignal;
@@ -131,6 +131,8 @@ enum Step<S> {
 struct Buffers {
     out: Vec<u8>,
     body: Vec<u8>,
+    /// Where decoding the current request's chunked body stopped.
+    chunk: ChunkedState,
     sent_continue: bool,
 }
 
@@ -175,10 +177,12 @@ async fn step<T: Transport, H: Handler<T>>(
     let version = parsed.version.unwrap_or(1);
     let headers: &[httparse::Header<'_>] = parsed.headers;
 
-    // Framing: Content-Length or chunked, never both (request smuggling).
+    // Framing (RFC 9112 §6): one Content-Length or exactly `chunked`, never
+    // both, never repeated: anything else could be read differently by a
+    // proxy in front of us (request smuggling).
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
-    let mut keep_alive = version == 1;
+    let (mut close_token, mut keep_alive_token) = (false, false);
     let mut expect_continue = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -192,34 +196,42 @@ async fn step<T: Transport, H: Handler<T>>(
                     )
                 }
             };
-            if content_length.is_some_and(|c| c != v) {
+            if content_length.is_some() {
                 return fatal(
                     handler,
                     bufs,
-                    ProtocolError::Malformed("conflicting Content-Length headers"),
+                    ProtocolError::Malformed("repeated Content-Length header"),
                 );
             }
             content_length = Some(v);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let v = h.value.trim_ascii();
-            if v.eq_ignore_ascii_case(b"chunked") {
-                chunked = true;
-            } else if !v.eq_ignore_ascii_case(b"identity") {
+            if chunked {
+                return fatal(
+                    handler,
+                    bufs,
+                    ProtocolError::Malformed("repeated Transfer-Encoding header"),
+                );
+            }
+            // The only coding we decode, applied once and last.
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return fatal(handler, bufs, ProtocolError::UnsupportedTransferEncoding);
             }
+            chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
+                    close_token = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
+                    keep_alive_token = true;
                 }
             }
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
+    // `close` wins over `keep-alive`; HTTP/1.1 keeps alive by default.
+    let keep_alive = !close_token && (version == 1 || keep_alive_token);
     if chunked && content_length.is_some() {
         return fatal(
             handler,
@@ -230,7 +242,7 @@ async fn step<T: Transport, H: Handler<T>>(
 
     let rest = &input[head_len..];
     let (body, consumed): (&[u8], usize) = if chunked {
-        match chunked::decode(rest, &mut bufs.body, limits.max_body) {
+        match chunked::decode(rest, &mut bufs.body, &mut bufs.chunk, limits.max_body) {
             Ok(Some(used)) => (&bufs.body[..], head_len + used),
             Ok(None) => {
                 send_continue(bufs, expect_continue);
@@ -302,6 +314,8 @@ async fn step<T: Transport, H: Handler<T>>(
     }
     let close = !resp.keep_alive();
     bufs.sent_continue = false;
+    bufs.chunk.reset();
+    bufs.body.clear();
     Step::Done { consumed, close }
 }
 
@@ -365,6 +379,7 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
     let mut bufs = Buffers {
         out: Vec::with_capacity(INITIAL_OUT_BUFFER),
         body: Vec::new(),
+        chunk: ChunkedState::default(),
         sent_continue: false,
     };
     let mut held = Held(0);

@@ -536,3 +536,114 @@ fn connections_over_the_cap_are_refused_with_503() {
         drop((b, d));
     });
 }
+
+/// Sends `request` on a fresh connection and returns the whole answer.
+async fn exchange(request: &[u8]) -> String {
+    let (server, mut client) = UnixStream::pair().expect("socketpair");
+    let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
+    client.write_all(request).await.expect("write");
+    client.close().await.expect("half-close");
+    let all = read_all(&mut client).await;
+    drop(client);
+    task.await.expect("task").expect("serve");
+    String::from_utf8(all).expect("utf-8")
+}
+
+#[test]
+fn framing_is_strict() {
+    run(|| async {
+        let cases: &[(&[u8], &str)] = &[
+            // Transfer codings: exactly `chunked`, once.
+            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", "501"),
+            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
+            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "501"),
+            (
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "400",
+            ),
+            // Both framings, or a repeated length (even an equal one).
+            (
+                b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+                "400",
+            ),
+            (b"POST /echo HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc", "400"),
+            // Chunk grammar.
+            (
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n\r\n0\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01\r\nabc\r\n0\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: 1\n\r\n",
+                "400",
+            ),
+            // And the well-formed forms still work.
+            (
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3;a=b\r\nabc\r\n0\r\nX: 1\r\n\r\n",
+                "200",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+                "200",
+            ),
+        ];
+        for (request, status) in cases {
+            let answer = exchange(request).await;
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{:?} -> {answer}",
+                String::from_utf8_lossy(request)
+            );
+        }
+    });
+}
+
+#[test]
+fn close_wins_in_connection() {
+    run(|| async {
+        for header in ["close, keep-alive", "keep-alive, close"] {
+            let request =
+                format!("GET / HTTP/1.1\r\nConnection: {header}\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+            let answer = exchange(request.as_bytes()).await;
+            assert_eq!(count(answer.as_bytes(), b"HTTP/1.1 200 OK"), 1, "{answer}");
+            assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        }
+    });
+}
+
+#[test]
+fn a_body_of_one_byte_chunks_trickling_in_is_decoded() {
+    run(|| async {
+        let (server, mut client) = UnixStream::pair().expect("socketpair");
+        let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
+        client
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("head");
+        // Each chunk in its own write, so the server decodes across reads.
+        for i in 0..2000u32 {
+            let c = b'a' + (i % 26) as u8;
+            client
+                .write_all(&[b'1', b'\r', b'\n', c, b'\r', b'\n'])
+                .await
+                .expect("chunk");
+        }
+        client.write_all(b"0\r\n\r\n").await.expect("last chunk");
+        let all = read_all(&mut client).await;
+        drop(client);
+        task.await.expect("task").expect("serve");
+        let expect: Vec<u8> = (0..2000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let body = all.split(|b| *b == b'\n').last().expect("body");
+        assert!(all.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!(body, &expect[..]);
+    });
+}
