@@ -642,7 +642,7 @@ fn a_body_of_one_byte_chunks_trickling_in_is_decoded() {
         drop(client);
         task.await.expect("task").expect("serve");
         let expect: Vec<u8> = (0..2000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let body = all.split(|b| *b == b'\n').last().expect("body");
+        let body = all.split(|b| *b == b'\n').next_back().expect("body");
         assert!(all.starts_with(b"HTTP/1.1 200 OK\r\n"));
         assert_eq!(body, &expect[..]);
     });
