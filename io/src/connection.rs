@@ -15,7 +15,7 @@
 //! renders them in its own error format, and then the connection is closed:
 //! after a framing error the byte stream can no longer be trusted.
 
-use crate::chunked::{self, ChunkedError};
+use crate::chunked::{self, ChunkedError, ChunkedState};
 use crate::request::{split_target, Method, Request};
 use crate::response::Response;
 use crate::shutdown::ShutdownSignal;
@@ -25,12 +25,12 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many headers a request may carry.
 const MAX_HEADERS: usize = 64;
 
-/// Size limits for one connection.
+/// Size and time limits for one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// Largest accepted request body in bytes (`server.max_request_size_mb`).
@@ -40,6 +40,13 @@ pub struct ConnectionLimits {
     /// Longest wait for the next bytes from the client, between requests
     /// or in the middle of one (`server.idle_timeout_ms`).
     pub idle_timeout: Duration,
+    /// Longest time one request may take to arrive, from its first byte to
+    /// the end of its body, however steadily the bytes trickle in. Past it
+    /// the client gets 408 (when its head was complete) and is closed.
+    pub request_timeout: Duration,
+    /// Longest time one write (a batch of responses) may take. A client
+    /// that does not read its answers is dropped after it.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -48,9 +55,26 @@ impl Default for ConnectionLimits {
             max_body: 10 << 20,
             max_head: 64 << 10,
             idle_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// Initial (and idle) size of a connection's read buffer.
+pub const INITIAL_READ_BUFFER: usize = 8 << 10;
+/// Initial (and idle) capacity of a connection's output buffer.
+pub const INITIAL_OUT_BUFFER: usize = 8 << 10;
+/// Pipelined requests stop being answered once this many response bytes
+/// wait in the output buffer; they are written first, then handling goes
+/// on. Bounds the memory a client that pipelines many large reads can pin.
+pub const PIPELINE_OUTPUT_LIMIT: usize = 1 << 20;
+/// A buffer larger than this is given back (to its initial size) when the
+/// connection goes idle.
+const SHRINK_ABOVE: usize = 32 << 10;
+/// How long a write may still go on once a graceful stop has begun (capped
+/// by `write_timeout`).
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(1);
 
 /// A protocol-level failure, answered before any handler sees the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +123,16 @@ enum Step<S> {
     /// The request was answered with the head of a streaming response.
     Stream(S),
     /// The request is incomplete; `total` is how many bytes from the start of
-    /// the request are needed, when known (0 when unknown).
-    NeedMore { total: usize },
+    /// the request are needed, when known (0 when unknown); `head_done`
+    /// whether its head was complete.
+    NeedMore { total: usize, head_done: bool },
 }
 
 struct Buffers {
     out: Vec<u8>,
     body: Vec<u8>,
+    /// Where decoding the current request's chunked body stopped.
+    chunk: ChunkedState,
     sent_continue: bool,
 }
 
@@ -126,7 +153,10 @@ async fn step<T: Transport, H: Handler<T>>(
             if input.len() > limits.max_head {
                 return fatal(handler, bufs, ProtocolError::HeadTooLarge);
             }
-            return Step::NeedMore { total: 0 };
+            return Step::NeedMore {
+                total: 0,
+                head_done: false,
+            };
         }
         Err(httparse::Error::TooManyHeaders) => {
             return fatal(handler, bufs, ProtocolError::HeadTooLarge)
@@ -147,10 +177,12 @@ async fn step<T: Transport, H: Handler<T>>(
     let version = parsed.version.unwrap_or(1);
     let headers: &[httparse::Header<'_>] = parsed.headers;
 
-    // Framing: Content-Length or chunked, never both (request smuggling).
+    // Framing (RFC 9112 §6): one Content-Length or exactly `chunked`, never
+    // both, never repeated: anything else could be read differently by a
+    // proxy in front of us (request smuggling).
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
-    let mut keep_alive = version == 1;
+    let (mut close_token, mut keep_alive_token) = (false, false);
     let mut expect_continue = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -164,34 +196,42 @@ async fn step<T: Transport, H: Handler<T>>(
                     )
                 }
             };
-            if content_length.is_some_and(|c| c != v) {
+            if content_length.is_some() {
                 return fatal(
                     handler,
                     bufs,
-                    ProtocolError::Malformed("conflicting Content-Length headers"),
+                    ProtocolError::Malformed("repeated Content-Length header"),
                 );
             }
             content_length = Some(v);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let v = h.value.trim_ascii();
-            if v.eq_ignore_ascii_case(b"chunked") {
-                chunked = true;
-            } else if !v.eq_ignore_ascii_case(b"identity") {
+            if chunked {
+                return fatal(
+                    handler,
+                    bufs,
+                    ProtocolError::Malformed("repeated Transfer-Encoding header"),
+                );
+            }
+            // The only coding we decode, applied once and last.
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return fatal(handler, bufs, ProtocolError::UnsupportedTransferEncoding);
             }
+            chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
+                    close_token = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
+                    keep_alive_token = true;
                 }
             }
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
+    // `close` wins over `keep-alive`; HTTP/1.1 keeps alive by default.
+    let keep_alive = !close_token && (version == 1 || keep_alive_token);
     if chunked && content_length.is_some() {
         return fatal(
             handler,
@@ -202,11 +242,14 @@ async fn step<T: Transport, H: Handler<T>>(
 
     let rest = &input[head_len..];
     let (body, consumed): (&[u8], usize) = if chunked {
-        match chunked::decode(rest, &mut bufs.body, limits.max_body) {
+        match chunked::decode(rest, &mut bufs.body, &mut bufs.chunk, limits.max_body) {
             Ok(Some(used)) => (&bufs.body[..], head_len + used),
             Ok(None) => {
                 send_continue(bufs, expect_continue);
-                return Step::NeedMore { total: 0 };
+                return Step::NeedMore {
+                    total: 0,
+                    head_done: true,
+                };
             }
             Err(ChunkedError::TooLarge) => {
                 return fatal(
@@ -240,6 +283,7 @@ async fn step<T: Transport, H: Handler<T>>(
             send_continue(bufs, expect_continue);
             return Step::NeedMore {
                 total: head_len + len,
+                head_done: true,
             };
         }
         (&rest[..len], head_len + len)
@@ -270,6 +314,8 @@ async fn step<T: Transport, H: Handler<T>>(
     }
     let close = !resp.keep_alive();
     bufs.sent_continue = false;
+    bufs.chunk.reset();
+    bufs.body.clear();
     Step::Done { consumed, close }
 }
 
@@ -308,6 +354,19 @@ fn parse_content_length(v: &[u8]) -> Option<usize> {
 /// `stream` is the connection's transport, ready for HTTP (for TLS: after
 /// the handshake). Its [`Transport::peer`] is asked once, here, and every
 /// [`Request`] on the connection carries it.
+///
+/// Memory and time are bounded per connection:
+/// * the read buffer starts at [`INITIAL_READ_BUFFER`] and only grows when
+///   it is full of received bytes (doubling, up to what `max_head` and
+///   `max_body` allow): an announced `Content-Length` reserves nothing;
+/// * a request must arrive whole within `request_timeout`, and no read
+///   waits longer than `idle_timeout`;
+/// * at most about [`PIPELINE_OUTPUT_LIMIT`] bytes of pipelined answers are
+///   buffered before they are written;
+/// * every write is bounded by `write_timeout`, and by a short grace once
+///   `shutdown` has fired;
+/// * buffers grown for a large request are shrunk back when the connection
+///   goes idle.
 pub async fn serve_connection<T: Transport, H: Handler<T>>(
     mut stream: T,
     handler: &H,
@@ -315,19 +374,25 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
     shutdown: &ShutdownSignal,
 ) -> io::Result<()> {
     let peer = stream.peer();
-    let mut rbuf = vec![0u8; 8 << 10];
+    let mut rbuf = vec![0u8; INITIAL_READ_BUFFER];
     let (mut start, mut end) = (0usize, 0usize);
     let mut bufs = Buffers {
-        out: Vec::with_capacity(8 << 10),
+        out: Vec::with_capacity(INITIAL_OUT_BUFFER),
         body: Vec::new(),
+        chunk: ChunkedState::default(),
         sent_continue: false,
     };
+    let mut held = Held(0);
     // Largest read buffer a request may need: head, body and chunk framing.
     let max_buffer = limits.max_head + limits.max_body + (limits.max_body / 8) + 4096;
+    // When the request being received must be complete.
+    let mut deadline: Option<Instant> = None;
     loop {
         let mut close = false;
         let mut need = 0usize;
+        let mut head_done = false;
         let mut streaming = None;
+        let mut more = false;
         let closing = shutdown.is_fired();
         while start < end {
             match step(
@@ -346,19 +411,30 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
                 }
                 Step::Done { consumed, close: c } => {
                     start += consumed;
+                    deadline = None;
                     if c {
                         close = true;
                         break;
                     }
+                    if bufs.out.len() >= PIPELINE_OUTPUT_LIMIT {
+                        // Write what is pending before answering more.
+                        more = start < end;
+                        break;
+                    }
                 }
-                Step::NeedMore { total } => {
+                Step::NeedMore {
+                    total,
+                    head_done: h,
+                } => {
                     need = total;
+                    head_done = h;
                     break;
                 }
             }
         }
+        held.set(&rbuf, &bufs);
         if !bufs.out.is_empty() {
-            send(&mut stream, &bufs.out).await?;
+            send_bounded(&mut stream, &bufs.out, limits, shutdown).await?;
             bufs.out.clear();
         }
         if let Some(state) = streaming {
@@ -373,12 +449,19 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
             lingering_close(&mut stream, &mut rbuf).await;
             return Ok(());
         }
+        if more {
+            continue;
+        }
         if start == end {
             start = 0;
             end = 0;
+            deadline = None;
             if closing {
                 return Ok(());
             }
+            shrink_idle(&mut rbuf, &mut bufs);
+        } else if deadline.is_none() {
+            deadline = Some(Instant::now() + limits.request_timeout);
         }
         // Make room for the rest of the request.
         if start > 0 && (end == rbuf.len() || need > rbuf.len() - start) {
@@ -386,8 +469,14 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
             end -= start;
             start = 0;
         }
-        if need > rbuf.len() || end == rbuf.len() {
-            let want = need.max(rbuf.len() * 2).min(max_buffer.max(rbuf.len()));
+        if end == rbuf.len() {
+            // The buffer is full of one incomplete request: grow it. It
+            // only ever grows over bytes that arrived (at most doubling),
+            // never to a size the client merely announced.
+            let mut want = (rbuf.len() * 2).min(max_buffer);
+            if need > rbuf.len() {
+                want = want.min(need);
+            }
             if want <= rbuf.len() {
                 // Cannot happen with consistent limits; refuse rather than loop.
                 let mut resp = Response::new(&mut bufs.out, false, false);
@@ -397,33 +486,50 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
                     },
                     &mut resp,
                 );
-                send(&mut stream, &bufs.out).await?;
+                send_bounded(&mut stream, &bufs.out, limits, shutdown).await?;
                 lingering_close(&mut stream, &mut rbuf).await;
                 return Ok(());
             }
             rbuf.resize(want, 0);
         }
-        // Every read is bounded by the idle timeout (a silent or trickling
-        // client cannot hold a connection forever); between requests a
-        // graceful stop may also close the connection.
+        held.set(&rbuf, &bufs);
+        // Every read is bounded by the idle timeout (a silent client cannot
+        // hold a connection), a request in progress also by its deadline (a
+        // trickling one cannot either); between requests a graceful stop
+        // may also close the connection.
         let idle = start == end;
+        let mut wait = limits.idle_timeout;
+        let mut by_deadline = false;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left <= wait {
+                wait = left;
+                by_deadline = true;
+            }
+        }
         let read = async { Some(stream.read(&mut rbuf[end..]).await) };
         let give_up = async {
             if idle {
-                futures_lite::future::or(
-                    shutdown.wait(),
-                    glommio::timer::sleep(limits.idle_timeout),
-                )
-                .await;
+                futures_lite::future::or(shutdown.wait(), glommio::timer::sleep(wait)).await;
             } else {
-                glommio::timer::sleep(limits.idle_timeout).await;
+                glommio::timer::sleep(wait).await;
             }
             None
         };
         let n = match futures_lite::future::or(read, give_up).await {
             Some(r) => r?,
             None => {
-                if !idle && !shutdown.is_fired() {
+                if idle {
+                    return Ok(());
+                }
+                if by_deadline {
+                    tracing::debug!("closing a connection whose request took too long");
+                    if head_done {
+                        request_timeout(&mut bufs.out);
+                        send_bounded(&mut stream, &bufs.out, limits, shutdown).await?;
+                        lingering_close(&mut stream, &mut rbuf).await;
+                    }
+                } else {
                     tracing::debug!("closing a connection that stalled mid-request");
                 }
                 return Ok(());
@@ -436,6 +542,30 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
     }
 }
 
+/// The 408 sent when a request's head arrived but its body did not arrive
+/// within `request_timeout`, in the server's JSON error format.
+fn request_timeout(out: &mut Vec<u8>) {
+    let mut resp = Response::new(out, false, false);
+    resp.json(
+        408,
+        br#"{"error":true,"code":"request_timeout","message":"the request was not received within the request timeout","status_code":408}"#,
+    );
+}
+
+/// Gives back buffers a large request grew, once the connection is idle.
+fn shrink_idle(rbuf: &mut Vec<u8>, bufs: &mut Buffers) {
+    if rbuf.len() > SHRINK_ABOVE {
+        rbuf.truncate(INITIAL_READ_BUFFER);
+        rbuf.shrink_to_fit();
+    }
+    if bufs.out.capacity() > SHRINK_ABOVE {
+        bufs.out.shrink_to(INITIAL_OUT_BUFFER);
+    }
+    if bufs.body.capacity() > SHRINK_ABOVE {
+        bufs.body = Vec::new();
+    }
+}
+
 /// Writes `bytes` and flushes them: a transport that buffers (TLS) must
 /// put them on the wire now; for a plain socket the flush is free.
 pub(crate) async fn send<T: Transport>(stream: &mut T, bytes: &[u8]) -> io::Result<()> {
@@ -443,13 +573,100 @@ pub(crate) async fn send<T: Transport>(stream: &mut T, bytes: &[u8]) -> io::Resu
     stream.flush().await
 }
 
+/// [`send`], bounded: fails with [`io::ErrorKind::TimedOut`] when the
+/// client does not take the bytes within `write_timeout`, or within a
+/// short grace once a graceful stop has begun, so a client that never
+/// reads can hold neither the connection nor the shutdown.
+pub(crate) async fn send_bounded<T: Transport>(
+    stream: &mut T,
+    bytes: &[u8],
+    limits: &ConnectionLimits,
+    shutdown: &ShutdownSignal,
+) -> io::Result<()> {
+    let write = async { Some(send(stream, bytes).await) };
+    let give_up = async {
+        let stopping = async {
+            shutdown.wait().await;
+            glommio::timer::sleep(SHUTDOWN_WRITE_GRACE.min(limits.write_timeout)).await;
+        };
+        futures_lite::future::or(glommio::timer::sleep(limits.write_timeout), stopping).await;
+        None
+    };
+    match futures_lite::future::or(write, give_up).await {
+        Some(r) => r,
+        None => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client did not read its response in time",
+        )),
+    }
+}
+
+thread_local! {
+    static BUFFERED: std::cell::Cell<BufferUsage> = const {
+        std::cell::Cell::new(BufferUsage { live: 0, peak: 0 })
+    };
+}
+
+/// Bytes of read, output and body buffers held by the connections served
+/// on the calling thread (one core), now and at most since the last
+/// [`reset_buffer_peak`]. For diagnostics and tests of the memory bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BufferUsage {
+    pub live: usize,
+    pub peak: usize,
+}
+
+/// The calling thread's [`BufferUsage`].
+pub fn buffer_usage() -> BufferUsage {
+    BUFFERED.with(|b| b.get())
+}
+
+/// Starts a new peak measurement at the current live size.
+pub fn reset_buffer_peak() {
+    BUFFERED.with(|b| {
+        let mut u = b.get();
+        u.peak = u.live;
+        b.set(u);
+    });
+}
+
+/// One connection's share of [`BufferUsage`]; given back on drop.
+struct Held(usize);
+
+impl Held {
+    fn set(&mut self, rbuf: &[u8], bufs: &Buffers) {
+        let now = rbuf.len() + bufs.out.capacity() + bufs.body.capacity();
+        if now != self.0 {
+            let before = self.0;
+            self.0 = now;
+            BUFFERED.with(|b| {
+                let mut u = b.get();
+                u.live = u.live - before + now;
+                u.peak = u.peak.max(u.live);
+                b.set(u);
+            });
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let before = self.0;
+        BUFFERED.with(|b| {
+            let mut u = b.get();
+            u.live -= before;
+            b.set(u);
+        });
+    }
+}
+
 /// Closes after an error response without resetting the connection: stop
 /// writing ([`Transport::close_write`]), then discard what the client is
 /// still sending (at most 64 MiB, for at most 2 s), so it can read our
 /// answer instead of a reset.
 async fn lingering_close<T: Transport>(stream: &mut T, scratch: &mut [u8]) {
-    let _ = stream.close_write().await;
     let drain = async {
+        let _ = stream.close_write().await;
         let mut total = 0usize;
         loop {
             match stream.read(scratch).await {

@@ -129,3 +129,133 @@ pub fn port_available(addr: SocketAddr) -> io::Result<()> {
     socket.listen(1)?;
     Ok(())
 }
+
+/// The per-core cap on open connections (`server.max_connections`, split
+/// over the cores).
+///
+/// The accept loop asks for a [`ConnectionSlot`] for every accepted socket
+/// and serves the connection while holding it; when none is free the socket
+/// is [`refuse`]d at once, so a flood of connections costs a few hundred
+/// bytes each instead of a task and buffers. Per core, not `Send`.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlots {
+    inner: std::rc::Rc<SlotsInner>,
+}
+
+#[derive(Debug)]
+struct SlotsInner {
+    max: usize,
+    open: std::cell::Cell<usize>,
+}
+
+impl ConnectionSlots {
+    /// At most `max` open connections; 0 means unlimited.
+    pub fn new(max: usize) -> Self {
+        ConnectionSlots {
+            inner: std::rc::Rc::new(SlotsInner {
+                max,
+                open: std::cell::Cell::new(0),
+            }),
+        }
+    }
+
+    /// One core's share of `total` connections over `cores` cores (rounded
+    /// up, so the cores together allow at least `total`); 0 means unlimited.
+    pub fn per_core(total: usize, cores: usize) -> Self {
+        Self::new(total.div_ceil(cores.max(1)))
+    }
+
+    /// A slot for one more connection, or `None` when all are taken.
+    pub fn try_acquire(&self) -> Option<ConnectionSlot> {
+        let open = self.inner.open.get();
+        if self.inner.max != 0 && open >= self.inner.max {
+            return None;
+        }
+        self.inner.open.set(open + 1);
+        Some(ConnectionSlot {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Connections holding a slot now.
+    pub fn open(&self) -> usize {
+        self.inner.open.get()
+    }
+
+    /// The cap (0: unlimited).
+    pub fn max(&self) -> usize {
+        self.inner.max
+    }
+}
+
+/// One open connection's place under the cap; freed on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    inner: std::rc::Rc<SlotsInner>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.inner.open.set(self.inner.open.get().saturating_sub(1));
+    }
+}
+
+/// The answer to a connection over the cap, in the server's JSON error
+/// format: 503, retry in a second, and the connection closes.
+pub const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Server: themis\r\n\
+Content-Type: application/json\r\n\
+Retry-After: 1\r\n\
+Connection: close\r\n\
+Content-Length: 91\r\n\
+\r\n\
+{\"error\":true,\"code\":\"unavailable\",\"message\":\"too many open connections\",\"status_code\":503}";
+
+/// Refuses a connection over the cap: writes [`REFUSAL`] (without reading
+/// the request), stops writing and closes, all within `timeout`.
+pub async fn refuse<T: crate::Transport>(mut stream: T, timeout: std::time::Duration) {
+    use futures_lite::AsyncWriteExt;
+    let answer = async {
+        if stream.write_all(REFUSAL).await.is_ok() && stream.flush().await.is_ok() {
+            let _ = stream.close_write().await;
+        }
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(timeout, answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_is_well_framed() {
+        let text = std::str::from_utf8(REFUSAL).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.parse().ok())
+            .expect("a Content-Length");
+        assert_eq!(len, body.len());
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(head.contains("\r\nRetry-After: 1\r\n"));
+        assert!(body.contains("\"status_code\":503"));
+    }
+
+    #[test]
+    fn slots_cap_and_free() {
+        let slots = ConnectionSlots::per_core(5, 2);
+        assert_eq!(slots.max(), 3);
+        let a = slots.try_acquire().expect("1");
+        let _b = slots.try_acquire().expect("2");
+        let _c = slots.try_acquire().expect("3");
+        assert!(slots.try_acquire().is_none());
+        drop(a);
+        assert_eq!(slots.open(), 2);
+        assert!(slots.try_acquire().is_some());
+        let unlimited = ConnectionSlots::per_core(0, 4);
+        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.try_acquire()).collect();
+        assert_eq!(held.len(), 1000);
+    }
+}

@@ -117,6 +117,7 @@ pub const KEYS: &[KeyRule] = &[
     cold("server.max_request_size_mb", Int(1, 1024)),
     cold("server.listen_backlog", Int(1, 65_535)),
     cold("server.idle_timeout_ms", Int(1000, 3_600_000)),
+    cold("server.max_connections", Int(0, 10_000_000)),
     cold("server.enable_auth", Check(enable_auth)),
     cold("server.api_keys", Free),
     cold("server.enable_tls", Check(enable_tls)),

@@ -185,6 +185,10 @@ pub struct ServerConfig {
     /// Close a connection whose client sends nothing for this long (between
     /// requests or in the middle of one).
     pub idle_timeout_ms: u64,
+    /// Open client connections allowed in all (split evenly over the
+    /// cores); beyond it a new connection is answered 503 and closed.
+    /// 0 means unlimited.
+    pub max_connections: usize,
     /// Reserved: API-key authentication (refused at start-up until built).
     pub enable_auth: bool,
     pub api_keys: Vec<ApiKey>,
@@ -205,6 +209,7 @@ impl Default for ServerConfig {
             max_request_size_mb: 10,
             listen_backlog: 1024,
             idle_timeout_ms: 120_000,
+            max_connections: 10_000,
             enable_auth: false,
             api_keys: Vec::new(),
             enable_tls: false,

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use themis_io::listener::{bind_reuseport, resolve, BoundListener};
+use themis_io::listener::{bind_reuseport, refuse, resolve, BoundListener, ConnectionSlots};
 use themis_io::{serve_connection, ConnectionLimits, ShutdownSignal};
 
 /// What SIGHUP re-reads: the same file (or search) and flags as at start.
@@ -437,6 +437,8 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
         idle_timeout: Duration::from_millis(node.config.server.idle_timeout_ms),
         ..ConnectionLimits::default()
     };
+    // This core's share of `server.max_connections`.
+    let slots = ConnectionSlots::per_core(node.config.server.max_connections, n);
     let gate = glommio::sync::Gate::new();
     loop {
         let accept = async { Some(listener.accept().await) };
@@ -447,6 +449,18 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
         match futures_lite::future::or(accept, stop).await {
             None => break,
             Some(Ok(stream)) => {
+                let Some(slot) = slots.try_acquire() else {
+                    bump(&core.counters().connections_refused, 1);
+                    refuse(stream, Duration::from_millis(200)).await;
+                    continue;
+                };
+                // The request and write deadlines follow the current
+                // (hot-reloadable) `server.request_timeout_ms`.
+                let limits = ConnectionLimits {
+                    request_timeout: core.request_timeout(),
+                    write_timeout: core.request_timeout(),
+                    ..limits
+                };
                 let (core, shutdown) = (core.clone(), shutdown.clone());
                 let spawned = gate.spawn(async move {
                     let counters = core.counters();
@@ -457,6 +471,7 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
                         tracing::debug!(shard = core.id(), "connection ended: {e}");
                     }
                     drop_one(&counters.connections_active);
+                    drop(slot);
                 });
                 match spawned {
                     Ok(task) => {

@@ -23,6 +23,8 @@ pub struct CoreCounters {
     pub entity_ops: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Connections refused at accept: over `server.max_connections`.
+    pub connections_refused: AtomicU64,
     /// Change events committed by this shard.
     pub feed_events: AtomicU64,
     /// Open SSE streams on this shard.
@@ -71,6 +73,7 @@ pub struct ShardSnapshot {
     pub entity_ops: u64,
     pub connections_accepted: u64,
     pub connections_active: u64,
+    pub connections_refused: u64,
     pub feed_events: u64,
     pub sse_active: u64,
     pub sse_events_sent: u64,
@@ -98,6 +101,7 @@ impl CoreCounters {
             entity_ops: r(&self.entity_ops),
             connections_accepted: r(&self.connections_accepted),
             connections_active: r(&self.connections_active),
+            connections_refused: r(&self.connections_refused),
             feed_events: r(&self.feed_events),
             sse_active: r(&self.sse_active),
             sse_events_sent: r(&self.sse_events_sent),

@@ -276,6 +276,11 @@ pub fn render(
             "Open client connections.",
             total(|s| s.connections_active),
         ),
+        counter(
+            "themis_connections_refused_total",
+            "Connections refused at accept (503) because server.max_connections were open.",
+            total(|s| s.connections_refused),
+        ),
         gauge(
             "vccdb_sse_active_connections",
             "Open change-feed SSE streams.",
