@@ -9,6 +9,7 @@ mod common;
 mod api;
 mod architecture;
 mod changefeed;
+mod hostile;
 mod lifecycle;
 mod observability;
 mod query;

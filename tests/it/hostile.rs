@@ -1,0 +1,132 @@
+//! Hostile clients against the real binary: the io layer's bounds hold
+//! end to end (memory per announced body, the whole-request deadline, the
+//! connection cap).
+
+use crate::common::{start_in, tempdir, Client, Opts};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn announced_bodies_that_never_arrive_cost_no_memory() {
+    let dir = tempdir();
+    let s = start_in(dir.path(), &Opts::threads(2));
+    // Warm up: every core has served something.
+    for i in 0..20 {
+        s.request("PUT", &format!("/entities/w:{i}"), Some(r#"{"a":1}"#));
+    }
+    let pid = s.child.id();
+    let before = rss_kib(pid);
+    let head = b"PUT /entities/a:b HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        let mut c = TcpStream::connect(s.addr).expect("connect");
+        c.write_all(head).expect("send head");
+        c.write_all(&[b' '; 1000]).expect("send a little body");
+        conns.push(c);
+    }
+    // Let the server read what arrived.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "200 heads announcing 10 MiB each grew RSS by {grown_mib} MiB ({before} -> {after} KiB)"
+    );
+    drop(conns);
+    // And the server still serves.
+    assert_eq!(s.request("GET", "/entities/w:1", None).status, 200);
+}
+
+#[test]
+fn a_trickling_client_is_cut_off_by_the_request_deadline() {
+    let dir = tempdir();
+    let s = start_in(
+        dir.path(),
+        &Opts::threads(1).env("THEMIS_SERVER_REQUEST_TIMEOUT_MS", "1000"),
+    );
+    let mut c = TcpStream::connect(s.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_millis(50))).ok();
+    c.write_all(b"PUT /entities/a:b HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .expect("head");
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    // One byte every 100 ms: every read is well within the idle timeout,
+    // the whole request is not within the deadline.
+    while start.elapsed() < Duration::from_secs(10) {
+        if c.write_all(b" ").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(start.elapsed() < Duration::from_secs(5), "cut off late");
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503_with_retry_after() {
+    let dir = tempdir();
+    let s = start_in(
+        dir.path(),
+        &Opts::threads(1).env("THEMIS_SERVER_MAX_CONNECTIONS", "2"),
+    );
+    let mut a = Client::connect(s.addr).expect("a");
+    let mut b = Client::connect(s.addr).expect("b");
+    assert_eq!(a.request("GET", "/health", None).status, 200);
+    assert_eq!(b.request("GET", "/health", None).status, 200);
+    let mut c = TcpStream::connect(s.addr).expect("c");
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "got {text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    drop(a);
+    drop(c);
+    // A freed slot admits the next client.
+    let mut admitted = false;
+    for _ in 0..50 {
+        let mut d = Client::connect(s.addr).expect("d");
+        d.send_raw(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        admitted = d.try_read_response(false).is_some_and(|r| r.status == 200);
+        if admitted {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(admitted, "a freed slot must admit a new connection");
+    // Counted (asked on a connection that holds a slot).
+    let v = b.request("GET", "/stats", None).json();
+    let refused: u64 = v["server"]["per_shard"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["connections_refused"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    assert!(refused >= 1, "{v}");
+}
