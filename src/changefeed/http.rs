@@ -95,6 +95,9 @@ async fn retention_loop(core: Rc<Core>, shutdown: ShutdownSignal, interval: Dura
     }
 }
 
+/// Most bytes of events in one `GET /changefeed` page; a longer page ends
+/// early and `next_from_seq` says where to continue.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 /// `limit` bounds for `GET /changefeed`.
 pub const MAX_LIMIT: usize = 10_000;
 const DEFAULT_LIMIT: usize = 100;
@@ -207,7 +210,7 @@ pub async fn poll(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Re
     let deadline = Instant::now() + wait;
     let limits = ReadLimits {
         max_events: p.limit.unwrap_or(DEFAULT_LIMIT),
-        max_bytes: usize::MAX,
+        max_bytes: MAX_PAGE_BYTES,
         max_scan: 100_000,
     };
     let feed = core.changefeed().feed();

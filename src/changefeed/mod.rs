@@ -172,7 +172,7 @@ impl ChangeFeed {
         if after == 0 {
             return Ok(first.saturating_sub(1));
         }
-        if after + 1 < first {
+        if after.saturating_add(1) < first {
             return Err(FeedError::Gone {
                 requested: after,
                 oldest: first,

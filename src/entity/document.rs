@@ -45,6 +45,11 @@ pub fn prepare_document(
         .get_or_insert_with(|| simd_json::Buffers::new(4096));
     let mut value = simd_json::to_borrowed_value_with_buffers(&mut scratch.parse, buffers)
         .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if let Some(k) = duplicate_key(&value) {
+        return Err(ApiError::BadRequest(format!(
+            "duplicate object key {k:?}: every key of an object must be unique"
+        )));
+    }
     let Some(obj) = value.as_object_mut() else {
         return Err(ApiError::Unprocessable(format!(
             "an entity must be a JSON object, not {}",
@@ -78,6 +83,11 @@ pub fn prepare_document(
             scratch.inner.extend_from_slice(blob.trim().as_bytes());
             let inner = simd_json::to_borrowed_value(&mut scratch.inner)
                 .map_err(|e| ApiError::InvalidJson(format!("in \"blob\": {e}")))?;
+            if let Some(k) = duplicate_key(&inner) {
+                return Err(ApiError::BadRequest(format!(
+                    "in \"blob\": duplicate object key {k:?}: every key of an object must be unique"
+                )));
+            }
             if !inner.is_object() {
                 return Err(ApiError::Unprocessable(format!(
                     "\"blob\" must hold a JSON object, not {}",
@@ -99,6 +109,42 @@ pub fn prepare_document(
         out.extend_from_slice(trimmed);
     }
     Ok(key)
+}
+
+/// The first key that appears twice in one object, anywhere in `v`.
+///
+/// simd-json keeps both members of `{"a":1,"a":2}`; indexes would see the
+/// first and most JSON clients the last, so a unique index could be
+/// bypassed. Such documents are refused. Iterative (no recursion on
+/// hostile nesting); linear for small objects, hashed for large ones.
+fn duplicate_key<'v>(v: &'v simd_json::BorrowedValue<'_>) -> Option<&'v str> {
+    use simd_json::BorrowedValue as V;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            V::Object(o) => {
+                if o.len() <= 16 {
+                    let keys: Vec<&str> = o.keys().map(|k| k.as_ref()).collect();
+                    for (i, k) in keys.iter().enumerate() {
+                        if keys[i + 1..].contains(k) {
+                            return Some(k);
+                        }
+                    }
+                } else {
+                    let mut seen = std::collections::HashSet::with_capacity(o.len());
+                    for k in o.keys() {
+                        if !seen.insert(k.as_ref()) {
+                            return Some(k.as_ref());
+                        }
+                    }
+                }
+                stack.extend(o.values());
+            }
+            V::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn type_name(v: &simd_json::BorrowedValue<'_>) -> &'static str {
@@ -202,6 +248,26 @@ mod tests {
         // Not the legacy form: blob is not the only field, or not a string.
         assert!(prep(r#"{"blob":"x","y":1}"#, false).is_ok());
         assert!(prep(r#"{"blob":1}"#, false).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let dup = |b: &str| {
+            let e = prep(b, false).unwrap_err();
+            assert_eq!(e.status(), 400, "{b}");
+            e.to_string()
+        };
+        assert!(dup(r#"{"email":"mallory@x","email":"alice@x"}"#).contains("\"email\""));
+        assert!(dup(r#"{"a":{"b":1,"b":2}}"#).contains("\"b\""));
+        assert!(dup(r#"{"a":[1,{"c":1,"d":2,"c":3}]}"#).contains("\"c\""));
+        assert!(dup(r#"{"blob":"{\"x\":1,\"x\":1}"}"#).contains("\"x\""));
+        // A large object (hashed path).
+        let mut big: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        assert!(prep(&format!("{{{}}}", big.join(",")), false).is_ok());
+        big.push("\"k7\":0".into());
+        assert!(dup(&format!("{{{}}}", big.join(","))).contains("\"k7\""));
+        // Equal keys in different objects are fine.
+        assert!(prep(r#"{"a":{"x":1},"b":{"x":2}}"#, false).is_ok());
     }
 
     #[test]

@@ -87,7 +87,12 @@ impl Handler for Core {
                     allow,
                 }),
             ),
-            Classified::NoSuchPath => (RouteId::Other, Err(not_found(req))),
+            Classified::NoSuchPath => {
+                if self.node().faults.panic_path.as_deref() == Some(req.path) {
+                    panic!("injected fault: panic_path {}", req.path);
+                }
+                (RouteId::Other, Err(not_found(req)))
+            }
         };
         let stream = result.unwrap_or_else(|e| {
             e.write(resp);

@@ -1,7 +1,7 @@
 //! `/index/create`, `/index/drop`, `/index/rebuild`, `/index/stats`.
 
-use super::MAX_COLUMNS;
 use super::{check_column, Created, IndexDef, IndexState, Indexes};
+use super::{MAX_COLUMNS, MAX_INDEXES_PER_TABLE};
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId};
 use crate::node::Core;
@@ -169,11 +169,17 @@ pub async fn create(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
         .find(&spec.table, &spec.columns)
         .cloned();
     let unique = spec.unique;
+    let table = spec.table.clone();
     let created = match existing {
         Some(d) => Created::Existing(d),
         None => create_def(core, spec).await?,
     };
     match created {
+        Created::TooMany => {
+            return Err(ApiError::Conflict(format!(
+                "table {table} has {MAX_INDEXES_PER_TABLE} indexes, the most a table may have; drop one first"
+            )))
+        }
         Created::Existing(d) => {
             if d.unique != unique {
                 return Err(ApiError::Conflict(format!(

@@ -46,11 +46,53 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
     let mut scratch = core.index().scratch().borrow_mut();
     let old = entries(&catalog, change.table, change.key, change.old, &mut scratch);
     let new = entries(&catalog, change.table, change.key, change.new, &mut scratch);
-    for e in old.iter().filter(|e| !new.contains(e)) {
+    let (gone, came) = diff(old, new);
+    for e in &gone {
         change.batch.delete(Family::Indexes, e)?;
     }
-    for e in new.iter().filter(|e| !old.contains(e)) {
+    for e in &came {
         change.batch.put(Family::Indexes, e, b"")?;
     }
     Ok(())
+}
+
+/// The entries only in `old` and those only in `new`: both sorted, then
+/// merged (O(n log n), whatever the number of indexes).
+fn diff(mut old: Vec<Vec<u8>>, mut new: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    old.sort_unstable();
+    new.sort_unstable();
+    let (mut gone, mut came) = (Vec::new(), Vec::new());
+    let (mut o, mut n) = (old.into_iter().peekable(), new.into_iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (Some(a), Some(b)) => match a.cmp(b) {
+                std::cmp::Ordering::Less => gone.extend(o.next()),
+                std::cmp::Ordering::Greater => came.extend(n.next()),
+                std::cmp::Ordering::Equal => {
+                    o.next();
+                    n.next();
+                }
+            },
+            (Some(_), None) => gone.extend(o.next()),
+            (None, Some(_)) => came.extend(n.next()),
+            (None, None) => return (gone, came),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff;
+
+    #[test]
+    fn diff_keeps_unchanged_entries_and_finds_the_rest() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.as_bytes().to_vec()).collect::<Vec<_>>();
+        let (gone, came) = diff(v(&["c", "a", "b"]), v(&["b", "d", "a"]));
+        assert_eq!(gone, v(&["c"]));
+        assert_eq!(came, v(&["d"]));
+        let (gone, came) = diff(v(&["a"]), Vec::new());
+        assert_eq!((gone, came), (v(&["a"]), Vec::new()));
+        let (gone, came) = diff(Vec::new(), v(&["x", "y"]));
+        assert_eq!((gone, came), (Vec::new(), v(&["x", "y"])));
+    }
 }

@@ -46,8 +46,11 @@ use simd_json::BorrowedValue;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-/// Longest accepted column path and most columns in a composite index.
+/// Most columns in a composite index.
 pub const MAX_COLUMNS: usize = 8;
+/// Most indexes on one table: every write of the table maintains each of
+/// them, so their number bounds the work of one write.
+pub const MAX_INDEXES_PER_TABLE: usize = 32;
 
 /// Where an index is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +188,8 @@ pub enum Created {
     New(IndexDef),
     /// The same table and columns were indexed already.
     Existing(Arc<IndexDef>),
+    /// The table has [`MAX_INDEXES_PER_TABLE`] indexes already.
+    TooMany,
 }
 
 /// The server-wide index state (the node's part): the catalog every core
@@ -258,6 +263,9 @@ impl Indexes {
         self.catalog.update(|c| {
             if let Some(d) = c.find(table, &columns) {
                 return Ok(Created::Existing(d.clone()));
+            }
+            if c.for_table(table).count() >= MAX_INDEXES_PER_TABLE {
+                return Ok(Created::TooMany);
             }
             allocate(c, storage, table, columns, unique).map(Created::New)
         })

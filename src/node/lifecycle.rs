@@ -34,7 +34,8 @@ pub struct ReloadSource {
 /// Test-only fault injection, from `THEMIS_TEST_FAULTS` (never set in
 /// production): `forward_delay_ms=N` delays every cross-core call;
 /// `peer_unavailable=1` makes every call a core serves for another answer
-/// 503 (the error must reach the client as it is);
+/// 503 (the error must reach the client as it is); `panic_path=/p` makes a
+/// request for the unrouted path `/p` panic (the panic policy's test);
 /// `event_time_offset_ms=N` shifts change-event timestamps (N may be
 /// negative: events look older, for retention tests);
 /// `retention_interval_ms=N` runs the background retention pass every N ms
@@ -43,6 +44,9 @@ pub struct ReloadSource {
 pub struct Faults {
     /// Delays and failures of cross-core calls.
     pub mesh: MeshFaults,
+    /// A request for this (unrouted) path panics its core: the panic
+    /// policy's test.
+    pub panic_path: Option<String>,
     pub event_time_offset_ms: i64,
     pub retention_interval: Option<Duration>,
 }
@@ -55,6 +59,8 @@ impl Faults {
                 let item = item.trim();
                 if let Some(ms) = item.strip_prefix("forward_delay_ms=") {
                     f.mesh.call_delay = ms.parse().ok().map(Duration::from_millis);
+                } else if let Some(p) = item.strip_prefix("panic_path=") {
+                    f.panic_path = Some(p.to_string());
                 } else if item == "peer_unavailable=1" {
                     f.mesh.serve_unavailable = true;
                 } else if let Some(ms) = item.strip_prefix("event_time_offset_ms=") {
@@ -132,8 +138,27 @@ struct Coordination {
     shards: usize,
 }
 
+/// The panic policy: a panic anywhere aborts the whole process.
+///
+/// A core whose thread died would leave a half-alive server: its keys
+/// answer 503 forever, `/health` stays green on the other cores, and
+/// SIGTERM waits for it. Aborting instead lets the supervisor restart the
+/// server (`Restart=on-failure` in the unit file, a Kubernetes restart),
+/// and every acknowledged write is in the WAL, so nothing acknowledged is
+/// lost.
+fn install_panic_policy() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panic: {info}; aborting (the supervisor restarts the server)");
+        default(info);
+        eprintln!("themis_server: panic; aborting the process (panic policy)");
+        std::process::abort();
+    }));
+}
+
 /// Runs the server until SIGTERM/SIGINT. Blocks the calling thread.
 pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), ServerError> {
+    install_panic_policy();
     let cpus_avail = usable_cpus();
     let n = config.effective_threads(cpus_avail.len());
     let cpus: Vec<usize> = (0..n).map(|i| cpus_avail[i % cpus_avail.len()]).collect();
@@ -170,6 +195,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         index,
         config,
         reload,
+        faults: faults.clone(),
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),

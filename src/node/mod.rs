@@ -44,6 +44,8 @@ pub struct Node {
     last_scrape: Mutex<(Instant, u64)>,
     /// Where the configuration came from, for SIGHUP.
     pub reload: ReloadSource,
+    /// Test-only fault injection (empty in production).
+    pub faults: Faults,
 }
 
 impl Node {

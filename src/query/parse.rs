@@ -8,6 +8,9 @@ use std::hash::Hasher;
 
 /// Most rows one answer may carry.
 pub const MAX_LIMIT: usize = 10_000;
+/// Most conditions (predicates plus ranges) in one query: every candidate
+/// document is checked against each.
+pub const MAX_CONDITIONS: usize = 64;
 const DEFAULT_LIMIT: usize = 100;
 
 /// What the answer carries.
@@ -206,6 +209,12 @@ pub fn parse(body: &[u8]) -> Result<Query, ApiError> {
         }
         Some(v) => return Err(bad(format!("range: must be an array, got {v}"))),
     }
+    if conds.len() > MAX_CONDITIONS {
+        return Err(bad(format!(
+            "predicates and range: {} conditions, at most {MAX_CONDITIONS}",
+            conds.len()
+        )));
+    }
     let order = match m.get("order_by") {
         None | Some(Value::Null) => None,
         Some(Value::Object(om)) => {
@@ -345,6 +354,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
+        let many: Vec<String> = (0..=MAX_CONDITIONS)
+            .map(|i| format!(r#"{{"column":"c{i}","value":1}}"#))
+            .collect();
+        let q = format!(r#"{{"table":"t","predicates":[{}]}}"#, many.join(","));
+        assert!(err(&q).contains("at most 64"));
         assert!(err(r#"{}"#).contains("table"));
         assert!(err(r#"{"table":"t","limit":0}"#).contains("limit"));
         assert!(err(r#"{"table":"t","limit":"5"}"#).contains("limit"));

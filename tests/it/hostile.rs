@@ -130,3 +130,70 @@ fn connections_beyond_the_cap_get_503_with_retry_after() {
         .unwrap_or(0);
     assert!(refused >= 1, "{v}");
 }
+
+#[test]
+fn a_panic_aborts_the_whole_server_rather_than_leaving_it_half_alive() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempdir();
+    let mut s = start_in(
+        dir.path(),
+        &Opts::threads(2).env("THEMIS_TEST_FAULTS", "panic_path=/__panic"),
+    );
+    assert_eq!(
+        s.request("PUT", "/entities/p:1", Some(r#"{"a":1}"#)).status,
+        201
+    );
+    let mut c = Client::connect(s.addr).expect("connect");
+    c.send_raw(b"GET /__panic HTTP/1.1\r\nHost: t\r\n\r\n");
+    let status = themis_testkit::wait_with_timeout(&mut s.child, Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(6), "SIGABRT expected, got {status:?}");
+    assert!(s.output().contains("panic policy"), "{}", s.output());
+    // The acknowledged write survived; the restarted server serves it.
+    let s = start_in(dir.path(), &Opts::threads(2));
+    assert_eq!(s.request("GET", "/entities/p:1", None).status, 200);
+}
+
+#[test]
+fn duplicate_keys_and_oversized_requests_get_clear_errors() {
+    let dir = tempdir();
+    let s = start_in(dir.path(), &Opts::threads(2));
+    // Duplicate keys would let a unique index be bypassed.
+    let (st, v) = s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"u","column":"email","unique":true}"#),
+    );
+    assert_eq!(st, 202, "{v}");
+    let r = s.request(
+        "PUT",
+        "/entities/u:m",
+        Some(r#"{"email":"mallory@x","email":"alice@x"}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.json());
+    assert!(r.json()["message"].as_str().unwrap_or("").contains("email"));
+    // At most 32 indexes per table.
+    for i in 0..31 {
+        let body = format!(r#"{{"table":"u","column":"c{i}"}}"#);
+        assert_eq!(s.json("POST", "/index/create", Some(&body)).0, 202);
+    }
+    let (st, v) = s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"u","column":"x"}"#),
+    );
+    assert_eq!(st, 409, "{v}");
+    assert!(v["message"].as_str().unwrap_or("").contains("32"));
+    // At most 64 conditions per query.
+    let preds: Vec<String> = (0..65)
+        .map(|i| format!(r#"{{"column":"c{i}","value":1}}"#))
+        .collect();
+    let q = format!(r#"{{"table":"u","predicates":[{}]}}"#, preds.join(","));
+    let (st, v) = s.json("POST", "/query", Some(&q));
+    assert_eq!(st, 400, "{v}");
+    // A change-feed sequence past every bound is a clean answer, not a panic.
+    let (st, v) = s.json("POST", "/config", Some(r#"{"features":{"cdc":true}}"#));
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.json("GET", "/changefeed?from_seq=18446744073709551615", None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["count"], 0);
+}
