@@ -45,7 +45,7 @@ pub fn prepare_document(
         .get_or_insert_with(|| simd_json::Buffers::new(4096));
     let mut value = simd_json::to_borrowed_value_with_buffers(&mut scratch.parse, buffers)
         .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    if let Some(k) = duplicate_key(&value) {
+    if let Some(k) = duplicate_key(&value, trimmed, &mut scratch.inner) {
         return Err(ApiError::BadRequest(format!(
             "duplicate object key {k:?}: every key of an object must be unique"
         )));
@@ -81,9 +81,10 @@ pub fn prepare_document(
             // Legacy form: the entity is the JSON object inside the string.
             scratch.inner.clear();
             scratch.inner.extend_from_slice(blob.trim().as_bytes());
+            let mut dup_scratch = Vec::new();
             let inner = simd_json::to_borrowed_value(&mut scratch.inner)
                 .map_err(|e| ApiError::InvalidJson(format!("in \"blob\": {e}")))?;
-            if let Some(k) = duplicate_key(&inner) {
+            if let Some(k) = duplicate_key(&inner, blob.trim().as_bytes(), &mut dup_scratch) {
                 return Err(ApiError::BadRequest(format!(
                     "in \"blob\": duplicate object key {k:?}: every key of an object must be unique"
                 )));
@@ -111,40 +112,80 @@ pub fn prepare_document(
     Ok(key)
 }
 
-/// The first key that appears twice in one object, anywhere in `v`.
-///
-/// simd-json keeps both members of `{"a":1,"a":2}`; indexes would see the
-/// first and most JSON clients the last, so a unique index could be
-/// bypassed. Such documents are refused. Iterative (no recursion on
-/// hostile nesting); linear for small objects, hashed for large ones.
-fn duplicate_key<'v>(v: &'v simd_json::BorrowedValue<'_>) -> Option<&'v str> {
+/// Whether a key appears twice in one object, anywhere in `v`.
+enum Duplicates<'v> {
+    None,
+    Found(&'v str),
+    /// An object over 32 keys: simd-json keeps only the last of repeated
+    /// keys there, so the parsed value cannot tell; check the tape.
+    Unknown,
+}
+
+/// simd-json keeps both members of a small `{"a":1,"a":2}` (and the last
+/// of a large one); indexes would see one value and other JSON readers
+/// another, so a unique index could be bypassed. Such documents are
+/// refused. Iterative (no recursion on hostile nesting); linear for small
+/// objects.
+fn duplicate_in_value<'v>(v: &'v simd_json::BorrowedValue<'_>) -> Duplicates<'v> {
     use simd_json::BorrowedValue as V;
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
+    // Allocates only for nested containers (a flat document needs none).
+    let mut stack = Vec::new();
+    let mut next = Some(v);
+    while let Some(v) = next.take().or_else(|| stack.pop()) {
+        let children: &mut dyn Iterator<Item = &'v V<'_>> = match v {
             V::Object(o) => {
-                if o.len() <= 16 {
-                    let keys: Vec<&str> = o.keys().map(|k| k.as_ref()).collect();
-                    for (i, k) in keys.iter().enumerate() {
-                        if keys[i + 1..].contains(k) {
-                            return Some(k);
-                        }
-                    }
-                } else {
-                    let mut seen = std::collections::HashSet::with_capacity(o.len());
-                    for k in o.keys() {
-                        if !seen.insert(k.as_ref()) {
-                            return Some(k.as_ref());
-                        }
+                if o.is_map() {
+                    return Duplicates::Unknown;
+                }
+                for (i, k) in o.keys().enumerate() {
+                    if o.keys().skip(i + 1).any(|other| other == k) {
+                        return Duplicates::Found(k);
                     }
                 }
-                stack.extend(o.values());
+                &mut o.values()
             }
-            V::Array(a) => stack.extend(a.iter()),
-            _ => {}
+            V::Array(a) => &mut a.iter(),
+            _ => continue,
+        };
+        stack.extend(children.filter(|c| matches!(c, V::Object(_) | V::Array(_))));
+    }
+    Duplicates::None
+}
+
+/// The same check on the parse tape, which keeps every member.
+fn duplicate_in_tape(json: &[u8], scratch: &mut Vec<u8>) -> Option<String> {
+    scratch.clear();
+    scratch.extend_from_slice(json);
+    let tape = simd_json::to_tape(scratch).ok()?;
+    let mut stack = vec![tape.as_value()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if let Some(o) = v.as_object() {
+            seen.clear();
+            for (k, child) in o.iter() {
+                if !seen.insert(k) {
+                    return Some(k.to_string());
+                }
+                stack.push(child);
+            }
+        } else if let Some(a) = v.as_array() {
+            stack.extend(a.iter());
         }
     }
     None
+}
+
+/// The first repeated key in `value` (parsed from `json`), if any.
+fn duplicate_key(
+    value: &simd_json::BorrowedValue<'_>,
+    json: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Option<String> {
+    match duplicate_in_value(value) {
+        Duplicates::None => None,
+        Duplicates::Found(k) => Some(k.to_string()),
+        Duplicates::Unknown => duplicate_in_tape(json, scratch),
+    }
 }
 
 fn type_name(v: &simd_json::BorrowedValue<'_>) -> &'static str {
