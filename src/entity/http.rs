@@ -247,6 +247,12 @@ async fn store(
             }
         };
     }
+    if matches!(result, Err(ApiError::Timeout { .. })) {
+        // The owner has not answered: it may still be committing. Claims
+        // are released only once the owner answered; these expire after
+        // their lease (twice request_timeout_ms) instead.
+        claimed.clear();
+    }
     for value in claimed {
         if let Err(e) = unique::release(core, value, &key).await {
             tracing::warn!("releasing a unique claim failed (it expires): {e}");

@@ -19,8 +19,12 @@
 //! replies travel on channels whose receivers never block (they only
 //! complete a local one-shot).
 //!
-//! Invariant: calls from one core to another that do not ask to be spawned
-//! ([`Rpc::SPAWN`]) are served in the order they were sent.
+//! Invariants:
+//! * Calls from one core to another that do not ask to be spawned
+//!   ([`Rpc::SPAWN`]) are served in the order they were sent.
+//! * A call carries its caller's deadline. The callee does not start a call
+//!   whose caller has given up (it answers 503 `request_timeout` instead),
+//!   so a write the client was told timed out is not applied later.
 
 use crate::error::ApiError;
 use futures::channel::oneshot;
@@ -31,7 +35,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The core that owns `key` among `cores`.
 pub fn owner_of(key: &[u8], cores: usize) -> usize {
@@ -107,7 +111,8 @@ impl<C, R: Rpc<C>> Envelope<C> for Sealed<R> {
 /// production.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeshFaults {
-    /// Delay before every call.
+    /// The callee waits this long before serving each call (a slow or
+    /// congested owner).
     pub call_delay: Option<Duration>,
     /// Every call served for a peer answers 503 instead of running (shows
     /// that a remote error reaches the client intact).
@@ -118,6 +123,9 @@ pub struct MeshFaults {
 pub struct Request<C> {
     id: u64,
     from: usize,
+    /// When the caller stops waiting (`Instant` is one clock for all
+    /// threads).
+    deadline: Instant,
     call: Box<dyn Envelope<C>>,
 }
 
@@ -191,13 +199,10 @@ impl<C: MeshOwner> Mesh<C> {
         let msg = Request {
             id,
             from: self.me,
+            deadline: Instant::now() + timeout,
             call: Box::new(Sealed(call)),
         };
-        let delay = self.faults.call_delay;
         let exchange = async move {
-            if let Some(d) = delay {
-                glommio::timer::sleep(d).await;
-            }
             if senders.send_to(to, msg).await.is_err() {
                 return Ok(None);
             }
@@ -261,8 +266,21 @@ pub fn serve_peers<C: MeshOwner>(
             while let Some(req) = rx.recv().await {
                 let (id, from) = (req.id, req.from);
                 let spawn = req.call.spawn();
-                if ctx.mesh().faults.serve_unavailable {
-                    let answer = req.call.fail(ApiError::Unavailable("injected fault"));
+                let faults = ctx.mesh().faults;
+                if let Some(d) = faults.call_delay {
+                    glommio::timer::sleep(d).await;
+                }
+                let refusal = if faults.serve_unavailable {
+                    Some(ApiError::Unavailable("injected fault"))
+                } else if Instant::now() >= req.deadline {
+                    // The caller has answered 503 already: doing the work
+                    // now would apply what the client was told failed.
+                    Some(ApiError::Timeout { ms: 0 })
+                } else {
+                    None
+                };
+                if let Some(e) = refusal {
+                    let answer = req.call.fail(e);
                     if out.send_to(from, Reply { id, answer }).await.is_err() {
                         break;
                     }

@@ -32,7 +32,8 @@ pub struct ReloadSource {
 }
 
 /// Test-only fault injection, from `THEMIS_TEST_FAULTS` (never set in
-/// production): `forward_delay_ms=N` delays every cross-core call;
+/// production): `forward_delay_ms=N` makes the callee of every cross-core
+/// call wait N ms before serving it;
 /// `peer_unavailable=1` makes every call a core serves for another answer
 /// 503 (the error must reach the client as it is); `panic_path=/p` makes a
 /// request for the unrouted path `/p` panic (the panic policy's test);

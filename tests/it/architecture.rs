@@ -128,3 +128,36 @@ fn concurrent_index_creates_on_several_cores_get_distinct_ids() {
     let id = v["index"]["id"].as_u64().unwrap_or(0);
     assert!(!distinct.contains(&id) && id > 0, "{id} reused");
 }
+
+#[test]
+fn a_write_the_client_was_told_timed_out_is_never_applied_later() {
+    let dir = tempdir();
+    let keys = key_per_core("late");
+    {
+        let s = start_in(
+            dir.path(),
+            &Opts::threads(2)
+                .env("THEMIS_SERVER_REQUEST_TIMEOUT_MS", "1000")
+                .env("THEMIS_TEST_FAULTS", "forward_delay_ms=2000"),
+        );
+        let mut c = s.client();
+        let mut outcome = Vec::new();
+        for k in &keys {
+            let r = c.request("PUT", &format!("/entities/{k}"), Some(r#"{"v":1}"#));
+            assert!(r.status == 201 || r.status == 503, "{}", r.status);
+            outcome.push((k.clone(), r.status));
+        }
+        let mut statuses: Vec<u16> = outcome.iter().map(|(_, st)| *st).collect();
+        statuses.sort();
+        assert_eq!(statuses, vec![201, 503], "one key local, one remote");
+        // The delayed call reaches the owner after the caller's deadline.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        s.stop();
+        let s = start_in(dir.path(), &Opts::threads(2));
+        for (k, st) in outcome {
+            let got = s.request("GET", &format!("/entities/{k}"), None).status;
+            let want = if st == 201 { 200 } else { 404 };
+            assert_eq!(got, want, "{k} answered {st} to the PUT");
+        }
+    }
+}
