@@ -11,6 +11,7 @@ use crate::mesh::{Rpc, Served};
 use crate::node::Core;
 use crate::obs::latency::LatencySnapshot;
 use std::rc::Rc;
+use std::time::Instant;
 use themis_io::{Method, Response};
 
 const GET: &[Method] = &[Method::Get, Method::Head];
@@ -71,13 +72,19 @@ impl Rpc<Core> for LatencyCopy {
     }
 }
 
-/// All cores' latency histograms merged.
-async fn merged_latency(core: &Core) -> Result<LatencySnapshot, ApiError> {
+/// All cores' latency histograms merged; a merge this core made less than
+/// a second ago is served again, so scrapes cannot make every core copy its
+/// histograms on every request.
+async fn merged_latency(core: &Core) -> Result<Rc<LatencySnapshot>, ApiError> {
+    let now = Instant::now();
+    if let Some(recent) = core.latency().recent_merge(now) {
+        return Ok(recent);
+    }
     let mut merged = core.latency().snapshot();
     for other in (0..core.cores()).filter(|c| *c != core.id()) {
         merged.merge(&*core.call(other, LatencyCopy).await?);
     }
-    Ok(merged)
+    Ok(core.latency().keep_merge(now, merged))
 }
 
 fn json(resp: &mut Response<'_>, v: &serde_json::Value) {

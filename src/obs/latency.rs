@@ -8,7 +8,8 @@
 
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
-use std::time::Duration;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Highest latency tracked (60 s, in microseconds); slower requests are
 /// clamped to it.
@@ -23,14 +24,39 @@ fn new_histogram() -> Histogram<u64> {
 pub struct CoreLatency {
     hist: RefCell<Vec<Histogram<u64>>>,
     sum_us: Vec<Cell<u64>>,
+    /// The last merge of every core's histograms this core made, and when:
+    /// scrapes within [`MERGE_MAX_AGE`] reuse it instead of copying every
+    /// core's histograms again (a scrape storm costs one fan-out a second).
+    merged: RefCell<Option<(Instant, Rc<LatencySnapshot>)>>,
 }
+
+/// How long a merged snapshot is served again.
+pub const MERGE_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl CoreLatency {
     pub fn new(slots: usize) -> Self {
         CoreLatency {
             hist: RefCell::new((0..slots).map(|_| new_histogram()).collect()),
             sum_us: (0..slots).map(|_| Cell::new(0)).collect(),
+            merged: RefCell::new(None),
         }
+    }
+
+    /// The merged snapshot made at most [`MERGE_MAX_AGE`] before `now`.
+    pub fn recent_merge(&self, now: Instant) -> Option<Rc<LatencySnapshot>> {
+        match &*self.merged.borrow() {
+            Some((at, snap)) if now.saturating_duration_since(*at) < MERGE_MAX_AGE => {
+                Some(snap.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps a merge made at `at` for [`CoreLatency::recent_merge`].
+    pub fn keep_merge(&self, at: Instant, snap: LatencySnapshot) -> Rc<LatencySnapshot> {
+        let snap = Rc::new(snap);
+        *self.merged.borrow_mut() = Some((at, snap.clone()));
+        snap
     }
 
     /// Records one request in route slot `slot`. Never allocates, never
@@ -117,5 +143,18 @@ mod tests {
         assert!(h.value_at_quantile(0.999) >= 49_000);
         assert_eq!(routes[1].1.len(), 0);
         a.record(99, Duration::from_micros(1)); // out of range: ignored
+    }
+
+    #[test]
+    fn a_merge_is_served_again_for_a_second() {
+        let c = CoreLatency::new(2);
+        let t0 = Instant::now();
+        assert!(c.recent_merge(t0).is_none());
+        c.record(0, Duration::from_micros(5));
+        c.keep_merge(t0, c.snapshot());
+        c.record(0, Duration::from_micros(5));
+        let again = c.recent_merge(t0 + Duration::from_millis(900)).unwrap();
+        assert_eq!(again.hist[0].len(), 1, "the kept merge, not a new one");
+        assert!(c.recent_merge(t0 + MERGE_MAX_AGE).is_none());
     }
 }
