@@ -17,7 +17,7 @@
 //! (two cores could each have added one) and marks the index ready or
 //! failed. Progress is in `GET /index/stats`.
 
-use super::{IndexDef, IndexState, Indexes};
+use super::{IndexDef, IndexState};
 use crate::mesh::{Rpc, Served};
 use crate::node::{Core, Node};
 use crate::obs::counters::bump;
@@ -244,9 +244,20 @@ async fn finish(core: &Core, def: &Arc<IndexDef>, progress: &BuildProgress) {
             next.error = Some(format!("verification failed: {e}"));
         }
     }
-    // Only if the index was not dropped or rebuilt meanwhile.
-    if core.node().index.catalog.current().by_id(def.id).is_none() {
-        return;
+    // Recorded only if the index was not dropped or rebuilt meanwhile (the
+    // check and the save happen under the catalog's lock).
+    let node = core.node().clone();
+    let outcome = next.clone();
+    let recorded = glommio::executor()
+        .spawn_blocking(move || node.index.finish_build(&node.storage, outcome))
+        .await;
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::error!(index = def.id, "recording the finished build failed: {e}");
+            return;
+        }
     }
     let ms = progress.started.elapsed().as_millis() as u64;
     progress.finished_ms.store(ms.max(1), Ordering::Release);
@@ -261,12 +272,6 @@ async fn finish(core: &Core, def: &Arc<IndexDef>, progress: &BuildProgress) {
         ms,
         "index build finished"
     );
-    let shared = core.node().clone();
-    let saved = next.clone();
-    let _ = glommio::executor()
-        .spawn_blocking(move || Indexes::save(&shared.storage, &saved))
-        .await;
-    core.node().index.publish_def(next);
 }
 
 /// The first pair of entities with equal constrained values, if any.

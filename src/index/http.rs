@@ -1,6 +1,6 @@
 //! `/index/create`, `/index/drop`, `/index/rebuild`, `/index/stats`.
 
-use super::{check_column, Created, IndexDef, IndexState, Indexes};
+use super::{check_column, Created, IndexDef, IndexState};
 use super::{MAX_COLUMNS, MAX_INDEXES_PER_TABLE};
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId};
@@ -210,12 +210,12 @@ fn find_existing(core: &Core, spec: &Spec) -> Result<std::sync::Arc<IndexDef>, A
         .ok_or_else(|| ApiError::NotFound(format!("no index on {} {:?}", spec.table, spec.columns)))
 }
 
-/// Deletes an index's definition and entries, off the reactor.
+/// Deletes an index's entries (its definition is gone already), off the
+/// reactor.
 async fn delete_entries(core: &Core, def: &IndexDef) -> Result<(), ApiError> {
-    let (node, from, to, id) = (core.node().clone(), def.prefix(), def.end(), def.id);
+    let (node, from, to) = (core.node().clone(), def.prefix(), def.end());
     glommio::executor()
         .spawn_blocking(move || {
-            Indexes::forget(&node.storage, id)?;
             let mut b: ChangeBatch<'_> = node.storage.batch();
             b.delete_range(Family::Indexes, &from, &to)?;
             node.storage.commit(b)?;
@@ -231,7 +231,10 @@ async fn delete_entries(core: &Core, def: &IndexDef) -> Result<(), ApiError> {
 pub async fn drop(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     let spec = parse_spec(body, false)?;
     let def = find_existing(core, &spec)?;
-    core.node().index.remove_def(def.id);
+    let (node, id) = (core.node().clone(), def.id);
+    glommio::executor()
+        .spawn_blocking(move || node.index.drop_def(&node.storage, id))
+        .await?;
     delete_entries(core, &def).await?;
     tracing::info!(index = def.id, table = %def.table, columns = ?def.columns, "index dropped");
     let v = json!({"dropped": true, "table": def.table, "columns": def.columns});

@@ -272,28 +272,41 @@ impl Indexes {
     }
 
     /// A fresh copy of `old` under a new id takes its place (a rebuild),
-    /// in one step as [`Indexes::create`].
+    /// in one step as [`Indexes::create`]; the old definition's removal is
+    /// persisted in the same step (its entries are deleted afterwards).
     pub fn recreate(&self, storage: &Storage, old: &IndexDef) -> Result<IndexDef, StorageError> {
         self.catalog.update(|c| {
             let def = allocate(c, storage, &old.table, old.columns.clone(), old.unique)?;
+            Indexes::forget(storage, old.id)?;
             c.indexes.retain(|d| d.id != old.id);
             Ok(def)
         })
     }
 
-    /// Replaces one definition in the catalog (or adds it).
-    pub fn publish_def(&self, def: IndexDef) {
+    /// Records a finished build's outcome (ready or failed), persisted and
+    /// then published, under the catalog's lock — only if the index still
+    /// exists: a drop or rebuild that won the race is never undone by a
+    /// build finishing late. Returns whether it was recorded. Blocking.
+    pub fn finish_build(&self, storage: &Storage, def: IndexDef) -> Result<bool, StorageError> {
         self.catalog.update(|c| {
-            let def = Arc::new(def);
-            match c.indexes.iter_mut().find(|d| d.id == def.id) {
-                Some(slot) => *slot = def,
-                None => c.indexes.push(def),
-            }
-        });
+            let Some(slot) = c.indexes.iter_mut().find(|d| d.id == def.id) else {
+                return Ok(false);
+            };
+            Indexes::save(storage, &def)?;
+            *slot = Arc::new(def);
+            Ok(true)
+        })
     }
 
-    pub fn remove_def(&self, id: u32) {
-        self.catalog.update(|c| c.indexes.retain(|d| d.id != id));
+    /// Drops index `id`: its definition's removal is persisted, then
+    /// published, under the catalog's lock (its entries are deleted
+    /// afterwards; queries no longer see it). Blocking.
+    pub fn drop_def(&self, storage: &Storage, id: u32) -> Result<(), StorageError> {
+        self.catalog.update(|c| {
+            Indexes::forget(storage, id)?;
+            c.indexes.retain(|d| d.id != id);
+            Ok(())
+        })
     }
 }
 
@@ -401,6 +414,51 @@ mod tests {
         assert!(!d.value_prefix(&doc(r#"{"email":null}"#), &mut out));
         assert!(!d.value_prefix(&doc(r#"{"other":1}"#), &mut out));
         assert!(!d.value_prefix(&doc(r#"{"email":[1]}"#), &mut out));
+    }
+
+    fn storage(dir: &std::path::Path) -> Storage {
+        let cfg = crate::config::StorageConfig {
+            rocksdb_path: dir.to_path_buf(),
+            memtable_size_mb: 4,
+            block_cache_size_mb: 8,
+            ..Default::default()
+        };
+        Storage::open(&cfg).unwrap()
+    }
+
+    #[test]
+    fn a_build_finishing_after_a_drop_does_not_bring_the_index_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let st = storage(dir.path());
+            let ix = Indexes::open(&st).unwrap();
+            let Created::New(def) = ix.create(&st, "t", vec!["a".into()], false).unwrap() else {
+                panic!("new index expected");
+            };
+            let mut done = def.clone();
+            done.state = IndexState::Ready;
+            ix.drop_def(&st, def.id).unwrap();
+            assert!(
+                !ix.finish_build(&st, done).unwrap(),
+                "dropped: not recorded"
+            );
+            assert!(ix.catalog.current().by_id(def.id).is_none());
+            // A rebuild's old definition is gone from storage too.
+            let Created::New(kept) = ix.create(&st, "t", vec!["b".into()], false).unwrap() else {
+                panic!("new index expected");
+            };
+            let fresh = ix.recreate(&st, &kept).unwrap();
+            assert!(fresh.id > kept.id);
+        }
+        let st = storage(dir.path());
+        let ix = Indexes::open(&st).unwrap();
+        let ids: Vec<u32> = ix.catalog.current().indexes.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![3], "only the rebuilt copy survives a restart");
+        // Ids are never reused after a restart.
+        let Created::New(next) = ix.create(&st, "t", vec!["c".into()], false).unwrap() else {
+            panic!("new index expected");
+        };
+        assert_eq!(next.id, 4);
     }
 
     #[test]
