@@ -196,6 +196,39 @@ mod tests {
         ));
     }
 
+    /// `docs/openapi.yaml` lists exactly the table's routes, with their
+    /// roles.
+    #[test]
+    fn the_openapi_document_matches_the_table() {
+        use super::super::routes::PathPattern;
+        use std::collections::BTreeSet;
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../docs/openapi.yaml")).unwrap();
+        let mut documented = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_mapping().unwrap() {
+            for (method, op) in ops.as_mapping().unwrap() {
+                let method = method.as_str().unwrap();
+                if method == "parameters" {
+                    continue;
+                }
+                let role = op["x-themis-role"].as_str().unwrap_or("?").to_string();
+                documented.insert((path.as_str().unwrap().to_string(), method.to_string(), role));
+            }
+        }
+        let mut routed = BTreeSet::new();
+        for r in TABLE.rows() {
+            let path = match r.path {
+                PathPattern::Exact(p) => p.to_string(),
+                PathPattern::Prefix(p) => format!("{p}{{key}}"),
+            };
+            let role = format!("{:?}", r.role).to_lowercase();
+            for m in r.methods {
+                routed.insert((path.clone(), m.as_str().to_lowercase(), role.clone()));
+            }
+        }
+        assert_eq!(documented, routed);
+    }
+
     #[test]
     fn labels_and_roles() {
         assert_eq!(LABELS[RouteId::ConfigGet as usize], "/config");
