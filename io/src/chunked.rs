@@ -88,7 +88,8 @@ pub fn decode(
                 state.phase = Phase::Data(size);
             }
             Phase::Data(size) => {
-                if rest.len() < size + 2 {
+                // `size + 2` could overflow when `max` is `usize::MAX`.
+                if rest.len() < size || rest.len() - size < 2 {
                     return Ok(None);
                 }
                 if &rest[size..size + 2] != b"\r\n" {
