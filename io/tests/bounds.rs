@@ -10,11 +10,11 @@
 //! (20 s) is far longer than any of them but shorter than the limits a
 //! missing bound would fall back to.
 
+mod common;
+use common::run;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
-use glommio::LocalExecutorBuilder;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -124,25 +124,6 @@ impl Transport for Recording {
     }
 }
 
-fn run<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            glommio::timer::timeout(Duration::from_secs(20), async {
-                test().await;
-                Ok(())
-            })
-            .await
-            .expect("test timed out");
-        })
-        .expect("executor starts")
-        .join()
-        .expect("test executor");
-}
-
 type Task = glommio::task::JoinHandle<io::Result<()>>;
 
 fn spawn_serve<T: Transport + 'static>(
@@ -161,9 +142,7 @@ fn spawn_serve<T: Transport + 'static>(
 }
 
 async fn read_all<S: AsyncRead + Unpin>(client: &mut S) -> Vec<u8> {
-    let mut out = Vec::new();
-    client.read_to_end(&mut out).await.expect("read");
-    out
+    common::read_to_end(client).await
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {

@@ -7,11 +7,11 @@
 //! shutdown, streaming and hang-up detection) and check that every request
 //! sees the peer identity its transport reported.
 
+mod common;
+use common::run;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
-use glommio::LocalExecutorBuilder;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -154,25 +154,6 @@ impl<T: Transport> Handler<T> for TestHandler {
     }
 }
 
-fn run<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            glommio::timer::timeout(Duration::from_secs(20), async {
-                test().await;
-                Ok(())
-            })
-            .await
-            .expect("test timed out");
-        })
-        .expect("executor starts")
-        .join()
-        .expect("test executor");
-}
-
 /// Serves `server` on a task; returns the handler and the task.
 fn spawn_serve<T: Transport + 'static>(
     server: T,
@@ -191,9 +172,7 @@ fn spawn_serve<T: Transport + 'static>(
 }
 
 async fn read_all<S: AsyncRead + Unpin>(client: &mut S) -> String {
-    let mut out = Vec::new();
-    client.read_to_end(&mut out).await.expect("read");
-    String::from_utf8(out).expect("utf-8 response")
+    String::from_utf8(common::read_to_end(client).await).expect("utf-8 response")
 }
 
 /// Reads until `needle` has been seen `count` times.

@@ -296,18 +296,10 @@ fn forward_past_the_timeout_gets_503() {
     );
     // One key owned by each shard: whichever core this connection landed on,
     // exactly one of the two requests must cross to the other core.
-    let mut keys = [None, None];
-    for i in 0.. {
-        let k = format!("t:{i}");
-        let o = themis::mesh::owner_of(k.as_bytes(), 2);
-        keys[o].get_or_insert(k);
-        if keys.iter().all(Option::is_some) {
-            break;
-        }
-    }
+    let keys = crate::common::key_per_core("t");
     let mut c = s.client();
     let mut statuses = Vec::new();
-    for k in keys.iter().flatten() {
+    for k in &keys {
         let r = c.request("GET", &format!("/entities/{k}"), None);
         if r.status == 503 {
             assert_eq!(r.json()["code"], "request_timeout");

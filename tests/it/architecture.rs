@@ -2,22 +2,9 @@
 //! reach the client with their own status, and index ids are never given
 //! twice, even to creates racing on several cores.
 
-use crate::common::{start_in, tempdir, Client, Opts};
+use crate::common::{key_per_core, start_in, tempdir, Client, Opts};
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
-
-/// One key owned by each of two cores.
-fn key_per_core(table: &str) -> [String; 2] {
-    let mut keys = [None, None];
-    for i in 0.. {
-        let k = format!("{table}:{i}");
-        keys[themis::mesh::owner_of(k.as_bytes(), 2)].get_or_insert(k);
-        if keys.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    keys.map(|k| k.unwrap_or_default())
-}
 
 #[test]
 fn a_remote_error_keeps_its_status_and_code() {

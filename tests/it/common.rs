@@ -16,3 +16,17 @@ pub fn start_in(dir: &Path, opts: &Opts) -> Server {
 pub fn command(dir: &Path) -> Command {
     themis_testkit::command(Path::new(BIN), dir)
 }
+
+/// One key of `table` owned by each core of a 2-core server: whichever core
+/// a connection lands on, one of the two is local and one is remote.
+pub fn key_per_core(table: &str) -> [String; 2] {
+    let mut keys = [None, None];
+    for i in 0.. {
+        let k = format!("{table}:{i}");
+        keys[themis::mesh::owner_of(k.as_bytes(), 2)].get_or_insert(k);
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    keys.map(|k| k.unwrap_or_default())
+}

@@ -23,19 +23,6 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
     })
 }
 
-/// Keys owned by shard 0 and shard 1 of a 2-shard server.
-fn key_per_shard() -> [String; 2] {
-    let mut keys = [None, None];
-    for i in 0.. {
-        let k = format!("t:{i}");
-        keys[themis::mesh::owner_of(k.as_bytes(), 2)].get_or_insert(k);
-        if keys.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    keys.map(|k| k.unwrap())
-}
-
 #[test]
 fn every_guide_metric_is_exposed() {
     let dir = tempdir();
@@ -110,7 +97,7 @@ fn quantiles_move_when_latency_moves() {
         dir.path(),
         &Opts::threads(2).env("THEMIS_TEST_FAULTS", "forward_delay_ms=150"),
     );
-    let [k0, k1] = key_per_shard();
+    let [k0, k1] = crate::common::key_per_core("t");
     let mut c = s.client();
     // Which key is local to this connection's core? The remote one waits
     // at least the injected 150 ms; the local one does not.
@@ -203,7 +190,7 @@ fn a_new_timeout_applies_on_every_core_at_once() {
         dir.path(),
         &Opts::threads(2).env("THEMIS_TEST_FAULTS", "forward_delay_ms=1500"),
     );
-    let keys = key_per_shard();
+    let keys = crate::common::key_per_core("t");
     let mut c = s.client();
     // With the default 30 s timeout the slow forward succeeds (404: absent).
     let statuses: Vec<u16> = keys

@@ -532,15 +532,7 @@ fn unique_index_holds_across_cores() {
     assert_eq!(st, 202);
     wait_ready(&s);
     // Keys owned by different shards.
-    let mut keys = [None, None];
-    for i in 0.. {
-        let k = format!("acct:{i}");
-        keys[themis::mesh::owner_of(k.as_bytes(), 2)].get_or_insert(k);
-        if keys.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    let keys = keys.map(|k| k.unwrap());
+    let keys = crate::common::key_per_core("acct");
     for round in 0..40 {
         let email = format!("u{round}@x");
         let barrier = Arc::new(std::sync::Barrier::new(2));
