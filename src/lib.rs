@@ -28,6 +28,9 @@ pub mod query;
 pub mod runtime;
 pub mod storage;
 
+#[cfg(test)]
+mod props;
+
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Build date (UTC, YYYY-MM-DD), set by build.rs.
