@@ -2,7 +2,7 @@
 //! reach the client with their own status, and index ids are never given
 //! twice, even to creates racing on several cores.
 
-use crate::common::{key_per_core, start_in, tempdir, Client, Opts};
+use crate::common::{key_per_core, start_in, tempdir, wait_ready, Client, Opts};
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
@@ -18,13 +18,7 @@ fn a_remote_error_keeps_its_status_and_code() {
             Some(r#"{"table":"u","column":"email","unique":true}"#),
         );
         assert_eq!(st, 202, "{v}");
-        for _ in 0..200 {
-            let (_, v) = s.json("GET", "/index/stats?table=u", None);
-            if v["indexes"][0]["state"] == "ready" {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_ready(&s);
         s.stop();
     }
     // Second run: every call a core serves for another answers 503.

@@ -30,3 +30,17 @@ pub fn key_per_core(table: &str) -> [String; 2] {
     }
     keys.map(|k| k.unwrap_or_default())
 }
+
+/// Waits (at most 30 s, then fails) until every index is ready.
+pub fn wait_ready(s: &Server) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = s.json("GET", "/index/stats", None).1;
+        let all = v["indexes"].as_array().cloned().unwrap_or_default();
+        if all.iter().all(|i| i["state"] == "ready") {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "indexes not ready: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

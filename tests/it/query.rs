@@ -222,19 +222,6 @@ fn load(s: &Server, n: usize, seed: u64) -> Vec<(String, Value)> {
         .collect()
 }
 
-fn wait_ready(s: &Server) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = s.json("GET", "/index/stats", None).1;
-        let all = v["indexes"].as_array().unwrap();
-        if all.iter().all(|i| i["state"] == "ready") {
-            return;
-        }
-        assert!(Instant::now() < end, "indexes not ready: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn check_random_queries(s: &Server, data: &[(String, Value)], seed: u64, n: usize) -> Vec<String> {
     let mut r = Rng(seed);
     let mut modes = Vec::new();
