@@ -14,6 +14,7 @@ use super::ReadLimits;
 use crate::entity::key::decode_query_value;
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::node::blocking::Work;
 use crate::node::{Core, Faults};
 use crate::obs::counters::{bump, drop_one};
 use std::rc::Rc;
@@ -83,12 +84,13 @@ async fn retention_loop(core: Rc<Core>, shutdown: ShutdownSignal, interval: Dura
         }
         let hours = u64::from(core.settings().cdc_retention_hours);
         let node = core.node().clone();
-        let result = glommio::executor()
-            .spawn_blocking(move || {
+        let result = core
+            .blocking_background(Work::Feed, move || {
                 node.changefeed
                     .prune_older_than(&node.storage, hours * 3_600_000)
             })
-            .await;
+            .await
+            .and_then(|r| r.map_err(ApiError::from));
         if let Err(e) = result {
             tracing::error!("change feed retention failed: {e}");
         }
@@ -220,7 +222,7 @@ pub async fn poll(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Re
     let _reader = (!wait.is_zero()).then(|| feed.reader());
     let batch = loop {
         let gen = feed.generation();
-        let batch = feed.read(shared, after, &p.filter, limits).await?;
+        let batch = feed.read(core, after, &p.filter, limits).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !batch.events.is_empty()
             || remaining.is_zero()
@@ -360,13 +362,9 @@ async fn stream_loop(
             return Err(StreamEnd::Shutdown);
         }
         let gen = feed.generation();
-        let batch = match feed
-            .read(core.node(), s.after, &s.filter, STREAM_LIMITS)
-            .await
-        {
+        let batch = match feed.read(core, s.after, &s.filter, STREAM_LIMITS).await {
             Ok(b) => b,
             Err(e) => {
-                let e = ApiError::from(e);
                 if let ApiError::HistoryPruned { .. } = e {
                     let behind = core.node().changefeed.latest().saturating_sub(s.after);
                     bump(&counters.sse_dropped_events, behind);
@@ -478,15 +476,15 @@ pub async fn retention(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Res
         }
     };
     let shared = core.node().clone();
-    let outcome = glommio::executor()
-        .spawn_blocking(move || {
+    let outcome = core
+        .blocking(Work::Admin, move || {
             let feed = &shared.changefeed;
             match prune {
                 Prune::Before(n) => feed.prune_before(&shared.storage, n),
                 Prune::Age(ms) => feed.prune_older_than(&shared.storage, ms),
             }
         })
-        .await?;
+        .await??;
     let v = serde_json::json!({
         "deleted": outcome.deleted,
         "first_sequence": outcome.first_sequence,

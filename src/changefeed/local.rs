@@ -18,7 +18,7 @@
 //! watermark.
 
 use super::record::{Event, Filter};
-use super::{FeedError, ReadLimits};
+use super::ReadLimits;
 use crate::node::Node;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -250,11 +250,12 @@ impl LocalFeed {
     /// covers them, otherwise from storage on the blocking pool.
     pub async fn read(
         &self,
-        shared: &Arc<Node>,
+        core: &crate::node::Core,
         after: u64,
         filter: &Filter,
         limits: ReadLimits,
-    ) -> Result<Batch, FeedError> {
+    ) -> Result<Batch, crate::error::ApiError> {
+        let shared = core.node();
         let feed = &shared.changefeed;
         let after = feed.start_after(after)?;
         if let Some(b) = self.read_ring(after, filter, limits) {
@@ -275,13 +276,13 @@ impl LocalFeed {
             });
         }
         let (shared, filter) = (shared.clone(), filter.clone());
-        let stored = glommio::executor()
-            .spawn_blocking(move || {
+        let stored = core
+            .blocking(crate::node::blocking::Work::Feed, move || {
                 shared
                     .changefeed
                     .read_stored(&shared.storage, after, upto, &filter, limits)
             })
-            .await?;
+            .await??;
         Ok(Batch {
             events: stored.events.into_iter().map(Rc::new).collect(),
             scanned_to: stored.scanned_to,

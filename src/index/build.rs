@@ -18,7 +18,9 @@
 //! failed. Progress is in `GET /index/stats`.
 
 use super::{IndexDef, IndexState};
+use crate::error::ApiError;
 use crate::mesh::{Rpc, Served};
+use crate::node::blocking::Work;
 use crate::node::{Core, Node};
 use crate::obs::counters::bump;
 use crate::storage::{Family, StorageError};
@@ -128,9 +130,12 @@ async fn run(core: Rc<Core>, id: u32) {
         // Step 2, off the reactor.
         let (shared, d, start) = (core.node().clone(), def.clone(), from.clone());
         let to2 = to.clone();
-        let chunk = glommio::executor()
-            .spawn_blocking(move || read_chunk(&shared, &d, &start, &to2, me, shards))
-            .await;
+        let chunk = core
+            .blocking_background(Work::Build, move || {
+                read_chunk(&shared, &d, &start, &to2, me, shards)
+            })
+            .await
+            .and_then(|r| r.map_err(ApiError::from));
         let (items, next) = match chunk {
             Ok(c) => c,
             Err(e) => {
@@ -223,15 +228,16 @@ fn read_chunk(
 async fn finish(core: &Core, def: &Arc<IndexDef>, progress: &BuildProgress) {
     let shared = core.node().clone();
     let d = def.clone();
-    let verdict = glommio::executor()
-        .spawn_blocking(move || {
+    let verdict = core
+        .blocking_background(Work::Build, move || {
             if d.unique {
                 find_duplicate(&shared, &d)
             } else {
                 Ok(None)
             }
         })
-        .await;
+        .await
+        .and_then(|r| r.map_err(ApiError::from));
     let mut next = (**def).clone();
     match verdict {
         Ok(None) => next.state = IndexState::Ready,
@@ -248,9 +254,12 @@ async fn finish(core: &Core, def: &Arc<IndexDef>, progress: &BuildProgress) {
     // check and the save happen under the catalog's lock).
     let node = core.node().clone();
     let outcome = next.clone();
-    let recorded = glommio::executor()
-        .spawn_blocking(move || node.index.finish_build(&node.storage, outcome))
-        .await;
+    let recorded = core
+        .blocking_background(Work::Build, move || {
+            node.index.finish_build(&node.storage, outcome)
+        })
+        .await
+        .and_then(|r| r.map_err(ApiError::from));
     match recorded {
         Ok(true) => {}
         Ok(false) => return,

@@ -4,6 +4,7 @@ use super::{check_column, Created, IndexDef, IndexState};
 use super::{MAX_COLUMNS, MAX_INDEXES_PER_TABLE};
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::node::blocking::Work;
 use crate::node::Core;
 use crate::storage::{ChangeBatch, Family};
 use serde_json::{json, Map, Value};
@@ -150,12 +151,12 @@ async fn start_build(core: &Core, id: u32) -> Result<(), ApiError> {
 /// Creates a definition, off the reactor.
 async fn create_def(core: &Core, spec: Spec) -> Result<Created, ApiError> {
     let node = core.node().clone();
-    Ok(glommio::executor()
-        .spawn_blocking(move || {
-            node.index
-                .create(&node.storage, &spec.table, spec.columns, spec.unique)
-        })
-        .await?)
+    core.blocking(Work::Admin, move || {
+        node.index
+            .create(&node.storage, &spec.table, spec.columns, spec.unique)
+    })
+    .await?
+    .map_err(ApiError::from)
 }
 
 /// `POST /index/create`.
@@ -214,16 +215,15 @@ fn find_existing(core: &Core, spec: &Spec) -> Result<std::sync::Arc<IndexDef>, A
 /// reactor.
 async fn delete_entries(core: &Core, def: &IndexDef) -> Result<(), ApiError> {
     let (node, from, to) = (core.node().clone(), def.prefix(), def.end());
-    glommio::executor()
-        .spawn_blocking(move || {
-            let mut b: ChangeBatch<'_> = node.storage.batch();
-            b.delete_range(Family::Indexes, &from, &to)?;
-            node.storage.commit(b)?;
-            node.storage
-                .compact_range(Family::Indexes, Some(&from), Some(&to));
-            Ok::<_, crate::storage::StorageError>(())
-        })
-        .await?;
+    core.blocking(Work::Admin, move || {
+        let mut b: ChangeBatch<'_> = node.storage.batch();
+        b.delete_range(Family::Indexes, &from, &to)?;
+        node.storage.commit(b)?;
+        node.storage
+            .compact_range(Family::Indexes, Some(&from), Some(&to));
+        Ok::<_, crate::storage::StorageError>(())
+    })
+    .await??;
     Ok(())
 }
 
@@ -232,9 +232,8 @@ pub async fn drop(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(
     let spec = parse_spec(body, false)?;
     let def = find_existing(core, &spec)?;
     let (node, id) = (core.node().clone(), def.id);
-    glommio::executor()
-        .spawn_blocking(move || node.index.drop_def(&node.storage, id))
-        .await?;
+    core.blocking(Work::Admin, move || node.index.drop_def(&node.storage, id))
+        .await??;
     delete_entries(core, &def).await?;
     tracing::info!(index = def.id, table = %def.table, columns = ?def.columns, "index dropped");
     let v = json!({"dropped": true, "table": def.table, "columns": def.columns});
@@ -248,9 +247,11 @@ pub async fn rebuild(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Resul
     let spec = parse_spec(body, false)?;
     let old = find_existing(core, &spec)?;
     let (node, prev) = (core.node().clone(), old.clone());
-    let def = glommio::executor()
-        .spawn_blocking(move || node.index.recreate(&node.storage, &prev))
-        .await?;
+    let def = core
+        .blocking(Work::Admin, move || {
+            node.index.recreate(&node.storage, &prev)
+        })
+        .await??;
     delete_entries(core, &old).await?;
     start_build(core, def.id).await?;
     tracing::info!(old = old.id, new = def.id, "index rebuild started");
@@ -296,8 +297,8 @@ pub async fn stats(
     }
     let shared = core.node().clone();
     let ranges: Vec<_> = chosen.iter().map(|d| (d.prefix(), d.end())).collect();
-    let sizes = glommio::executor()
-        .spawn_blocking(move || {
+    let sizes = core
+        .blocking(Work::Scan, move || {
             ranges
                 .iter()
                 .map(|(from, to)| {
@@ -313,7 +314,7 @@ pub async fn stats(
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
-        .await?;
+        .await??;
     let list: Vec<Value> = chosen
         .iter()
         .zip(sizes)

@@ -17,6 +17,7 @@
 //! the owner" is therefore checked by the compiler where it used to be a
 //! comment.
 
+use super::blocking::Work;
 use super::Node;
 use crate::error::ApiError;
 use crate::mesh::{Mesh, MeshOwner, Rpc};
@@ -43,6 +44,8 @@ pub struct Core {
     index: crate::index::Local,
     changefeed: crate::changefeed::Local,
     query: crate::query::Local,
+    /// Lanes of blocking work (one per kind, see [`super::blocking`]).
+    lanes: super::blocking::Lanes,
 }
 
 /// Proof that the current core owns `key`: only [`Core::own`] makes one.
@@ -76,6 +79,7 @@ impl Core {
             index,
             changefeed: Default::default(),
             query: Default::default(),
+            lanes: Default::default(),
         })
     }
 
@@ -148,6 +152,31 @@ impl Core {
             self.call(other, call.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Runs `job` off the reactor in `kind`'s lane; 503 when that lane's
+    /// queue on this core is full.
+    pub async fn blocking<T, F>(&self, kind: Work, job: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.lanes.run(kind, job).await
+    }
+
+    /// Like [`Core::blocking`], for background tasks: waits for a slot
+    /// however long the queue is.
+    pub async fn blocking_background<T, F>(&self, kind: Work, job: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.lanes.run_background(kind, job).await
+    }
+
+    /// (kind, running, waiting) of this core's blocking lanes.
+    pub fn blocking_usage(&self) -> Vec<(&'static str, usize, usize)> {
+        self.lanes.usage().collect()
     }
 
     pub fn entity(&self) -> &crate::entity::Local {

@@ -237,10 +237,10 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
             .name(&format!("themis-shard-{i}"))
             .io_memory(256 << 10)
-            // One helper thread per core for work that must not block the
-            // reactor (change-feed catch-up reads, retention), free to run
-            // on any CPU rather than compete with its own executor.
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            // Helper threads for work that must not block the reactor, one
+            // per running slot of every lane (`node::blocking`), free to run
+            // on any CPU rather than compete with their own executor.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(super::blocking::POOL_THREADS))
             .spawn(move || async move {
                 let _guard = guard;
                 core_main(CoreSetup {

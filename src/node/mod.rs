@@ -8,6 +8,7 @@
 //! path except each core's own counter slot and the change feed's sequence
 //! counter. Nothing on the request path takes a lock.
 
+pub mod blocking;
 pub mod core;
 pub mod features;
 pub mod lifecycle;

@@ -8,6 +8,7 @@ use crate::entity::write_json_str;
 use crate::error::ApiError;
 use crate::index::IndexDef;
 use crate::mesh::{Rpc, Served};
+use crate::node::blocking::Work;
 use crate::node::{Core, Node};
 use crate::obs::counters::bump;
 use crate::storage::Family;
@@ -15,23 +16,19 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
-/// One matching row.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub key: String,
-    pub value: Vec<u8>,
-    pub sort: Vec<u8>,
-}
+/// Most bytes of entities in one `/query` answer: a longer page ends early
+/// and `next_cursor` continues it (at least one entity is always returned).
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 
-impl Row {
-    fn position(&self) -> Position {
-        Position {
-            sort: self.sort.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
+/// Scans check their request's deadline every this many rows.
+const DEADLINE_EVERY: u64 = 1024;
+
+/// One matching row: where it sorts, never its document. Documents are read
+/// only for the rows of the answer's page ([`PageFetch`]), so a query's
+/// memory is bounded by its limit, not by its match set or document sizes.
+pub type Row = Position;
 
 #[derive(Debug, Clone)]
 pub struct ScanTask {
@@ -45,6 +42,8 @@ pub struct ScanTask {
     /// Rows wanted (the answer keeps the first `limit` in result order).
     pub limit: usize,
     pub count_only: bool,
+    /// When the request gives up: the scan stops there (503).
+    pub deadline: Instant,
 }
 
 /// A core's answer.
@@ -55,7 +54,8 @@ pub struct ShardRows {
     pub scanned: u64,
 }
 
-/// Fetch these keys (owned by the callee) and keep the matching ones.
+/// Fetch these keys (owned by the callee) and keep where the matching ones
+/// sort.
 pub struct FetchShare {
     pub keys: Vec<String>,
     pub filter: Arc<Filter>,
@@ -84,9 +84,50 @@ impl Rpc<Core> for ScanShare {
 /// Scans this core's share of a table, on the blocking pool.
 async fn scan_here(core: &Core, task: ScanTask) -> Result<ShardRows, ApiError> {
     let (node, me, n) = (core.node().clone(), core.id(), core.cores());
-    Ok(glommio::executor()
-        .spawn_blocking(move || scan_share(&node, &task, me, n))
-        .await?)
+    core.blocking(Work::Scan, move || scan_share(&node, &task, me, n))
+        .await?
+}
+
+/// Read the documents of a page's rows owned by the callee, in the given
+/// order, until `max_bytes` are read (at least one). A row whose document
+/// is gone or no longer matches the filter (a write since it matched) is
+/// `None`. The answer covers a prefix of `keys`: the rows after it were not
+/// read.
+pub struct PageFetch {
+    pub keys: Vec<String>,
+    pub filter: Arc<Filter>,
+    pub max_bytes: usize,
+}
+
+impl Rpc<Core> for PageFetch {
+    type Answer = Vec<Option<Vec<u8>>>;
+    fn serve(self, core: &Rc<Core>) -> Served<Self::Answer> {
+        Served::Now(fetch_page(core, &self.keys, &self.filter, self.max_bytes))
+    }
+}
+
+fn fetch_page(
+    core: &Core,
+    keys: &[String],
+    filter: &Filter,
+    max_bytes: usize,
+) -> Result<Vec<Option<Vec<u8>>>, ApiError> {
+    let mut scratch = core.query().check_scratch().borrow_mut();
+    let storage = &core.node().storage;
+    let mut out = Vec::with_capacity(keys.len());
+    let mut bytes = 0usize;
+    for k in keys {
+        if bytes >= max_bytes {
+            break;
+        }
+        let doc = storage.get_with(Family::Entities, k.as_bytes(), |v| {
+            v.filter(|v| filter.check(v, &mut scratch).is_some())
+                .map(<[u8]>::to_vec)
+        })?;
+        bytes += doc.as_ref().map_or(0, |d| d.len() + k.len());
+        out.push(doc);
+    }
+    Ok(out)
 }
 
 fn fetch(core: &Core, keys: &[String], filter: &Filter) -> Result<ShardRows, ApiError> {
@@ -99,7 +140,6 @@ fn fetch(core: &Core, keys: &[String], filter: &Filter) -> Result<ShardRows, Api
             if let Some(sort) = filter.check(v, &mut scratch) {
                 found[i] = Some(Row {
                     key: keys[i].clone(),
-                    value: v.to_vec(),
                     sort,
                 });
             }
@@ -126,13 +166,14 @@ fn keep_first(rows: &mut Vec<Row>, limit: usize, desc: bool) {
     rows.truncate(limit);
 }
 
-/// Scans the table's keys owned by core `me` (on a blocking thread).
+/// Scans the table's keys owned by core `me` (on a blocking thread), until
+/// the request's deadline.
 fn scan_share(
     shared: &Node,
     t: &ScanTask,
     me: usize,
     shards: usize,
-) -> Result<ShardRows, crate::storage::StorageError> {
+) -> Result<ShardRows, ApiError> {
     let (mut from, to) = t.range.clone().unwrap_or_else(|| table_range(&t.table));
     let by_owner = t.range.is_none() && shards > 1;
     let key_order = t.filter.order_path.is_none();
@@ -149,9 +190,16 @@ fn scan_share(
     }
     let mut out = ShardRows::default();
     let mut scratch = super::CheckScratch::default();
+    let mut seen = 0u64;
+    let mut late = false;
     shared
         .storage
         .scan(Family::Entities, &from, &to, false, |k, v| {
+            seen += 1;
+            if seen.is_multiple_of(DEADLINE_EVERY) && Instant::now() >= t.deadline {
+                late = true;
+                return false;
+            }
             if by_owner && crate::mesh::owner_of(k, shards) != me {
                 return true;
             }
@@ -170,11 +218,7 @@ fn scan_share(
             if t.count_only {
                 return true;
             }
-            out.rows.push(Row {
-                key: pos.key,
-                value: v.to_vec(),
-                sort: pos.sort,
-            });
+            out.rows.push(pos);
             if key_order && !t.desc && out.rows.len() >= t.limit {
                 return false; // rows arrive in key order: enough
             }
@@ -183,6 +227,9 @@ fn scan_share(
             }
             true
         })?;
+    if late {
+        return Err(ApiError::Timeout { ms: 0 });
+    }
     if !t.count_only {
         keep_first(&mut out.rows, t.limit, t.desc);
     }
@@ -250,8 +297,27 @@ struct PlanInfo {
     scan_split: Option<&'static str>,
 }
 
-/// Executes `q` and writes the answer.
+/// Executes `q` and writes the answer. The request's deadline
+/// (`server.request_timeout_ms` from now) bounds every step on every core:
+/// past it the query stops and answers 503.
 pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
+    let timeout = core.request_timeout();
+    let deadline = Instant::now() + timeout;
+    let ms = timeout.as_millis() as u64;
+    match run(core, q, deadline).await {
+        Err(ApiError::Timeout { .. }) => Err(ApiError::Timeout { ms }),
+        other => other,
+    }
+}
+
+fn check_deadline(deadline: Instant) -> Result<(), ApiError> {
+    if Instant::now() >= deadline {
+        return Err(ApiError::Timeout { ms: 0 });
+    }
+    Ok(())
+}
+
+async fn run(core: &Core, q: Query, deadline: Instant) -> Result<Vec<u8>, ApiError> {
     let rt = core.settings();
     let (threshold, batch) = (rt.parallel_threshold, rt.batch_size.max(1));
     let catalog = core.index().catalog();
@@ -259,6 +325,8 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
     let desc = q.order.as_ref().is_some_and(|o| o.desc);
     let count_only = q.ret == Return::Count;
     let want = if count_only { usize::MAX } else { q.limit + 1 };
+    // Rows kept before trimming back to `want` (a top-K, not the match set).
+    let keep_at = want.saturating_mul(2).max(128);
 
     // Plan: probe every usable ready index (bounded, inline), keep the
     // smallest range; compare large ones with a capped count.
@@ -271,9 +339,11 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
         } => Some((access, count, Some(keys))),
         plan::Probe::Large(large) => {
             let s2 = shared.clone();
-            let (access, count) = glommio::executor()
-                .spawn_blocking(move || plan::smallest(&s2.storage, large, COUNT_CAP))
-                .await?;
+            let (access, count) = core
+                .blocking(Work::Scan, move || {
+                    plan::smallest(&s2.storage, large, COUNT_CAP)
+                })
+                .await??;
             Some((access, count, None))
         }
         plan::Probe::NoIndex => None,
@@ -320,6 +390,7 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
             let mut pending: Option<Vec<String>> = probed;
             let mut done = false;
             while !done {
+                check_deadline(deadline)?;
                 let chunk = match pending.take() {
                     Some(keys) => {
                         done = true;
@@ -334,9 +405,11 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
                             acc.reverse,
                         );
                         let cap = batch.max(PROBE);
-                        let e = glommio::executor()
-                            .spawn_blocking(move || read_entries(&s2.storage, &d, &f, &t, r, cap))
-                            .await?;
+                        let e = core
+                            .blocking(Work::Scan, move || {
+                                read_entries(&s2.storage, &d, &f, &t, r, cap)
+                            })
+                            .await??;
                         match (e.complete, e.last) {
                             (false, Some(mut last)) => {
                                 // Continue after the last entry read.
@@ -357,7 +430,7 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
                 let got = fetch_filter(core, chunk, &filter, parallel, batch).await?;
                 for r in got {
                     if let Some(c) = &q.cursor {
-                        if !r.position().after(c, desc) {
+                        if !r.after(c, desc) {
                             continue;
                         }
                     }
@@ -369,6 +442,9 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
                 if acc.streamable && !count_only && rows.len() >= want {
                     break;
                 }
+                if rows.len() >= keep_at {
+                    keep_first(&mut rows, want, desc);
+                }
             }
         }
         None => {
@@ -378,9 +454,8 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
             let s2 = shared.clone();
             let table = q.table.clone();
             let ranges = if shards > 1 {
-                glommio::executor()
-                    .spawn_blocking(move || split_table(&s2, &table, shards))
-                    .await
+                core.blocking(Work::Scan, move || split_table(&s2, &table, shards))
+                    .await?
             } else {
                 None
             };
@@ -397,6 +472,7 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
                 desc,
                 limit: if count_only { 0 } else { want },
                 count_only,
+                deadline,
             };
             let mut futures = Vec::new();
             for s in 0..shards {
@@ -421,26 +497,25 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
     if !count_only {
         keep_first(&mut rows, want, desc);
     }
-    let more = !count_only && rows.len() > q.limit;
+    let mut more = !count_only && rows.len() > q.limit;
     rows.truncate(q.limit);
 
     // The answer is written directly: stored entities are copied as they
     // are, never parsed and re-encoded.
-    let mut out = Vec::with_capacity(
-        64 + rows
-            .iter()
-            .map(|r| r.key.len() + r.value.len() + 24)
-            .sum::<usize>(),
-    );
+    let mut out = Vec::with_capacity(256 + rows.iter().map(|r| r.key.len() + 4).sum::<usize>());
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"{\"table\":");
     write_json_str(&mut out, &q.table);
-    out.extend_from_slice(b",\"count\":");
-    let count = if count_only { total } else { rows.len() as u64 };
-    out.extend_from_slice(num.format(count).as_bytes());
+    // The last row the page covers (the cursor continues after it).
+    let mut last: Option<usize> = rows.len().checked_sub(1);
     match q.ret {
-        Return::Count => {}
+        Return::Count => {
+            out.extend_from_slice(b",\"count\":");
+            out.extend_from_slice(num.format(total).as_bytes());
+        }
         Return::Keys => {
+            out.extend_from_slice(b",\"count\":");
+            out.extend_from_slice(num.format(rows.len()).as_bytes());
             out.extend_from_slice(b",\"keys\":[");
             for (i, r) in rows.iter().enumerate() {
                 if i > 0 {
@@ -451,20 +526,24 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
             out.push(b']');
         }
         Return::Entities => {
-            out.extend_from_slice(b",\"entities\":[");
-            for (i, r) in rows.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                crate::entity::render_get(&mut out, &r.key, &r.value);
+            let mut page = Vec::with_capacity(64);
+            page.extend_from_slice(b",\"entities\":[");
+            let (covered, returned) =
+                write_page(core, &rows, &filter, batch, deadline, &mut page).await?;
+            page.push(b']');
+            if covered < rows.len() {
+                more = true;
+                last = covered.checked_sub(1);
             }
-            out.push(b']');
+            out.extend_from_slice(b",\"count\":");
+            out.extend_from_slice(num.format(returned).as_bytes());
+            out.extend_from_slice(&page);
         }
     }
     if more {
-        if let Some(last) = rows.last() {
+        if let Some(last) = last.and_then(|i| rows.get(i)) {
             out.extend_from_slice(b",\"next_cursor\":");
-            write_json_str(&mut out, &encode_cursor(&last.position(), q.fingerprint));
+            write_json_str(&mut out, &encode_cursor(last, q.fingerprint));
         }
     }
     if q.explain {
@@ -484,6 +563,76 @@ pub async fn execute(core: &Core, q: Query) -> Result<Vec<u8>, ApiError> {
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Writes the documents of `rows` (the page, in order) as entities, read
+/// from their owners `batch` rows at a time, until [`MAX_RESPONSE_BYTES`].
+/// Returns how many rows the page covers (a prefix of `rows`; the cursor
+/// continues after it) and how many entities were written (rows whose
+/// document changed since it matched are left out).
+async fn write_page(
+    core: &Core,
+    rows: &[Row],
+    filter: &Arc<Filter>,
+    batch: usize,
+    deadline: Instant,
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize), ApiError> {
+    let shards = core.cores();
+    let (mut covered, mut returned) = (0usize, 0usize);
+    let start = out.len();
+    while covered < rows.len() {
+        check_deadline(deadline)?;
+        let budget = MAX_RESPONSE_BYTES.saturating_sub(out.len() - start);
+        if budget == 0 {
+            break;
+        }
+        let chunk = &rows[covered..rows.len().min(covered + batch)];
+        let mut by_owner: Vec<Vec<String>> = vec![Vec::new(); shards];
+        for r in chunk {
+            by_owner[core.owner_of(r.key.as_bytes())].push(r.key.clone());
+        }
+        let futures = by_owner.into_iter().enumerate().map(|(owner, keys)| {
+            let filter = filter.clone();
+            async move {
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                if owner == core.id() {
+                    return fetch_page(core, &keys, &filter, budget);
+                }
+                let call = PageFetch {
+                    keys,
+                    filter,
+                    max_bytes: budget,
+                };
+                core.call(owner, call).await
+            }
+        });
+        let mut docs: Vec<std::vec::IntoIter<Option<Vec<u8>>>> = Vec::with_capacity(shards);
+        for d in futures::future::join_all(futures).await {
+            docs.push(d?.into_iter());
+        }
+        for r in chunk {
+            // An owner stops at its byte budget: the page ends at the first
+            // row it did not read.
+            let Some(doc) = docs[core.owner_of(r.key.as_bytes())].next() else {
+                return Ok((covered, returned));
+            };
+            covered += 1;
+            if let Some(doc) = doc {
+                if returned > 0 {
+                    out.push(b',');
+                }
+                crate::entity::render_get(out, &r.key, &doc);
+                returned += 1;
+            }
+            if out.len() - start >= MAX_RESPONSE_BYTES {
+                return Ok((covered, returned));
+            }
+        }
+    }
+    Ok((covered, returned))
 }
 
 /// Fetches and filters candidate keys, in their order: here, or grouped by
