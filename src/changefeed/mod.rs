@@ -30,6 +30,16 @@
 //! * `first` (the oldest sequence that may still be read) only grows, and is
 //!   persisted by every prune, so sequences are never reused after a restart
 //!   even when every record was pruned.
+//! * No sequence is ever handed out twice, even across a power loss with
+//!   `sync_writes: false` (when the last acknowledged events may be lost
+//!   after a reader saw them). Sequences are reserved in blocks of
+//!   [`RESERVE_BLOCK`]: the reserved mark is written synced before any
+//!   sequence above the previous mark is handed out ([`write::on_write`]
+//!   refills it in the background when half a block is left, and inline in
+//!   the rare case it ran out). Start-up resumes above the mark; the
+//!   numbers it skips are holes, counted in `sequence_gaps`, and a clean
+//!   shutdown lowers the mark to the last sequence handed out, so a clean
+//!   restart skips none.
 
 pub mod http;
 pub mod local;
@@ -43,9 +53,12 @@ pub use write::Local;
 use crate::storage::{Storage, StorageError};
 use record::{Event, Filter};
 use sequencer::Sequencer;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Sequences reserved by one synced write of the reserved mark.
+pub const RESERVE_BLOCK: u64 = 1 << 16;
 
 fn wall_clock_ms() -> u64 {
     SystemTime::now()
@@ -63,6 +76,12 @@ pub struct ChangeFeed {
     gaps: AtomicU64,
     /// Serialises prunes (they run on blocking threads, never on a core).
     prune_lock: Mutex<()>,
+    /// The durable reserved mark: every sequence handed out is `<=` it.
+    reserved: AtomicU64,
+    /// A background refill of the reservation is under way.
+    refilling: AtomicBool,
+    /// Serialises writes of the reserved mark (so it only grows).
+    reserve_lock: Mutex<()>,
     /// Test-only: shifts event timestamps (to test age-based retention).
     time_offset_ms: i64,
 }
@@ -120,18 +139,65 @@ impl ChangeFeed {
             }
         };
         let first = first.max(1);
+        // Resume above every sequence that may have been handed out.
+        let resume = last.max(store::reserved(storage)?);
+        let reserved = resume.saturating_add(RESERVE_BLOCK);
+        store::persist_reserved(storage, reserved)?;
         tracing::info!(
             first_sequence = first,
-            latest_sequence = last,
+            latest_sequence = resume,
+            skipped = resume - last,
             "change feed recovered"
         );
         Ok(ChangeFeed {
-            sequencer: Sequencer::new(cores, last),
+            sequencer: Sequencer::new(cores, resume),
             first: AtomicU64::new(first),
-            gaps: AtomicU64::new(0),
+            gaps: AtomicU64::new(resume - last),
             prune_lock: Mutex::new(()),
+            reserved: AtomicU64::new(reserved),
+            refilling: AtomicBool::new(false),
+            reserve_lock: Mutex::new(()),
             time_offset_ms,
         })
+    }
+
+    /// The durable reserved mark.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Claims the one background refill; false when one is under way.
+    pub(crate) fn start_refill(&self) -> bool {
+        !self.refilling.swap(true, Ordering::AcqRel)
+    }
+
+    /// Makes the reserved mark cover `seq` with half a block to spare
+    /// (a synced write when it must grow). Blocking.
+    pub(crate) fn reserve_through(&self, storage: &Storage, seq: u64) -> Result<(), StorageError> {
+        let _serial = self.reserve_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.reserved();
+        if current >= seq.saturating_add(RESERVE_BLOCK / 2) {
+            return Ok(());
+        }
+        let mark = current.max(seq).saturating_add(RESERVE_BLOCK);
+        store::persist_reserved(storage, mark)?;
+        self.reserved.store(mark, Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends a background refill.
+    pub(crate) fn end_refill(&self) {
+        self.refilling.store(false, Ordering::Release);
+    }
+
+    /// At a clean shutdown, when no core writes any more: lowers the mark
+    /// to the last sequence handed out, so the next start skips none.
+    pub fn close(&self, storage: &Storage) -> Result<(), StorageError> {
+        let _serial = self.reserve_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.sequencer.last_allocated();
+        store::persist_reserved(storage, last)?;
+        self.reserved.store(last, Ordering::Release);
+        Ok(())
     }
 
     /// Every sequence up to this one may be read.
@@ -272,5 +338,56 @@ impl ChangeFeed {
             }
         })?;
         self.prune_before(storage, before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(dir: &std::path::Path) -> Storage {
+        let cfg = crate::config::StorageConfig {
+            rocksdb_path: dir.to_path_buf(),
+            memtable_size_mb: 4,
+            block_cache_size_mb: 8,
+            ..Default::default()
+        };
+        Storage::open(&cfg).unwrap()
+    }
+
+    #[test]
+    fn the_reserved_mark_covers_every_sequence_and_restarts_resume_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let last_handed_out;
+        {
+            let s = storage(dir.path());
+            let feed = ChangeFeed::open(&s, 1, 0).unwrap();
+            assert_eq!(feed.reserved(), RESERVE_BLOCK);
+            // Half a block handed out: a refill grows the mark by a block.
+            for _ in 0..RESERVE_BLOCK / 2 + 1 {
+                let seq = feed.sequencer.take(0);
+                feed.sequencer.release(0);
+                assert!(seq <= feed.reserved());
+                if seq + RESERVE_BLOCK / 2 > feed.reserved() {
+                    feed.reserve_through(&s, seq).unwrap();
+                }
+            }
+            last_handed_out = feed.sequencer.last_allocated();
+            assert!(feed.reserved() >= last_handed_out + RESERVE_BLOCK / 2);
+            // A crash: no close.
+        }
+        let s = storage(dir.path());
+        let feed = ChangeFeed::open(&s, 1, 0).unwrap();
+        let next = feed.sequencer.take(0);
+        feed.sequencer.release(0);
+        assert!(next > last_handed_out, "{next} reuses a sequence");
+        assert_eq!(feed.gaps(), next - 1, "nothing was stored: all skipped");
+        // A clean shutdown: the next start skips nothing.
+        feed.close(&s).unwrap();
+        drop(feed);
+        let feed = ChangeFeed::open(&s, 1, 0).unwrap();
+        assert_eq!(feed.sequencer.take(0), next + 1);
+        // (Every sequence handed out so far stored nothing: all holes.)
+        assert_eq!(feed.gaps(), next);
     }
 }

@@ -2,7 +2,7 @@
 //! sequence (8 bytes big-endian, so key order is sequence order), and the
 //! first sequence after the last prune in `meta`.
 
-use crate::storage::keyspace::meta::FEED_FIRST_SEQUENCE;
+use crate::storage::keyspace::meta::{FEED_FIRST_SEQUENCE, FEED_RESERVED};
 use crate::storage::{Family, Storage, StorageError};
 
 /// The key of sequence `seq`.
@@ -62,6 +62,22 @@ pub fn pruned_before(storage: &Storage) -> Result<u64, StorageError> {
     Ok(storage
         .get_with(Family::Meta, FEED_FIRST_SEQUENCE, |v| v.and_then(seq_of))?
         .unwrap_or(0))
+}
+
+/// The reserved mark (0 if never reserved).
+pub fn reserved(storage: &Storage) -> Result<u64, StorageError> {
+    Ok(storage
+        .get_with(Family::Meta, FEED_RESERVED, |v| v.and_then(seq_of))?
+        .unwrap_or(0))
+}
+
+/// Makes `mark` the reserved mark, durably (a synced write) before it
+/// returns. Blocking: off the reactor, except in the rare case of an
+/// exhausted reservation.
+pub fn persist_reserved(storage: &Storage, mark: u64) -> Result<(), StorageError> {
+    let mut batch = storage.batch();
+    batch.put(Family::Meta, FEED_RESERVED, &seq_key(mark))?;
+    storage.commit_synced(batch)
 }
 
 /// Approximate bytes the feed occupies.

@@ -13,6 +13,7 @@ use super::record::{self, ChangeKind};
 use super::store::seq_key;
 use crate::entity::write::Change;
 use crate::error::ApiError;
+use crate::node::blocking::Work;
 use crate::node::Core;
 use crate::obs::counters::bump;
 use crate::storage::Family;
@@ -53,10 +54,41 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
     };
     let seq = feed.sequencer.take(core.id());
     part.holding.set(true);
+    let reserved = feed.reserved();
+    if seq > reserved {
+        // The background refill fell behind: reserve now (a synced write
+        // on the reactor, rare: half a block of writes ran meanwhile).
+        feed.reserve_through(&core.node().storage, seq)?;
+    } else if seq.saturating_add(super::RESERVE_BLOCK / 2) > reserved && feed.start_refill() {
+        refill(core, seq);
+    }
     let mut rec = part.record.borrow_mut();
     record::encode(&mut rec, seq, kind, change.key, change.new, feed.now_ms());
     change.batch.put(Family::Changefeed, &seq_key(seq), &rec)?;
     Ok(())
+}
+
+/// Grows the reserved mark in the background (one synced write).
+fn refill(core: &Core, seq: u64) {
+    let Some(core) = core.rc() else {
+        core.node().changefeed.end_refill();
+        return;
+    };
+    glommio::spawn_local(async move {
+        let node = core.node().clone();
+        let result = core
+            .blocking_background(Work::Feed, move || {
+                node.changefeed.reserve_through(&node.storage, seq)
+            })
+            .await;
+        core.node().changefeed.end_refill();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("reserving change-feed sequences failed: {e}"),
+            Err(e) => tracing::error!("reserving change-feed sequences failed: {e}"),
+        }
+    })
+    .detach();
 }
 
 /// Releases the sequence slot taken by [`on_write`], if any; wakes this

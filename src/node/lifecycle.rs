@@ -297,6 +297,9 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         }
     }
     tracing::info!("all shards stopped; flushing storage");
+    if failure.is_none() {
+        node.changefeed.close(&node.storage)?;
+    }
     node.storage.flush()?;
     match failure {
         Some(e) => Err(e),

@@ -71,6 +71,9 @@ pub mod meta {
     pub const INDEX_NEXT_ID: &[u8] = b"index.next_id";
     /// The change feed's first sequence after the last prune (u64 BE).
     pub const FEED_FIRST_SEQUENCE: &[u8] = b"changefeed.first_sequence";
+    /// The change feed's reserved mark: no sequence above it was ever
+    /// handed out (u64 BE; written synced).
+    pub const FEED_RESERVED: &[u8] = b"changefeed.reserved";
 }
 
 #[cfg(test)]
@@ -96,6 +99,7 @@ mod tests {
             meta::INDEX_DEF_PREFIX,
             meta::INDEX_NEXT_ID,
             meta::FEED_FIRST_SEQUENCE,
+            meta::FEED_RESERVED,
         ];
         for a in keys {
             for b in keys {
