@@ -91,8 +91,9 @@ async fn retention_loop(core: Rc<Core>, shutdown: ShutdownSignal, interval: Dura
             })
             .await
             .and_then(|r| r.map_err(ApiError::from));
-        if let Err(e) = result {
-            tracing::error!("change feed retention failed: {e}");
+        match result {
+            Ok(_) => core.node().failures.clear("changefeed_retention", None),
+            Err(e) => core.report_failure("changefeed_retention", None, e.to_string()),
         }
     }
 }

@@ -82,10 +82,14 @@ fn refill(core: &Core, seq: u64) {
             })
             .await;
         core.node().changefeed.end_refill();
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("reserving change-feed sequences failed: {e}"),
-            Err(e) => tracing::error!("reserving change-feed sequences failed: {e}"),
+        let failed = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        match failed {
+            None => core.node().failures.clear("changefeed_reserve", None),
+            Some(m) => core.report_failure("changefeed_reserve", None, m),
         }
     })
     .detach();

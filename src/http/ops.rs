@@ -91,16 +91,30 @@ fn json(resp: &mut Response<'_>, v: &serde_json::Value) {
     resp.json(200, &serde_json::to_vec(v).unwrap_or_default());
 }
 
+/// `GET /health`: `healthy`, or `degraded` (still 200) while a failed
+/// background task stands, naming it and its core.
 pub fn health(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
-    json(
-        resp,
-        &serde_json::json!({
-            "status": "healthy",
-            "version": crate::VERSION,
-            "uptime_seconds": core.node().started.elapsed().as_secs(),
-            "shards": core.cores(),
-        }),
-    );
+    let node = core.node();
+    let failed = node.counters.iter().any(|c| {
+        c.background_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    });
+    let standing = if failed {
+        node.failures.standing()
+    } else {
+        Vec::new()
+    };
+    let mut v = serde_json::json!({
+        "status": if standing.is_empty() { "healthy" } else { "degraded" },
+        "version": crate::VERSION,
+        "uptime_seconds": node.started.elapsed().as_secs(),
+        "shards": core.cores(),
+    });
+    if !standing.is_empty() {
+        v["failures"] = serde_json::to_value(&standing).unwrap_or_default();
+    }
+    json(resp, &v);
     Ok(())
 }
 

@@ -76,6 +76,37 @@ impl Builds {
     }
 }
 
+/// Sends [`StartBuild`] to every other core. A core that cannot be reached
+/// now (a timeout) is retried in the background until it answers or the
+/// index is gone, so no core's share is left unbuilt (a start is
+/// idempotent, see [`spawn`]).
+pub fn start_on_others(core: &Core, id: u32) {
+    for other in (0..core.cores()).filter(|c| *c != core.id()) {
+        let Some(me) = core.rc() else { return };
+        glommio::spawn_local(async move {
+            let mut pause = std::time::Duration::from_millis(50);
+            loop {
+                if me.node().index.catalog.current().by_id(id).is_none() {
+                    return;
+                }
+                match me.call(other, StartBuild { id }).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(
+                            index = id,
+                            core = other,
+                            "starting an index build failed, retrying: {e}"
+                        );
+                        glommio::timer::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+}
+
 /// Start this core's share of building index `id` (sent to every core).
 #[derive(Clone)]
 pub struct StartBuild {
@@ -85,13 +116,19 @@ pub struct StartBuild {
 impl Rpc<Core> for StartBuild {
     type Answer = ();
     fn serve(self, core: &Rc<Core>) -> Served<()> {
+        if core.node().faults.take_start_build_refusal() {
+            return Served::Now(Err(ApiError::Timeout { ms: 0 }));
+        }
         spawn(core, self.id);
         Served::Now(Ok(()))
     }
 }
 
-/// Spawns this core's share of building index `id`.
+/// Spawns this core's share of building index `id` (once per core).
 pub fn spawn(core: &Core, id: u32) {
+    if !core.index().claim_build(id) {
+        return;
+    }
     if let Some(me) = core.rc() {
         glommio::spawn_local(run(me, id)).detach();
     }
@@ -130,16 +167,20 @@ async fn run(core: Rc<Core>, id: u32) {
         // Step 2, off the reactor.
         let (shared, d, start) = (core.node().clone(), def.clone(), from.clone());
         let to2 = to.clone();
-        let chunk = core
-            .blocking_background(Work::Build, move || {
+        let chunk = if core.node().faults.fail_build_reads {
+            Err(ApiError::Internal("injected fault: fail_build_reads"))
+        } else {
+            core.blocking_background(Work::Build, move || {
                 read_chunk(&shared, &d, &start, &to2, me, shards)
             })
             .await
-            .and_then(|r| r.map_err(ApiError::from));
+            .and_then(|r| r.map_err(ApiError::from))
+        };
         let (items, next) = match chunk {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(index = id, "index build read failed: {e}");
+                let m = format!("reading the table failed: {e}; the index stays building on this core until rebuilt");
+                core.report_failure("index_build", Some(id.to_string()), m);
                 return;
             }
         };
@@ -164,7 +205,10 @@ async fn run(core: Rc<Core>, id: u32) {
             })
             .and_then(|b| storage.commit(b));
         if let Err(e) = written {
-            tracing::error!(index = id, "index build write failed: {e}");
+            let m = format!(
+                "writing entries failed: {e}; the index stays building on this core until rebuilt"
+            );
+            core.report_failure("index_build", Some(id.to_string()), m);
             return;
         }
         let n = puts.len() as u64;
@@ -264,7 +308,8 @@ async fn finish(core: &Core, def: &Arc<IndexDef>, progress: &BuildProgress) {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
-            tracing::error!(index = def.id, "recording the finished build failed: {e}");
+            let m = format!("recording the finished build failed: {e}");
+            core.report_failure("index_build", Some(def.id.to_string()), m);
             return;
         }
     }

@@ -141,11 +141,13 @@ fn describe(core: &Core, d: &IndexDef) -> Value {
     v
 }
 
-/// Starts building index `id` on every core.
+/// Starts building index `id` on every core (the other cores are reached
+/// in the background, retried until they answer).
 async fn start_build(core: &Core, id: u32) -> Result<(), ApiError> {
     core.node().index.builds.get_or_start(id);
     super::build::spawn(core, id);
-    core.call_others(super::build::StartBuild { id }).await
+    super::build::start_on_others(core, id);
+    Ok(())
 }
 
 /// Creates a definition, off the reactor.

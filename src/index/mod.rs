@@ -344,6 +344,9 @@ pub struct Local {
     claims: RefCell<unique::Claims>,
     /// Scratch for parsing documents into entries.
     scratch: RefCell<Vec<u8>>,
+    /// Builds this core has started (ids are never reused), so that a
+    /// repeated start (a retried `StartBuild`) never builds a share twice.
+    started_builds: RefCell<std::collections::HashSet<u32>>,
 }
 
 impl Local {
@@ -353,7 +356,13 @@ impl Local {
             shared: shared.clone(),
             claims: Default::default(),
             scratch: Default::default(),
+            started_builds: Default::default(),
         }
+    }
+
+    /// Marks build `id` started on this core; false if it already was.
+    pub(crate) fn claim_build(&self, id: u32) -> bool {
+        self.started_builds.borrow_mut().insert(id)
     }
 
     /// The catalog for the current request (refreshed when it changed).

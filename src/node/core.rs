@@ -174,6 +174,22 @@ impl Core {
         self.lanes.run_background(kind, job).await
     }
 
+    /// Records that a background task failed on this core (`/health`
+    /// reports it, `themis_background_failures_total` counts it).
+    pub fn report_failure(&self, task: &'static str, subject: Option<String>, message: String) {
+        crate::obs::counters::bump(&self.counters().background_failures, 1);
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.node.failures.record(super::health::Failure {
+            core: self.id,
+            task,
+            subject,
+            message,
+            at_unix_ms,
+        });
+    }
+
     /// (kind, running, waiting) of this core's blocking lanes.
     pub fn blocking_usage(&self) -> Vec<(&'static str, usize, usize)> {
         self.lanes.usage().collect()

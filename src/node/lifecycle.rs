@@ -40,7 +40,9 @@ pub struct ReloadSource {
 /// `event_time_offset_ms=N` shifts change-event timestamps (N may be
 /// negative: events look older, for retention tests);
 /// `retention_interval_ms=N` runs the background retention pass every N ms
-/// instead of every minute.
+/// instead of every minute; `refuse_start_build=N` makes the first N
+/// index-build starts sent to another core fail as if timed out;
+/// `fail_build_reads=1` makes every index build's table read fail.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Delays and failures of cross-core calls.
@@ -50,6 +52,19 @@ pub struct Faults {
     pub panic_path: Option<String>,
     pub event_time_offset_ms: i64,
     pub retention_interval: Option<Duration>,
+    /// How many more `StartBuild` calls to refuse.
+    pub refuse_start_build: Arc<std::sync::atomic::AtomicU32>,
+    pub fail_build_reads: bool,
+}
+
+impl Faults {
+    /// Whether to refuse this `StartBuild` (counts one down).
+    pub fn take_start_build_refusal(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.refuse_start_build
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 impl Faults {
@@ -68,6 +83,10 @@ impl Faults {
                     f.event_time_offset_ms = ms.parse().unwrap_or(0);
                 } else if let Some(ms) = item.strip_prefix("retention_interval_ms=") {
                     f.retention_interval = ms.parse().ok().map(Duration::from_millis);
+                } else if let Some(n) = item.strip_prefix("refuse_start_build=") {
+                    f.refuse_start_build = Arc::new(n.parse().unwrap_or(0).into());
+                } else if item == "fail_build_reads=1" {
+                    f.fail_build_reads = true;
                 }
             }
         }
@@ -197,6 +216,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         config,
         reload,
         faults: faults.clone(),
+        failures: Default::default(),
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),

@@ -11,6 +11,7 @@
 pub mod blocking;
 pub mod core;
 pub mod features;
+pub mod health;
 pub mod lifecycle;
 
 pub use self::core::{Core, Owned};
@@ -47,6 +48,8 @@ pub struct Node {
     pub reload: ReloadSource,
     /// Test-only fault injection (empty in production).
     pub faults: Faults,
+    /// Background tasks that failed (`/health` says `degraded`).
+    pub failures: health::Failures,
 }
 
 impl Node {

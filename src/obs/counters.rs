@@ -25,6 +25,8 @@ pub struct CoreCounters {
     pub connections_active: AtomicU64,
     /// Connections refused at accept: over `server.max_connections`.
     pub connections_refused: AtomicU64,
+    /// Background tasks that failed on this core.
+    pub background_failures: AtomicU64,
     /// Change events committed by this shard.
     pub feed_events: AtomicU64,
     /// Open SSE streams on this shard.
@@ -74,6 +76,7 @@ pub struct ShardSnapshot {
     pub connections_accepted: u64,
     pub connections_active: u64,
     pub connections_refused: u64,
+    pub background_failures: u64,
     pub feed_events: u64,
     pub sse_active: u64,
     pub sse_events_sent: u64,
@@ -102,6 +105,7 @@ impl CoreCounters {
             connections_accepted: r(&self.connections_accepted),
             connections_active: r(&self.connections_active),
             connections_refused: r(&self.connections_refused),
+            background_failures: r(&self.background_failures),
             feed_events: r(&self.feed_events),
             sse_active: r(&self.sse_active),
             sse_events_sent: r(&self.sse_events_sent),

@@ -281,6 +281,11 @@ pub fn render(
             "Connections refused at accept (503) because server.max_connections were open.",
             total(|s| s.connections_refused),
         ),
+        counter(
+            "themis_background_failures_total",
+            "Background tasks (index builds, retention, sequence reservation) that failed; /health says degraded while one stands.",
+            total(|s| s.background_failures),
+        ),
         gauge(
             "vccdb_sse_active_connections",
             "Open change-feed SSE streams.",

@@ -245,3 +245,65 @@ fn a_query_over_large_documents_pages_by_bytes_and_loses_nothing() {
     assert!(pages >= 3, "20 MiB came back in {pages} page(s)");
     assert_eq!(seen, (0..40).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_build_start_that_times_out_is_retried_until_every_core_builds() {
+    let dir = tempdir();
+    let s = start_in(
+        dir.path(),
+        &Opts::threads(2).env("THEMIS_TEST_FAULTS", "refuse_start_build=3"),
+    );
+    for i in 0..40 {
+        let body = format!(r#"{{"n":{i}}}"#);
+        s.request("PUT", &format!("/entities/b:{i}"), Some(&body));
+    }
+    let (st, v) = s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"b","column":"n"}"#),
+    );
+    assert_eq!(st, 202, "{v}");
+    crate::common::wait_ready(&s);
+    let (_, v) = s.json(
+        "POST",
+        "/query",
+        Some(r#"{"table":"b","range":[{"column":"n","gte":0}],"limit":100,"return":"keys","explain":true}"#),
+    );
+    assert_eq!(v["count"], 40, "{v}");
+}
+
+#[test]
+fn a_failed_background_task_makes_health_degraded_and_is_counted() {
+    let dir = tempdir();
+    let s = start_in(
+        dir.path(),
+        &Opts::threads(2).env("THEMIS_TEST_FAULTS", "fail_build_reads=1"),
+    );
+    assert_eq!(s.json("GET", "/health", None).1["status"], "healthy");
+    s.request("PUT", "/entities/f:1", Some(r#"{"n":1}"#));
+    let (st, _) = s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"f","column":"n"}"#),
+    );
+    assert_eq!(st, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (st, v) = s.json("GET", "/health", None);
+        assert_eq!(st, 200);
+        if v["status"] == "degraded" || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(v["status"], "degraded", "{v}");
+    let f = &v["failures"][0];
+    assert_eq!(f["task"], "index_build", "{v}");
+    assert!(f["core"].is_u64(), "{v}");
+    let metrics = String::from_utf8_lossy(&s.request("GET", "/metrics", None).body).into_owned();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("themis_background_failures_total "))
+        .unwrap_or("");
+    assert!(!line.ends_with(" 0") && !line.is_empty(), "{line}");
+}
