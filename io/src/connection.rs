@@ -120,8 +120,9 @@ pub trait Handler<T: Transport = TcpStream> {
 enum Step<S> {
     /// A request was answered; `consumed` bytes of input were used.
     Done { consumed: usize, close: bool },
-    /// The request was answered with the head of a streaming response.
-    Stream(S),
+    /// The request was answered with the head of a streaming response
+    /// (chunked unless the request was HTTP/1.0).
+    Stream { state: S, chunked: bool },
     /// The request is incomplete; `total` is how many bytes from the start of
     /// the request are needed, when known (0 when unknown); `head_done`
     /// whether its head was complete.
@@ -184,6 +185,7 @@ async fn step<T: Transport, H: Handler<T>>(
     let mut chunked = false;
     let (mut close_token, mut keep_alive_token) = (false, false);
     let mut expect_continue = false;
+    let mut hosts = 0usize;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = match parse_content_length(h.value) {
@@ -226,9 +228,29 @@ async fn step<T: Transport, H: Handler<T>>(
                     keep_alive_token = true;
                 }
             }
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
+    }
+    // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; its framing would be
+    // read differently by different parties.
+    if chunked && version == 0 {
+        return fatal(
+            handler,
+            bufs,
+            ProtocolError::Malformed("Transfer-Encoding in an HTTP/1.0 request"),
+        );
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host; none may
+    // have two (which one would a proxy in front of us have routed on?).
+    if hosts > 1 || (hosts == 0 && version == 1) {
+        return fatal(
+            handler,
+            bufs,
+            ProtocolError::Malformed("an HTTP/1.1 request needs exactly one Host header"),
+        );
     }
     // `close` wins over `keep-alive`; HTTP/1.1 keeps alive by default.
     let keep_alive = !close_token && (version == 1 || keep_alive_token);
@@ -300,10 +322,16 @@ async fn step<T: Transport, H: Handler<T>>(
     };
     let keep_alive = keep_alive && !closing;
     let mut resp = Response::new(&mut bufs.out, keep_alive, method == Method::Head);
+    if version == 0 {
+        resp = resp.for_http10();
+    }
     let stream = handler.handle(&req, &mut resp).await;
     if let Some(s) = stream {
         debug_assert!(!resp.keep_alive(), "streams use Response::start_stream");
-        return Step::Stream(s);
+        return Step::Stream {
+            state: s,
+            chunked: version != 0,
+        };
     }
     if resp.status() == 0 {
         resp.close_connection();
@@ -405,8 +433,8 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
             )
             .await
             {
-                Step::Stream(s) => {
-                    streaming = Some(s);
+                Step::Stream { state, chunked } => {
+                    streaming = Some((state, chunked));
                     break;
                 }
                 Step::Done { consumed, close: c } => {
@@ -437,10 +465,10 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
             send_bounded(&mut stream, &bufs.out, limits, shutdown).await?;
             bufs.out.clear();
         }
-        if let Some(state) = streaming {
+        if let Some((state, chunked)) = streaming {
             // Anything pipelined after a streaming request is never
             // answered: the stream is the connection's last response.
-            let mut out = StreamOut::new(&mut stream, &mut rbuf, shutdown);
+            let mut out = StreamOut::new(&mut stream, &mut rbuf, shutdown, chunked);
             handler.stream(state, &mut out).await;
             out.finish().await;
             return Ok(());

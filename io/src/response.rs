@@ -85,6 +85,10 @@ pub struct Response<'a> {
     keep_alive: bool,
     head: bool,
     status: u16,
+    /// The request was HTTP/1.0: a kept-alive connection must say so, and a
+    /// streamed body cannot be chunked (1.0 has no chunked coding: it is
+    /// delimited by closing the connection).
+    http10: bool,
 }
 
 impl<'a> Response<'a> {
@@ -96,7 +100,19 @@ impl<'a> Response<'a> {
             keep_alive,
             head,
             status: 0,
+            http10: false,
         }
+    }
+
+    /// Marks the response as the answer to an HTTP/1.0 request.
+    pub(crate) fn for_http10(mut self) -> Self {
+        self.http10 = true;
+        self
+    }
+
+    /// Whether the request was HTTP/1.0 (a stream is then not chunked).
+    pub fn is_http10(&self) -> bool {
+        self.http10
     }
 
     /// Whether the connection stays open after this response.
@@ -120,9 +136,10 @@ impl<'a> Response<'a> {
         self.head(status, content_type, Some(len), extra);
     }
 
-    /// Writes the head of a streaming response: chunked, no length, and
-    /// the last response on the connection (the handler's
-    /// [`Handler::stream`](crate::Handler::stream) then writes the body).
+    /// Writes the head of a streaming response: chunked (HTTP/1.0: no
+    /// coding, ended by the close), no length, and the last response on the
+    /// connection (the handler's [`Handler::stream`](crate::Handler::stream)
+    /// then writes the body).
     pub fn start_stream(&mut self, status: u16, content_type: &str, extra: &[(&str, &str)]) {
         self.keep_alive = false;
         self.head(status, content_type, None, extra);
@@ -153,6 +170,7 @@ impl<'a> Response<'a> {
                 out.extend_from_slice(b"\r\nContent-Length: ");
                 out.extend_from_slice(num.format(len).as_bytes());
             }
+            None if self.http10 => {}
             None => out.extend_from_slice(b"\r\nTransfer-Encoding: chunked"),
         }
         for (name, value) in extra {
@@ -163,6 +181,8 @@ impl<'a> Response<'a> {
         }
         if !self.keep_alive {
             out.extend_from_slice(b"\r\nConnection: close");
+        } else if self.http10 {
+            out.extend_from_slice(b"\r\nConnection: keep-alive");
         }
         out.extend_from_slice(b"\r\n\r\n");
     }

@@ -47,6 +47,9 @@ pub struct StreamOut<'a, T = TcpStream> {
     scratch: &'a mut [u8],
     shutdown: &'a ShutdownSignal,
     closed: bool,
+    /// Chunked framing (HTTP/1.1); HTTP/1.0 gets the raw bytes, and the
+    /// close ends the body.
+    chunked: bool,
 }
 
 impl<'a, T: Transport> StreamOut<'a, T> {
@@ -54,6 +57,7 @@ impl<'a, T: Transport> StreamOut<'a, T> {
         stream: &'a mut T,
         scratch: &'a mut [u8],
         shutdown: &'a ShutdownSignal,
+        chunked: bool,
     ) -> Self {
         StreamOut {
             stream,
@@ -62,6 +66,7 @@ impl<'a, T: Transport> StreamOut<'a, T> {
             scratch,
             shutdown,
             closed: false,
+            chunked,
         }
     }
 
@@ -85,12 +90,16 @@ impl<'a, T: Transport> StreamOut<'a, T> {
             return Ok(());
         }
         self.frame.clear();
-        let mut hex = [0u8; 16];
-        self.frame
-            .extend_from_slice(format_hex(self.pending.len(), &mut hex));
-        self.frame.extend_from_slice(b"\r\n");
-        self.frame.extend_from_slice(&self.pending);
-        self.frame.extend_from_slice(b"\r\n");
+        if self.chunked {
+            let mut hex = [0u8; 16];
+            self.frame
+                .extend_from_slice(format_hex(self.pending.len(), &mut hex));
+            self.frame.extend_from_slice(b"\r\n");
+            self.frame.extend_from_slice(&self.pending);
+            self.frame.extend_from_slice(b"\r\n");
+        } else {
+            self.frame.extend_from_slice(&self.pending);
+        }
         self.pending.clear();
         let write = send(self.stream, &self.frame);
         match glommio::timer::timeout(stall, async { Ok(write.await) }).await {
@@ -151,7 +160,7 @@ impl<'a, T: Transport> StreamOut<'a, T> {
             return;
         }
         let stall = Duration::from_millis(500);
-        if self.flush(stall).await.is_err() {
+        if self.flush(stall).await.is_err() || !self.chunked {
             return;
         }
         let end = send(self.stream, b"0\r\n\r\n");

@@ -165,7 +165,7 @@ fn announced_content_length_reserves_nothing() {
             let (_h, task) =
                 spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
             client
-                .write_all(b"PUT /echo HTTP/1.1\r\nContent-Length: 10485760\r\n\r\n")
+                .write_all(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10485760\r\n\r\n")
                 .await
                 .expect("head");
             client.write_all(&[b'a'; 1000]).await.expect("some body");
@@ -193,7 +193,7 @@ fn announced_content_length_reserves_nothing() {
         let (server, mut client) = UnixStream::pair().expect("socketpair");
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"PUT /echo HTTP/1.1\r\nContent-Length: 10485760\r\n\r\n")
+            .write_all(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10485760\r\n\r\n")
             .await
             .expect("head");
         client.write_all(&[b'a'; 100_000]).await.expect("body");
@@ -216,7 +216,7 @@ fn trickled_body_is_cut_off_with_408() {
         };
         let (h, task) = spawn_serve(server, limits, ShutdownSignal::new());
         client
-            .write_all(b"PUT /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
+            .write_all(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
             .await
             .expect("head");
         // One body byte every 20 ms: each read comes well within the idle
@@ -267,7 +267,9 @@ fn trickled_head_is_closed() {
         let (mut reader, mut writer) = futures_lite::io::split(client);
         // A header line that never ends, one byte every 20 ms for 5 s.
         let trickle = glommio::spawn_local(async move {
-            let _ = writer.write_all(b"GET / HTTP/1.1\r\nX-Pad: ").await;
+            let _ = writer
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: ")
+                .await;
             for _ in 0..250 {
                 if writer.write_all(b"a").await.is_err() {
                     return;
@@ -304,7 +306,9 @@ fn pipelined_output_is_written_in_bounded_batches() {
         let mut reqs = Vec::new();
         for i in 0..10 {
             let close = if i == 9 { "Connection: close\r\n" } else { "" };
-            reqs.extend_from_slice(format!("GET /big?{big} HTTP/1.1\r\n{close}\r\n").as_bytes());
+            reqs.extend_from_slice(
+                format!("GET /big?{big} HTTP/1.1\r\nHost: t\r\n{close}\r\n").as_bytes(),
+            );
         }
         client.write_all(&reqs).await.expect("write");
         let all = read_all(&mut client).await;
@@ -332,7 +336,7 @@ fn small_pipelined_answers_go_out_in_one_write() {
         };
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nGET /c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .await
             .expect("write");
         let all = read_all(&mut client).await;
@@ -354,7 +358,7 @@ fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
         let (_h, task) = spawn_serve(server, limits, ShutdownSignal::new());
         // 8 MiB does not fit in the socket buffers; the client never reads.
         client
-            .write_all(b"GET /big?8388608 HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /big?8388608 HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         let err = task
@@ -379,7 +383,7 @@ fn shutdown_does_not_wait_on_a_client_that_never_reads() {
         let shutdown = ShutdownSignal::new();
         let (h, task) = spawn_serve(server, limits, shutdown.clone());
         client
-            .write_all(b"GET /big?8388608 HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /big?8388608 HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         while h.calls.get() == 0 {
@@ -405,7 +409,7 @@ fn an_idle_connection_gives_large_buffers_back() {
         client
             .write_all(
                 format!(
-                    "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 )
                 .as_bytes(),
@@ -423,7 +427,7 @@ fn an_idle_connection_gives_large_buffers_back() {
         // A second, small request: answering it means the server went idle
         // in between.
         client
-            .write_all(b"GET /small HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("small");
         let mut small = Vec::new();
@@ -478,7 +482,9 @@ fn connections_over_the_cap_are_refused_with_503() {
         .detach();
 
         async fn ask(c: &mut TcpStream) -> Vec<u8> {
-            c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .expect("write");
             let mut out = Vec::new();
             let mut buf = [0u8; 1024];
             while !out.ends_with(b"ok") {
@@ -533,43 +539,53 @@ fn framing_is_strict() {
     run(|| async {
         let cases: &[(&[u8], &str)] = &[
             // Transfer codings: exactly `chunked`, once.
-            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", "501"),
-            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
-            (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "501"),
+            (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n", "501"),
+            (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
+            (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "501"),
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 "400",
             ),
             // Both framings, or a repeated length (even an equal one).
             (
-                b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 "400",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
                 "400",
             ),
-            (b"POST /echo HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc", "400"),
+            (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc", "400"),
             // Chunk grammar.
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n\r\n0\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n\r\n0\r\n\r\n",
                 "400",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01\r\nabc\r\n0\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01\r\nabc\r\n0\r\n\r\n",
                 "400",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: 1\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: 1\n\r\n",
+                "400",
+            ),
+            // Host: exactly one in HTTP/1.1, at most one in HTTP/1.0.
+            (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+            (b"GET / HTTP/1.0\r\n\r\n", "200"),
+            // HTTP/1.0 has no transfer codings.
+            (
+                b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 "400",
             ),
             // And the well-formed forms still work.
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3;a=b\r\nabc\r\n0\r\nX: 1\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3;a=b\r\nabc\r\n0\r\nX: 1\r\n\r\n",
                 "200",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
                 "200",
             ),
         ];
@@ -585,11 +601,37 @@ fn framing_is_strict() {
 }
 
 #[test]
+fn http10_keeps_alive_only_when_asked_and_says_so() {
+    run(|| async {
+        // Asked: both answered, the first says keep-alive.
+        let answer = exchange(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(count(answer.as_bytes(), b"HTTP/1.1 200 OK"), 2, "{answer}");
+        assert_eq!(
+            count(answer.as_bytes(), b"Connection: keep-alive\r\n"),
+            1,
+            "{answer}"
+        );
+        assert_eq!(
+            count(answer.as_bytes(), b"Connection: close\r\n"),
+            1,
+            "{answer}"
+        );
+        // Not asked: one answer, then close.
+        let answer = exchange(b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n").await;
+        assert_eq!(count(answer.as_bytes(), b"HTTP/1.1 200 OK"), 1, "{answer}");
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+    });
+}
+
+#[test]
 fn close_wins_in_connection() {
     run(|| async {
         for header in ["close, keep-alive", "keep-alive, close"] {
             let request =
-                format!("GET / HTTP/1.1\r\nConnection: {header}\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+                format!("GET / HTTP/1.1\r\nHost: t\r\nConnection: {header}\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n");
             let answer = exchange(request.as_bytes()).await;
             assert_eq!(count(answer.as_bytes(), b"HTTP/1.1 200 OK"), 1, "{answer}");
             assert!(answer.contains("Connection: close\r\n"), "{answer}");
@@ -604,7 +646,7 @@ fn a_body_of_one_byte_chunks_trickling_in_is_decoded() {
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
             .write_all(
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
             )
             .await
             .expect("head");

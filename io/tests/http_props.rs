@@ -342,6 +342,7 @@ impl Valid {
     /// The header list as sent (framing, `Expect` and `Connection` included).
     fn all_headers(&self) -> Vec<(String, String)> {
         let mut h = self.headers.clone();
+        h.insert(0, ("Host".into(), "t".into()));
         let framing = match &self.framing {
             Framing::None => None,
             Framing::Length => Some(("Content-Length", self.body.len().to_string())),
@@ -429,6 +430,7 @@ fn valid_request() -> impl Strategy<Value = Valid> {
                 "transfer-encoding",
                 "connection",
                 "expect",
+                "host",
             ]
             .contains(&n.to_ascii_lowercase().as_str())
         }),

@@ -239,7 +239,7 @@ fn unix_socket_has_no_address_and_no_identity() {
         let (server, mut client) = UnixStream::pair().expect("socketpair");
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"GET /peer HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .await
             .expect("write");
         let all = read_all(&mut client).await;
@@ -258,7 +258,7 @@ fn tcp_reports_the_client_address() {
         let server = listener.accept().await.expect("accept");
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"GET /peer HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .await
             .expect("write");
         let me = client.local_addr().expect("client addr");
@@ -276,7 +276,7 @@ fn expect_continue_then_body() {
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
             .write_all(
-                b"POST /echo HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\
                   Connection: close\r\n\r\n",
             )
             .await
@@ -303,7 +303,7 @@ fn protocol_error_answers_then_lingers() {
         let (h, task) = spawn_serve(server, limits, ShutdownSignal::new());
         // Too large a body; the client keeps sending it after the answer.
         client
-            .write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789")
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
             .await
             .expect("write");
         let head = read_until(&mut client, "protocol", 1).await;
@@ -327,7 +327,9 @@ fn malformed_request_is_rejected() {
         let (server, mut client) = UnixStream::pair().expect("socketpair");
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"GET /peer HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            .write_all(
+                b"GET /peer HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            )
             .await
             .expect("write");
         client.close().await.expect("half-close");
@@ -361,7 +363,7 @@ fn shutdown_closes_an_idle_connection() {
         let shutdown = ShutdownSignal::new();
         let (_h, task) = spawn_serve(server, ConnectionLimits::default(), shutdown.clone());
         client
-            .write_all(b"GET /peer HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         let first = read_until(&mut client, "|-", 1).await;
@@ -379,7 +381,7 @@ fn streams_chunks_then_ends() {
         let (server, mut client) = UnixStream::pair().expect("socketpair");
         let (h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"GET /stream HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         let all = read_all(&mut client).await;
@@ -401,7 +403,7 @@ fn stream_notices_a_client_that_hangs_up() {
         let (server, mut client) = UnixStream::pair().expect("socketpair");
         let (h, task) = spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
         client
-            .write_all(b"GET /hold HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         let head = read_until(&mut client, "\r\n\r\n", 1).await;
@@ -419,7 +421,7 @@ fn shutdown_ends_a_stream() {
         let shutdown = ShutdownSignal::new();
         let (h, task) = spawn_serve(server, ConnectionLimits::default(), shutdown.clone());
         client
-            .write_all(b"GET /hold HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
         read_until(&mut client, "\r\n\r\n", 1).await;

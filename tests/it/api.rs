@@ -180,7 +180,7 @@ fn oversized_body_is_answered_413() {
     // Headers too large.
     let mut c = s.client();
     let huge = format!(
-        "GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "h".repeat(100_000)
     );
     c.send_raw(huge.as_bytes());
@@ -332,10 +332,10 @@ fn mangled_requests_never_take_a_core_down() {
     let seeds: [&[u8]; 6] = [
         b"GET /entities/users:alice HTTP/1.1\r\nHost: x\r\n\r\n",
         b"PUT /entities/t:k HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{\"a\":[1]}",
-        b"POST /entities HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"key\":\"t:z\",\"v\":1}",
-        b"PUT /entities/t:c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n",
-        b"POST /config HTTP/1.1\r\nContent-Length: 24\r\n\r\n{\"request_timeout_ms\":5}",
-        b"DELETE /entities/t:%41%3A HTTP/1.1\r\n\r\n",
+        b"POST /entities HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n{\"key\":\"t:z\",\"v\":1}",
+        b"PUT /entities/t:c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n",
+        b"POST /config HTTP/1.1\r\nHost: t\r\nContent-Length: 24\r\n\r\n{\"request_timeout_ms\":5}",
+        b"DELETE /entities/t:%41%3A HTTP/1.1\r\nHost: t\r\n\r\n",
     ];
     let mut rng = Rng(0x7e57_1234_5678_9abc);
     for round in 0..300 {

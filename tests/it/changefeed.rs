@@ -546,3 +546,37 @@ fn stalled_subscriber_is_disconnected_without_slowing_writers() {
     }
     drop(stalled);
 }
+
+#[test]
+fn an_http10_stream_is_not_chunked_and_ends_with_the_connection() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let s = start_in(dir.path(), &cdc(1));
+    s.request("PUT", "/entities/h:1", Some(r#"{"a":1}"#));
+    let mut c = std::net::TcpStream::connect(s.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    c.write_all(b"GET /changefeed/stream?from_seq=0 HTTP/1.0\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end && !String::from_utf8_lossy(&got).contains("\"h:1\"") {
+        if let Ok(n) = c.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: close"), "{head}");
+    // Raw events: the body starts with an SSE field, not a chunk size.
+    assert!(
+        body.starts_with("retry:") || body.starts_with(':') || body.starts_with("id:"),
+        "{body}"
+    );
+    assert!(body.contains("\"h:1\""), "{body}");
+}
