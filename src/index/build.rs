@@ -1,6 +1,12 @@
 //! Online index builds (create and rebuild), one task per core.
 //!
-//! Every core builds the entries of the entities it owns:
+//! How the table is divided: when it is large enough to be split by size
+//! (`Storage::split_entities`), each core scans one key range of about
+//! equal bytes and hands the keys it finds to their owners
+//! ([`BuildKeys`]), so the table is read once in all. Otherwise (a small
+//! table, or a build resumed at start-up) every core scans the whole table
+//! and keeps the keys it owns. Either way the entries are made by the
+//! owner of each entity:
 //!
 //! 1. It refreshes its catalog copy, so every write it runs from now on
 //!    maintains the new index itself.
@@ -32,9 +38,17 @@ use std::time::Instant;
 /// Entities read per chunk (one blocking read, then one batch write).
 const CHUNK: usize = 256;
 
+/// Keys read per step of a range scan (then handed to their owners).
+const RANGE_CHUNK: usize = 256;
+
+/// A key range of the table, `[from, to)`.
+pub type KeyRange = (Vec<u8>, Vec<u8>);
+
 /// A build's progress, shared by the cores building it.
 #[derive(Debug)]
 pub struct BuildProgress {
+    /// How the table was divided: 1 by key range, 0 by ownership.
+    key_ranges: std::sync::atomic::AtomicBool,
     pub entities_processed: AtomicU64,
     pub cores_done: AtomicUsize,
     pub started: Instant,
@@ -44,10 +58,26 @@ pub struct BuildProgress {
 impl BuildProgress {
     pub fn new() -> BuildProgress {
         BuildProgress {
+            key_ranges: Default::default(),
             entities_processed: AtomicU64::new(0),
             cores_done: AtomicUsize::new(0),
             started: Instant::now(),
             finished_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BuildProgress {
+    pub fn set_split(&self, key_ranges: bool) {
+        self.key_ranges.store(key_ranges, Ordering::Relaxed);
+    }
+
+    /// `key_ranges` or `ownership` (for `/index/stats`).
+    pub fn split(&self) -> &'static str {
+        if self.key_ranges.load(Ordering::Relaxed) {
+            "key_ranges"
+        } else {
+            "ownership"
         }
     }
 }
@@ -80,16 +110,21 @@ impl Builds {
 /// now (a timeout) is retried in the background until it answers or the
 /// index is gone, so no core's share is left unbuilt (a start is
 /// idempotent, see [`spawn`]).
-pub fn start_on_others(core: &Core, id: u32) {
+pub fn start_on_others(core: &Core, id: u32, ranges: Option<Vec<KeyRange>>) {
     for other in (0..core.cores()).filter(|c| *c != core.id()) {
         let Some(me) = core.rc() else { return };
+        let range = ranges.as_ref().and_then(|r| r.get(other).cloned());
         glommio::spawn_local(async move {
             let mut pause = std::time::Duration::from_millis(50);
             loop {
                 if me.node().index.catalog.current().by_id(id).is_none() {
                     return;
                 }
-                match me.call(other, StartBuild { id }).await {
+                let start = StartBuild {
+                    id,
+                    range: range.clone(),
+                };
+                match me.call(other, start).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(
@@ -107,10 +142,12 @@ pub fn start_on_others(core: &Core, id: u32) {
     }
 }
 
-/// Start this core's share of building index `id` (sent to every core).
+/// Start this core's share of building index `id` (sent to every core):
+/// the key range it scans, or `None` for the keys it owns.
 #[derive(Clone)]
 pub struct StartBuild {
     pub id: u32,
+    pub range: Option<KeyRange>,
 }
 
 impl Rpc<Core> for StartBuild {
@@ -119,18 +156,37 @@ impl Rpc<Core> for StartBuild {
         if core.node().faults.take_start_build_refusal() {
             return Served::Now(Err(ApiError::Timeout { ms: 0 }));
         }
-        spawn(core, self.id);
+        spawn(core, self.id, self.range);
         Served::Now(Ok(()))
     }
 }
 
+/// Build the entries of these keys, owned by the callee (sent by the core
+/// scanning the range they are in).
+pub struct BuildKeys {
+    pub id: u32,
+    pub keys: Vec<String>,
+}
+
+impl Rpc<Core> for BuildKeys {
+    type Answer = u64;
+    /// It waits for a blocking read: the peer loop keeps serving meanwhile.
+    const SPAWN: bool = true;
+    fn serve(self, core: &Rc<Core>) -> Served<u64> {
+        let core = core.clone();
+        Served::Later(Box::pin(async move {
+            build_keys(&core, self.id, self.keys).await
+        }))
+    }
+}
+
 /// Spawns this core's share of building index `id` (once per core).
-pub fn spawn(core: &Core, id: u32) {
+pub fn spawn(core: &Core, id: u32, range: Option<KeyRange>) {
     if !core.index().claim_build(id) {
         return;
     }
     if let Some(me) = core.rc() {
-        glommio::spawn_local(run(me, id)).detach();
+        glommio::spawn_local(run(me, id, range)).detach();
     }
 }
 
@@ -139,20 +195,144 @@ pub fn spawn(core: &Core, id: u32) {
 pub fn resume(core: &Rc<Core>) {
     for d in core.node().index.catalog.current().indexes.iter() {
         if d.state == IndexState::Building {
-            spawn(core, d.id);
+            spawn(core, d.id, None);
         }
     }
 }
 
-/// Builds this core's share of index `id`.
-async fn run(core: Rc<Core>, id: u32) {
+/// Builds this core's share of index `id`: a key range, or the keys it
+/// owns.
+async fn run(core: Rc<Core>, id: u32, range: Option<KeyRange>) {
+    let done = match range {
+        Some(range) => run_range(&core, id, range).await,
+        None => run_owned(&core, id).await,
+    };
+    let Some(def) = done else { return };
+    let progress = core.node().index.builds.get_or_start(id);
+    if progress.cores_done.fetch_add(1, Ordering::AcqRel) + 1 == core.cores() {
+        finish(&core, &def, &progress).await;
+    }
+}
+
+/// Scans `range` for keys and has their owners build their entries; the
+/// definition when done, `None` when the index went away or a step failed.
+async fn run_range(core: &Rc<Core>, id: u32, range: KeyRange) -> Option<Arc<IndexDef>> {
+    let def = core.index().catalog().by_id(id).cloned()?;
+    if def.state != IndexState::Building {
+        return None;
+    }
+    let progress = core.node().index.builds.get_or_start(id);
+    let (mut from, to) = range;
+    loop {
+        core.node().index.catalog.current().by_id(id)?;
+        let (node, start, end) = (core.node().clone(), from.clone(), to.clone());
+        let read = if core.node().faults.fail_build_reads {
+            Err(ApiError::Internal("injected fault: fail_build_reads"))
+        } else {
+            core.blocking_background(Work::Build, move || read_keys(&node, &start, &end))
+                .await
+                .and_then(|r| r.map_err(ApiError::from))
+        };
+        let (keys, next) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                let m = format!(
+                    "reading the table failed: {e}; the index stays building until rebuilt"
+                );
+                core.report_failure("index_build", Some(id.to_string()), m);
+                return None;
+            }
+        };
+        let mut by_owner: Vec<Vec<String>> = vec![Vec::new(); core.cores()];
+        for k in keys {
+            by_owner[core.owner_of(k.as_bytes())].push(k);
+        }
+        let sends = by_owner
+            .into_iter()
+            .enumerate()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(owner, keys)| hand_to_owner(core, id, owner, keys));
+        for sent in futures::future::join_all(sends).await {
+            match sent {
+                Ok(n) => {
+                    progress.entities_processed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let m = format!(
+                        "building entries failed: {e}; the index stays building until rebuilt"
+                    );
+                    core.report_failure("index_build", Some(id.to_string()), m);
+                    return None;
+                }
+            }
+        }
+        match next {
+            Some(k) => from = k,
+            None => return Some(def),
+        }
+    }
+}
+
+/// Has `owner` build the entries of `keys`, retrying a call that failed on
+/// the way (a timeout) until the index goes away; building a key twice
+/// writes the same entry.
+async fn hand_to_owner(
+    core: &Rc<Core>,
+    id: u32,
+    owner: usize,
+    keys: Vec<String>,
+) -> Result<u64, ApiError> {
+    if owner == core.id() {
+        return build_keys(core, id, keys).await;
+    }
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let call = BuildKeys {
+            id,
+            keys: keys.clone(),
+        };
+        match core.call(owner, call).await {
+            Ok(n) => return Ok(n),
+            Err(e @ ApiError::Storage(_)) => return Err(e),
+            Err(e) => {
+                if core.node().index.catalog.current().by_id(id).is_none() {
+                    return Ok(0);
+                }
+                tracing::warn!(
+                    index = id,
+                    core = owner,
+                    "handing keys to their owner failed, retrying: {e}"
+                );
+                glommio::timer::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// On the owner of `keys`: refreshes the catalog (from here on its writes
+/// maintain the index), reads the keys and computes their entries off the
+/// reactor, then writes each entry whose entity is unchanged (step 3).
+async fn build_keys(core: &Core, id: u32, keys: Vec<String>) -> Result<u64, ApiError> {
+    let Some(def) = core.index().catalog().by_id(id).cloned() else {
+        return Ok(0);
+    };
+    let node = core.node().clone();
+    let items = core
+        .blocking_background(Work::Build, move || entries_of(&node, &def, &keys))
+        .await??;
+    Ok(write_unchanged(core, items)?)
+}
+
+/// This core's share by ownership: scans the whole table and keeps the
+/// keys it owns. The definition when done.
+async fn run_owned(core: &Rc<Core>, id: u32) -> Option<Arc<IndexDef>> {
+    let core = core.clone();
     // Step 1: from here on this core's writes maintain the index.
     let catalog = core.index().catalog();
-    let Some(def) = catalog.by_id(id).cloned() else {
-        return;
-    };
+    let def = catalog.by_id(id).cloned()?;
     if def.state != IndexState::Building {
-        return;
+        return None;
     }
     let progress = core.node().index.builds.get_or_start(id);
     let me = core.id();
@@ -161,9 +341,7 @@ async fn run(core: Rc<Core>, id: u32) {
     let mut processed = 0u64;
     loop {
         // Dropped or rebuilt meanwhile: stop (its entries are being deleted).
-        if core.node().index.catalog.current().by_id(id).is_none() {
-            return;
-        }
+        core.node().index.catalog.current().by_id(id)?;
         // Step 2, off the reactor.
         let (shared, d, start) = (core.node().clone(), def.clone(), from.clone());
         let to2 = to.clone();
@@ -181,37 +359,19 @@ async fn run(core: Rc<Core>, id: u32) {
             Err(e) => {
                 let m = format!("reading the table failed: {e}; the index stays building on this core until rebuilt");
                 core.report_failure("index_build", Some(id.to_string()), m);
-                return;
+                return None;
             }
         };
         // Step 3, on the core.
-        let mut puts = Vec::with_capacity(items.len());
-        for (key, value, entry) in items {
-            let same = core
-                .node()
-                .storage
-                .with_entity(key.as_bytes(), |cur| cur == Some(&value[..]))
-                .unwrap_or(false);
-            if same {
-                puts.push(entry);
-            }
-        }
-        let storage = &core.node().storage;
-        let written = puts
-            .iter()
-            .try_fold(storage.batch(), |mut b, e| {
-                b.put(Family::Indexes, e, b"")?;
-                Ok::<_, StorageError>(b)
-            })
-            .and_then(|b| storage.commit(b));
-        if let Err(e) = written {
+        let written = write_unchanged(&core, items);
+        if let Err(e) = &written {
             let m = format!(
                 "writing entries failed: {e}; the index stays building on this core until rebuilt"
             );
             core.report_failure("index_build", Some(id.to_string()), m);
-            return;
+            return None;
         }
-        let n = puts.len() as u64;
+        let n = written.unwrap_or(0);
         processed += n;
         progress.entities_processed.fetch_add(n, Ordering::Relaxed);
         bump(&core.counters().index_rebuild_entities, n);
@@ -222,12 +382,77 @@ async fn run(core: Rc<Core>, id: u32) {
         glommio::executor().yield_now().await;
     }
     tracing::debug!(index = id, shard = me, processed, "index build: core done");
-    if progress.cores_done.fetch_add(1, Ordering::AcqRel) + 1 == shards {
-        finish(&core, &def, &progress).await;
-    }
+    Some(def)
 }
 
-type Chunk = (Vec<(String, Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+/// Step 3 on the owner: writes each entry whose entity still holds the
+/// value it was computed from (a write since step 1 wrote the right entry
+/// itself). Returns how many were written.
+fn write_unchanged(
+    core: &Core,
+    items: Vec<(String, Vec<u8>, Vec<u8>)>,
+) -> Result<u64, StorageError> {
+    let storage = &core.node().storage;
+    let mut batch = storage.batch();
+    let mut n = 0u64;
+    for (key, value, entry) in items {
+        let same = storage
+            .with_entity(key.as_bytes(), |cur| cur == Some(&value[..]))
+            .unwrap_or(false);
+        if same {
+            batch.put(Family::Indexes, &entry, b"")?;
+            n += 1;
+        }
+    }
+    storage.commit(batch)?;
+    Ok(n)
+}
+
+/// The keys of `[from, to)`, up to [`RANGE_CHUNK`], and where the next
+/// step starts.
+fn read_keys(
+    shared: &Node,
+    from: &[u8],
+    to: &[u8],
+) -> Result<(Vec<String>, Option<Vec<u8>>), StorageError> {
+    let mut keys = Vec::new();
+    let mut next = None;
+    shared
+        .storage
+        .scan(Family::Entities, from, to, false, |k, _| {
+            if keys.len() == RANGE_CHUNK {
+                next = Some(k.to_vec());
+                return false;
+            }
+            if let Ok(k) = std::str::from_utf8(k) {
+                keys.push(k.to_string());
+            }
+            true
+        })?;
+    Ok((keys, next))
+}
+
+/// (key, value, entry) of each of `keys` that exists (on a helper thread).
+fn entries_of(shared: &Node, def: &IndexDef, keys: &[String]) -> Result<Vec<Item>, StorageError> {
+    let mut out = Vec::with_capacity(keys.len());
+    let mut scratch = Vec::new();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    shared.storage.with_entities(&refs, |i, v| {
+        let Some(v) = v else { return };
+        scratch.clear();
+        scratch.extend_from_slice(v);
+        if let Ok(doc) = simd_json::to_borrowed_value(&mut scratch) {
+            let entry = def.entry(&doc, &keys[i]);
+            out.push((keys[i].clone(), v.to_vec(), entry));
+        }
+    })?;
+    Ok(out)
+}
+
+/// An entity's key, its stored value, and its entry computed from it.
+type Item = (String, Vec<u8>, Vec<u8>);
+
+type Chunk = (Vec<Item>, Option<Vec<u8>>);
 
 /// Reads up to [`CHUNK`] entities of the table from `from`; returns this
 /// core's (key, value, entry) and where the next chunk starts.

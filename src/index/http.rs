@@ -131,6 +131,7 @@ fn describe(core: &Core, d: &IndexDef) -> Value {
         v["build"] = json!({
             "entities_processed": p.entities_processed.load(Ordering::Relaxed),
             "cores_done": p.cores_done.load(Ordering::Relaxed),
+            "split": p.split(),
             "cores": core.cores(),
             "elapsed_ms": match p.finished_ms.load(Ordering::Acquire) {
                 0 => p.started.elapsed().as_millis() as u64,
@@ -142,11 +143,31 @@ fn describe(core: &Core, d: &IndexDef) -> Value {
 }
 
 /// Starts building index `id` on every core (the other cores are reached
-/// in the background, retried until they answer).
+/// in the background, retried until they answer): each scans one key range
+/// of the table when it is large enough to split by size, else the keys it
+/// owns.
 async fn start_build(core: &Core, id: u32) -> Result<(), ApiError> {
-    core.node().index.builds.get_or_start(id);
-    super::build::spawn(core, id);
-    super::build::start_on_others(core, id);
+    let progress = core.node().index.builds.get_or_start(id);
+    let table = core
+        .index()
+        .catalog()
+        .by_id(id)
+        .map(|d| d.table.clone())
+        .unwrap_or_default();
+    let (node, n) = (core.node().clone(), core.cores());
+    let ranges = core
+        .blocking(Work::Scan, move || {
+            let (from, to) = crate::entity::key::table_range(&table);
+            node.storage.split_entities(&from, &to, n)
+        })
+        .await?;
+    progress.set_split(ranges.is_some());
+    super::build::spawn(
+        core,
+        id,
+        ranges.as_ref().and_then(|r| r.get(core.id()).cloned()),
+    );
+    super::build::start_on_others(core, id, ranges);
     Ok(())
 }
 

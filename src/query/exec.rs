@@ -236,55 +236,6 @@ fn scan_share(
     Ok(out)
 }
 
-/// Tables smaller than this (in SST bytes) are split by ownership.
-const SPLIT_MIN_BYTES: u64 = 8 << 20;
-
-/// Splits the table's key range into `n` ranges holding about equal bytes
-/// (RocksDB's size estimates of the SST files, found by bisection over the
-/// 8 key bytes after `table:`). `None` when the table is small or mostly
-/// still in memtables: then every core scans the table and keeps the keys
-/// it owns.
-fn split_table(shared: &Node, table: &str, n: usize) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let (from, to) = table_range(table);
-    let total = shared.storage.approximate_entity_bytes(&from, &to);
-    if total < SPLIT_MIN_BYTES {
-        return None;
-    }
-    let key_at = |x: u64| {
-        let mut k = from.clone();
-        k.extend_from_slice(&x.to_be_bytes());
-        k
-    };
-    let mut bounds = vec![from.clone()];
-    for i in 1..n {
-        let target = total / n as u64 * i as u64;
-        let (mut lo, mut hi) = (0u64, u64::MAX);
-        for _ in 0..64 {
-            if hi - lo <= 1 {
-                break;
-            }
-            let mid = lo + (hi - lo) / 2;
-            if shared.storage.approximate_entity_bytes(&from, &key_at(mid)) < target {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        let b = key_at(hi);
-        if b <= *bounds.last()? {
-            return None;
-        }
-        bounds.push(b);
-    }
-    bounds.push(to);
-    Some(
-        bounds
-            .windows(2)
-            .map(|w| (w[0].clone(), w[1].clone()))
-            .collect(),
-    )
-}
-
 /// The plan, for `explain`.
 #[derive(Debug, Default)]
 struct PlanInfo {
@@ -454,8 +405,11 @@ async fn run(core: &Core, q: Query, deadline: Instant) -> Result<Vec<u8>, ApiErr
             let s2 = shared.clone();
             let table = q.table.clone();
             let ranges = if shards > 1 {
-                core.blocking(Work::Scan, move || split_table(&s2, &table, shards))
-                    .await?
+                core.blocking(Work::Scan, move || {
+                    let (from, to) = table_range(&table);
+                    s2.storage.split_entities(&from, &to, shards)
+                })
+                .await?
             } else {
                 None
             };

@@ -74,6 +74,10 @@ pub struct Tickers {
     pub block_cache_miss: u64,
 }
 
+/// Entity ranges smaller than this (in SST bytes) are not split by size
+/// ([`Storage::split_entities`]).
+pub const SPLIT_MIN_BYTES: u64 = 8 << 20;
+
 /// The database.
 pub struct Storage {
     db: DB,
@@ -363,6 +367,57 @@ impl Storage {
                 .unwrap_or(0),
             Err(_) => 0,
         }
+    }
+
+    /// Splits the entity range `[from, to)` into `n` ranges holding about
+    /// equal bytes (RocksDB's size estimates of the SST files, found by
+    /// bisection over the 8 key bytes after `from`, which is a table
+    /// prefix). `None` when the range is small ([`SPLIT_MIN_BYTES`]) or
+    /// mostly still in memtables: then the caller divides the work by key
+    /// ownership instead. Blocking (size estimates read table properties).
+    pub fn split_entities(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        n: usize,
+    ) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let total = self.approximate_entity_bytes(from, to);
+        if total < SPLIT_MIN_BYTES || n < 2 {
+            return None;
+        }
+        let key_at = |x: u64| {
+            let mut k = from.to_vec();
+            k.extend_from_slice(&x.to_be_bytes());
+            k
+        };
+        let mut bounds = vec![from.to_vec()];
+        for i in 1..n {
+            let target = total / n as u64 * i as u64;
+            let (mut lo, mut hi) = (0u64, u64::MAX);
+            for _ in 0..64 {
+                if hi - lo <= 1 {
+                    break;
+                }
+                let mid = lo + (hi - lo) / 2;
+                if self.approximate_entity_bytes(from, &key_at(mid)) < target {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let b = key_at(hi);
+            if b <= *bounds.last()? {
+                return None;
+            }
+            bounds.push(b);
+        }
+        bounds.push(to.to_vec());
+        Some(
+            bounds
+                .windows(2)
+                .map(|w| (w[0].clone(), w[1].clone()))
+                .collect(),
+        )
     }
 
     /// Reads several entities in one batched lookup and hands each value

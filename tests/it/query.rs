@@ -672,6 +672,29 @@ fn full_scan_split_by_key_range_is_exact() {
         q3["predicates"] = q.get("predicates").cloned().unwrap_or(json!([]));
         assert_eq!(got, brute(&big, &q3), "{q}");
     }
+    // An index build divides the table the same way (each core scans one
+    // range and hands keys to their owners), and the index is exact.
+    let (st, v) = s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"big","column":"a"}"#),
+    );
+    assert_eq!(st, 202, "{v}");
+    wait_ready(&s);
+    let (_, v) = s.json("GET", "/index/stats?table=big", None);
+    assert_eq!(v["indexes"][0]["build"]["split"], "key_ranges", "{v}");
+    for q in [
+        json!({"table": "big", "predicates": [{"column": "a", "value": 5}], "return": "keys", "limit": 1000}),
+        json!({"table": "big", "range": [{"column": "a", "gte": 3, "lt": 9}], "return": "keys", "limit": 5000}),
+    ] {
+        let mut q2 = q.clone();
+        q2["explain"] = json!(true);
+        let (got, plan) = all_pages(&s, &q2);
+        assert_ne!(plan["mode"], "full_scan_fallback", "{plan}");
+        let mut q3 = q.clone();
+        q3["predicates"] = q.get("predicates").cloned().unwrap_or(json!([]));
+        assert_eq!(got, brute(&data, &q3), "{q}");
+    }
 }
 
 /// With CDC on, entity, index entries and change event commit together:
