@@ -6,8 +6,11 @@ use themis::cli::{self, Cli};
 use themis::obs::logging;
 use themis::{backup, config, node};
 
-fn pretty(v: &impl serde::Serialize) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
+/// Prints `v` as pretty JSON on stdout (a closed pipe is not an error).
+fn print_json(v: &impl serde::Serialize) {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 fn main() -> ExitCode {
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
     };
     if let Some(dir) = &args.verify {
         let report = backup::offline::verify(dir, loaded.config.backup.io_limit_mb_per_s);
-        println!("{}", pretty(&report));
+        print_json(&report);
         return if report.ok {
             ExitCode::SUCCESS
         } else {
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
     if let Some(root) = &args.backup {
         return match backup::offline::backup(&loaded.config, root) {
             Ok(v) => {
-                println!("{}", pretty(&v));
+                print_json(&v);
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -344,6 +344,10 @@ mod tests {
         assert_eq!(Manifest::read(&done.path).unwrap(), *m);
         let mut pace = Pace::mb_per_s(0);
         assert!(manifest::check_files(&done.path, m, &mut pace).is_empty());
-        assert!(!dir.path().join("backups").join(format!(".tmp-{PREFIX}{}", m.timestamp)).exists());
+        assert!(!dir
+            .path()
+            .join("backups")
+            .join(format!(".tmp-{PREFIX}{}", m.timestamp))
+            .exists());
     }
 }

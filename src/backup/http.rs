@@ -280,7 +280,11 @@ mod tests {
             br#"[1]"#,
             b"{",
         ] {
-            assert!(parse_backup(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_backup(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = format!(r#"{{"label":"{}"}}"#, "a".repeat(129));
         assert!(parse_backup(long.as_bytes()).is_err());
@@ -314,7 +318,11 @@ mod tests {
             br#"{"cancel":true,"time_limit_s":3}"#,
             br#"{"x":1}"#,
         ] {
-            assert!(parse_verify(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_verify(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -172,7 +172,9 @@ pub fn run(view: &impl ReadView, limits: Limits<'_>) -> Report {
         seen: 0,
     };
     for f in Family::ALL {
-        pass.report.families.insert(f.name(), FamilyCount::default());
+        pass.report
+            .families
+            .insert(f.name(), FamilyCount::default());
     }
     let mut defs = check_meta(view, &mut pass);
     if pass.running() {

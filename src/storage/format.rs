@@ -119,13 +119,19 @@ mod tests {
         b.put(Family::Entities, b"t:1", b"{}").unwrap();
         s.commit(b).unwrap();
         let e = check_or_init(&s).unwrap_err().to_string();
-        assert!(e.contains("format version 0") && e.contains("themis-migrate"), "{e}");
+        assert!(
+            e.contains("format version 0") && e.contains("themis-migrate"),
+            "{e}"
+        );
         write(&s, CURRENT + 1).unwrap();
         let e = check_or_init(&s).unwrap_err().to_string();
         assert!(e.contains("newer than this THEMIS"), "{e}");
         let mut b = s.batch();
         b.put(Family::Meta, FORMAT_VERSION, b"xy").unwrap();
         s.commit(b).unwrap();
-        assert!(check_or_init(&s).unwrap_err().to_string().contains("damaged"));
+        assert!(check_or_init(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged"));
     }
 }

@@ -233,8 +233,7 @@ impl Storage {
         });
 
         let db = if read_only {
-            let present =
-                DB::list_cf(&db_opts, &path).map_err(|e| open_err(e.into_string()))?;
+            let present = DB::list_cf(&db_opts, &path).map_err(|e| open_err(e.into_string()))?;
             DB::open_cf_for_read_only(&db_opts, &path, present, false)
                 .map_err(|e| open_err(e.into_string()))?
         } else {
