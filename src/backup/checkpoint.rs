@@ -241,7 +241,7 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
             out.push((ms, e.path()));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
     out
 }
 

@@ -134,7 +134,7 @@ impl Pass<'_> {
         c.bytes += (key.len() + value.len()) as u64;
         self.pace.read((key.len() + value.len()) as u64);
         self.seen += 1;
-        if self.seen % CHECK_EVERY == 0 && self.report.stopped.is_none() {
+        if self.seen.is_multiple_of(CHECK_EVERY) && self.report.stopped.is_none() {
             if self.limits.cancel.load(Ordering::Acquire) {
                 self.report.stopped = Some("cancelled".into());
             } else if Instant::now() >= self.limits.deadline {
