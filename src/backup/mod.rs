@@ -27,6 +27,7 @@
 pub mod checkpoint;
 pub mod http;
 pub mod manifest;
+pub mod migrate;
 pub mod offline;
 pub mod verify;
 
