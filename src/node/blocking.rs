@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_thread_for_every_running_slot() {
-        assert_eq!(POOL_THREADS, 5);
+        assert_eq!(POOL_THREADS, 6);
     }
 
     #[test]
