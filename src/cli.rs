@@ -1,4 +1,5 @@
-//! The command line: flags, `--version` and `--validate`.
+//! The command line: flags, `--version` and `--validate` (`--backup` and
+//! `--verify` are `backup::offline`).
 
 use crate::config::{CliOverrides, ConfigError, LoadedConfig};
 use clap::Parser;
@@ -26,6 +27,15 @@ pub struct Cli {
     /// Check the configuration and environment, print the results, and exit.
     #[arg(long)]
     pub validate: bool,
+    /// Back up the (stopped) database into the backup root DIR
+    /// (`DIR/checkpoint_<ms>/`), print the manifest as JSON, and exit.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["validate", "verify"])]
+    pub backup: Option<PathBuf>,
+    /// Verify a backup (`DIR/manifest.json` checksums, then the database
+    /// opened read-only) or a stopped database directory; print a JSON
+    /// report and exit 0 when intact, 1 otherwise.
+    #[arg(long, value_name = "DIR", conflicts_with = "validate")]
+    pub verify: Option<PathBuf>,
     /// Print name, version, build date and commit, and exit.
     #[arg(long, short = 'V')]
     pub version: bool,

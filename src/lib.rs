@@ -7,12 +7,14 @@
 //! * [`mesh`]: key ownership and typed cross-core calls.
 //! * [`storage`]: RocksDB behind a narrow API: keyspace, batches, reads.
 //! * Features: [`entity`] (documents, keys, the write pipeline),
-//!   [`index`], [`query`], [`changefeed`].
+//!   [`index`], [`query`], [`changefeed`]; [`backup`] (backups,
+//!   verification).
 //! * [`config`], [`runtime`]: configuration and its hot-reloadable part.
 //! * [`obs`]: counters, latency histograms, `/metrics`, spans, logging.
 //! * [`error`]: API errors and their one mapping to HTTP.
 //! * [`published`]: rarely changing values read through per-core copies.
 
+pub mod backup;
 pub mod changefeed;
 pub mod cli;
 pub mod config;

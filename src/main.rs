@@ -4,7 +4,14 @@ use clap::Parser;
 use std::process::ExitCode;
 use themis::cli::{self, Cli};
 use themis::obs::logging;
-use themis::{config, node};
+use themis::{backup, config, node};
+
+/// Prints `v` as pretty JSON on stdout (a closed pipe is not an error).
+fn print_json(v: &impl serde::Serialize) {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -27,6 +34,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(dir) = &args.verify {
+        let report = backup::offline::verify(dir, loaded.config.backup.io_limit_mb_per_s);
+        print_json(&report);
+        return if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("themis_server: verification of {} failed", dir.display());
+            ExitCode::FAILURE
+        };
+    }
+    if let Some(root) = &args.backup {
+        return match backup::offline::backup(&loaded.config, root) {
+            Ok(v) => {
+                print_json(&v);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("themis_server: backup failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = logging::init(&loaded.config.logging) {
         eprintln!("themis_server: {e}");
         return ExitCode::from(2);

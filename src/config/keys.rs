@@ -147,6 +147,10 @@ pub const KEYS: &[KeyRule] = &[
     hot("query.parallel_threshold", Int(1, 10_000_000)),
     hot("query.batch_size", Int(1, 1_000_000)),
     hot("cdc_retention_hours", Int(1, 8760)),
+    cold("backup.root", NonEmpty),
+    cold("backup.retention_days", Int(0, 36_500)),
+    cold("backup.retention_count", Int(0, 100_000)),
+    cold("backup.io_limit_mb_per_s", Int(0, 100_000)),
 ];
 
 fn range_error(key: &str, value: impl std::fmt::Display, min: i64, max: i64) -> String {

@@ -45,6 +45,7 @@ pub struct Config {
     pub features: FeaturesConfig,
     pub tracing: TracingConfig,
     pub query: QueryConfig,
+    pub backup: BackupConfig,
     /// How long change-feed events are kept (hours, 1..=8760).
     pub cdc_retention_hours: u32,
 }
@@ -334,6 +335,35 @@ impl Default for QueryConfig {
     }
 }
 
+/// Backups (`POST /api/admin/backup`, `themis_server --backup`) and
+/// verification (`POST /api/admin/verify`): where backups go, how long they
+/// are kept, how fast a verification may read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BackupConfig {
+    /// Where backups go when a request names no directory.
+    pub root: PathBuf,
+    /// Backups older than this many days are deleted after a successful
+    /// new backup (0: age alone never deletes one).
+    pub retention_days: u32,
+    /// At most this many backups are kept, the newest (0: no count limit).
+    pub retention_count: u32,
+    /// The most a backup (checksumming its files) or a verification reads
+    /// per second, in MiB (0: unlimited).
+    pub io_limit_mb_per_s: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            root: PathBuf::from("./backups"),
+            retention_days: 7,
+            retention_count: 0,
+            io_limit_mb_per_s: 256,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -344,6 +374,7 @@ impl Default for Config {
             features: FeaturesConfig::default(),
             tracing: TracingConfig::default(),
             query: QueryConfig::default(),
+            backup: BackupConfig::default(),
             cdc_retention_hours: 168,
         }
     }
@@ -425,6 +456,7 @@ const ENV_SECTIONS: &[&str] = &[
     "tracing",
     "server",
     "query",
+    "backup",
 ];
 
 /// Variables that are read elsewhere and are not config keys.

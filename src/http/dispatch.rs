@@ -24,6 +24,7 @@ pub static TABLE: Table = Table(&[
     crate::index::http::ROUTES,
     crate::changefeed::http::ROUTES,
     super::ops::ROUTES,
+    crate::backup::http::ROUTES,
 ]);
 
 /// The latency label of each route id.
@@ -58,6 +59,8 @@ async fn run(
         RouteId::Metrics => done(ops::metrics(core, resp).await),
         RouteId::ConfigGet => done(ops::get_config(core, resp)),
         RouteId::ConfigSet => done(ops::post_config(core, req.body, resp)),
+        RouteId::Backup => done(crate::backup::http::backup(core, req.body, resp).await),
+        RouteId::Verify => done(crate::backup::http::verify(core, req.body, resp).await),
         RouteId::Other => Err(not_found(req)),
     }
 }

@@ -43,6 +43,8 @@ pub enum RouteId {
     Metrics,
     ConfigGet,
     ConfigSet,
+    Backup,
+    Verify,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

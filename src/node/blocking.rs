@@ -33,10 +33,19 @@ pub enum Work {
     Feed,
     /// Catalog changes (index create/drop/rebuild) and other admin work.
     Admin,
+    /// Backups and verifications (seconds to hours): their own lane, so a
+    /// verification never holds up an index create.
+    Backup,
 }
 
 impl Work {
-    const ALL: [Work; 4] = [Work::Scan, Work::Build, Work::Feed, Work::Admin];
+    const ALL: [Work; 5] = [
+        Work::Scan,
+        Work::Build,
+        Work::Feed,
+        Work::Admin,
+        Work::Backup,
+    ];
 
     /// (running, queued) bounds of the kind's lane on one core.
     const fn bounds(self) -> (usize, usize) {
@@ -45,6 +54,7 @@ impl Work {
             Work::Build => (1, 64),
             Work::Feed => (1, 1024),
             Work::Admin => (1, 64),
+            Work::Backup => (1, 8),
         }
     }
 
@@ -54,6 +64,7 @@ impl Work {
             Work::Build => "build",
             Work::Feed => "feed",
             Work::Admin => "admin",
+            Work::Backup => "backup",
         }
     }
 }
@@ -77,7 +88,7 @@ struct Lane {
 
 /// One core's lanes (lives in its `Core`; not shared between threads).
 pub struct Lanes {
-    lanes: [Lane; 4],
+    lanes: [Lane; 5],
 }
 
 impl Default for Lanes {
@@ -129,6 +140,7 @@ impl Lanes {
                 Work::Build => "too many queued index build steps on this core; retry later",
                 Work::Feed => "too many queued change-feed reads on this core; retry later",
                 Work::Admin => "too many queued admin operations on this core; retry later",
+                Work::Backup => "too many queued backup operations on this core; retry later",
             }));
         }
         lane.waiting.set(lane.waiting.get() + 1);
@@ -159,7 +171,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_thread_for_every_running_slot() {
-        assert_eq!(POOL_THREADS, 5);
+        assert_eq!(POOL_THREADS, 6);
     }
 
     #[test]

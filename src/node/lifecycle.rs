@@ -200,6 +200,9 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     let local = listeners[0].local_addr();
 
     let storage = Storage::open(&config.storage)?;
+    // Before anything writes: a database of another on-disk format is
+    // refused (an older one is converted only by themis-migrate).
+    crate::storage::format::check_or_init(&storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
     let index = Arc::new(crate::index::Indexes::open(&storage)?);
     raise_limits();
@@ -217,6 +220,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         reload,
         faults: faults.clone(),
         failures: Default::default(),
+        backup: Default::default(),
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),
@@ -395,6 +399,8 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Node>) {
                     std::process::exit(130);
                 }
                 tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
+                // A running verification is an in-flight request: stop it.
+                shared.backup.cancel();
             }
         })
         .ok();

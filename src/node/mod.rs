@@ -50,6 +50,8 @@ pub struct Node {
     pub faults: Faults,
     /// Background tasks that failed (`/health` says `degraded`).
     pub failures: health::Failures,
+    /// Which backup and verification are running.
+    pub backup: crate::backup::Backups,
 }
 
 impl Node {

@@ -74,6 +74,9 @@ pub mod meta {
     /// The change feed's reserved mark: no sequence above it was ever
     /// handed out (u64 BE; written synced).
     pub const FEED_RESERVED: &[u8] = b"changefeed.reserved";
+    /// The on-disk format version (u32 BE; absent: version 0, the layout
+    /// before versions were recorded). See `storage::format`.
+    pub const FORMAT_VERSION: &[u8] = b"format.version";
 }
 
 #[cfg(test)]
@@ -100,6 +103,7 @@ mod tests {
             meta::INDEX_NEXT_ID,
             meta::FEED_FIRST_SEQUENCE,
             meta::FEED_RESERVED,
+            meta::FORMAT_VERSION,
         ];
         for a in keys {
             for b in keys {

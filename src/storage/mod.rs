@@ -22,6 +22,7 @@
 //!   scans or rebuilds runs off the reactor.
 
 pub mod batch;
+pub mod format;
 pub mod keyspace;
 pub mod read;
 
@@ -48,6 +49,12 @@ pub enum StorageError {
     Rocks(#[from] rocksdb::Error),
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),
+    /// The on-disk format version cannot be served by this build.
+    #[error("{0}")]
+    Format(String),
+    /// A file operation around the database (a backup's) failed.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// RocksDB figures reported by `/stats` (and, later, `/metrics`).
@@ -146,12 +153,31 @@ fn cf_options(cfg: &StorageConfig, cache: &Cache, usage: CfUse) -> Options {
 impl Storage {
     /// Opens (or creates) the database described by `cfg`.
     pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
+        Storage::open_with(cfg, false)
+    }
+
+    /// Opens an existing database (a backup's checkpoint, a stopped
+    /// server's directory) read-only: nothing in it is changed, the WAL is
+    /// replayed in memory only. Families it lacks are simply absent.
+    pub fn open_read_only(path: &Path) -> Result<Storage, StorageError> {
+        let cfg = StorageConfig {
+            rocksdb_path: path.to_path_buf(),
+            memtable_size_mb: 8,
+            block_cache_size_mb: 16,
+            ..StorageConfig::default()
+        };
+        Storage::open_with(&cfg, true)
+    }
+
+    fn open_with(cfg: &StorageConfig, read_only: bool) -> Result<Storage, StorageError> {
         let path = cfg.rocksdb_path.clone();
         let open_err = |message: String| StorageError::Open {
             path: path.clone(),
             message,
         };
-        std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        if !read_only {
+            std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        }
         let cache_capacity = cfg.block_cache_size_mb << 20;
         let cache = Cache::new_lru_cache(cache_capacity as usize);
 
@@ -184,6 +210,10 @@ impl Storage {
         // append (measured: the WAL write is the largest part of a PUT's
         // storage cost).
         db_opts.set_recycle_log_file_num(4);
+        // Recovery replays the WAL up to its first damaged record and stops
+        // there (a consistent prefix), the mode a checkpoint restore and a
+        // crash both rely on.
+        db_opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         // Total memtable memory across all column families: a full budget
         // (`memtable_size_mb` x `max_write_buffer_number`) for each family
         // that writes fill — entities and the change feed — so turning CDC
@@ -202,15 +232,21 @@ impl Storage {
             rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers
         });
 
-        let descriptors: Vec<_> = Family::ALL
-            .iter()
-            .map(|f| {
-                let usage = if f.is_log() { CfUse::Log } else { CfUse::Keyed };
-                ColumnFamilyDescriptor::new(f.name(), cf_options(cfg, &cache, usage))
-            })
-            .collect();
-        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
-            .map_err(|e| open_err(e.into_string()))?;
+        let db = if read_only {
+            let present = DB::list_cf(&db_opts, &path).map_err(|e| open_err(e.into_string()))?;
+            DB::open_cf_for_read_only(&db_opts, &path, present, false)
+                .map_err(|e| open_err(e.into_string()))?
+        } else {
+            let descriptors: Vec<_> = Family::ALL
+                .iter()
+                .map(|f| {
+                    let usage = if f.is_log() { CfUse::Log } else { CfUse::Keyed };
+                    ColumnFamilyDescriptor::new(f.name(), cf_options(cfg, &cache, usage))
+                })
+                .collect();
+            DB::open_cf_descriptors(&db_opts, &path, descriptors)
+                .map_err(|e| open_err(e.into_string()))?
+        };
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(cfg.sync_writes);
         Ok(Storage {
@@ -500,6 +536,50 @@ impl Storage {
         }
     }
 
+    /// Writes a consistent checkpoint of the whole database into `dir`
+    /// (which must not exist): memtables are flushed (atomically, across
+    /// the families), SST files are hard-linked when `dir` is on the same
+    /// filesystem and copied otherwise, the live WAL is copied. Blocking:
+    /// off the reactor.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// RocksDB's last sequence number (every committed batch advances it).
+    pub fn latest_sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// The column families this database has, by name.
+    pub fn family_names(&self) -> Vec<&'static str> {
+        Family::ALL
+            .iter()
+            .filter(|f| self.cf(**f).is_ok())
+            .map(|f| f.name())
+            .collect()
+    }
+
+    /// Whether no family holds any key (a database just created).
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
+        for f in Family::ALL {
+            if self.cf(f).is_ok() && self.bounds(f)?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A consistent, checksum-verifying view of the database as it is now
+    /// (a RocksDB snapshot): every block it reads has its checksum checked
+    /// and does not displace the block cache. For verification; blocking.
+    pub fn verifying_view(&self) -> VerifyingView<'_> {
+        VerifyingView {
+            storage: self,
+            snapshot: self.db.snapshot(),
+        }
+    }
+
     /// Makes everything written so far durable: WAL fsynced and memtables
     /// flushed. Called once on shutdown.
     pub fn flush(&self) -> Result<(), StorageError> {
@@ -510,6 +590,74 @@ impl Storage {
             .collect();
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+}
+
+/// A snapshot of the database read with checksum verification
+/// ([`Storage::verifying_view`]).
+pub struct VerifyingView<'a> {
+    storage: &'a Storage,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl VerifyingView<'_> {
+    fn read_opts(&self) -> rocksdb::ReadOptions {
+        let mut o = rocksdb::ReadOptions::default();
+        o.set_verify_checksums(true);
+        o.fill_cache(false);
+        o.set_snapshot(&self.snapshot);
+        o
+    }
+}
+
+impl ReadView for VerifyingView<'_> {
+    fn get_with<R>(
+        &self,
+        family: Family,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StorageError> {
+        let cf = self.storage.cf(family)?;
+        let pinned = self
+            .storage
+            .db
+            .get_pinned_cf_opt(cf, key, &self.read_opts())?;
+        Ok(f(pinned.as_deref()))
+    }
+
+    fn scan(
+        &self,
+        family: Family,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let cf = self.storage.cf(family)?;
+        let mut opts = self.read_opts();
+        opts.set_iterate_lower_bound(from.to_vec());
+        opts.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.storage.db.raw_iterator_cf_opt(cf, opts);
+        if reverse {
+            it.seek_to_last();
+        } else {
+            it.seek_to_first();
+        }
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !f(k, v) {
+                break;
+            }
+            if reverse {
+                it.prev();
+            } else {
+                it.next();
+            }
+        }
+        it.status()?;
         Ok(())
     }
 }

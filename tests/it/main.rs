@@ -8,6 +8,7 @@ mod common;
 
 mod api;
 mod architecture;
+mod backup;
 mod changefeed;
 mod hostile;
 mod lifecycle;
