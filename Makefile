@@ -11,7 +11,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/themis/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: all setup build release run test check fmt clippy bench loadtest clean
+.PHONY: all setup build release run test check fmt clippy bench loadtest clean dist
 
 all: build
 
@@ -41,6 +41,10 @@ clippy: setup
 
 bench: release
 	./bench/run.sh
+
+# vccdb-linux-x64.tar.gz, the guide's release tarball (scripts/dist.sh).
+dist: setup
+	./scripts/dist.sh
 
 clean:
 	$(CARGO) clean
