@@ -46,6 +46,9 @@ pub struct Node {
     pub reload: ReloadSource,
     /// Test-only fault injection (empty in production).
     pub faults: Faults,
+    /// The TLS certificate and key in use (`server.enable_tls`), reloaded
+    /// by SIGHUP.
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 impl Node {

@@ -13,3 +13,5 @@ mod hostile;
 mod lifecycle;
 mod observability;
 mod query;
+mod security;
+mod tls;
