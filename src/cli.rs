@@ -167,13 +167,17 @@ pub fn validate(loaded: &Result<LoadedConfig, ConfigError>, explicit: Option<&Pa
                         c.not_after,
                         c.days_left,
                         match &files.ca {
-                            Some(ca) => format!("; client certificates required (CA {})", ca.display()),
+                            Some(ca) =>
+                                format!("; client certificates required (CA {})", ca.display()),
                             None => String::new(),
                         }
                     ),
                 );
                 if c.days_left < 30 {
-                    println!("! TLS certificate expires in {} days: renew it (SIGHUP reloads it)", c.days_left);
+                    println!(
+                        "! TLS certificate expires in {} days: renew it (SIGHUP reloads it)",
+                        c.days_left
+                    );
                 }
             }
             Err(e) => line(false, format!("TLS certificate or key unusable: {e}")),

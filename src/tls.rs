@@ -172,7 +172,10 @@ impl TlsFiles {
         let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => file_error(
                 &self.key,
-                format!("the private key does not match the certificate {}", self.cert.display()),
+                format!(
+                    "the private key does not match the certificate {}",
+                    self.cert.display()
+                ),
             ),
             e => file_error(&self.key, e),
         })?;
@@ -278,7 +281,12 @@ impl Transport for TlsConn {
     async fn close_write(&mut self) -> io::Result<()> {
         self.inner.get_mut().1.send_close_notify();
         self.inner.flush().await?;
-        Ok(self.inner.get_ref().0.shutdown(std::net::Shutdown::Write).await?)
+        Ok(self
+            .inner
+            .get_ref()
+            .0
+            .shutdown(std::net::Shutdown::Write)
+            .await?)
     }
 }
 

@@ -247,7 +247,9 @@ fn api_keys(c: &Config, e: &mut Vec<String>) {
         }
         if let Some(tables) = &k.tables {
             if tables.is_empty() {
-                e.push(format!("{at}: tables must name at least one table (leave it out for all)"));
+                e.push(format!(
+                    "{at}: tables must name at least one table (leave it out for all)"
+                ));
             }
             for t in tables {
                 if t.is_empty() || t.contains(':') || t.chars().any(char::is_control) {
@@ -277,7 +279,9 @@ fn tls_files(c: &Config, e: &mut Vec<String>) {
     let s = &c.server;
     if s.enable_tls {
         if s.tls_cert.is_none() {
-            e.push("server.enable_tls = true needs server.tls_cert (a PEM certificate chain)".into());
+            e.push(
+                "server.enable_tls = true needs server.tls_cert (a PEM certificate chain)".into(),
+            );
         }
         if s.tls_key.is_none() {
             e.push("server.enable_tls = true needs server.tls_key (a PEM private key)".into());
@@ -1009,7 +1013,10 @@ mod tests {
         ] {
             assert!(e.contains(s), "{s}\n{e}");
         }
-        assert!(!e.contains("short-secret") && !e.contains("0123456789abcdef-ok"), "{e}");
+        assert!(
+            !e.contains("short-secret") && !e.contains("0123456789abcdef-ok"),
+            "{e}"
+        );
         // A change of keys is hot, and neither the log line nor GET /config
         // shows a key.
         let change = apply_patch(
@@ -1041,6 +1048,9 @@ mod tests {
         assert!(c.validate()[0].contains("needs server.enable_tls"));
         c.server.enable_tls = true;
         let e = c.validate().join("; ");
-        assert!(e.contains("needs server.tls_cert") && e.contains("needs server.tls_key"), "{e}");
+        assert!(
+            e.contains("needs server.tls_cert") && e.contains("needs server.tls_key"),
+            "{e}"
+        );
     }
 }

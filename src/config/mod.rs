@@ -874,7 +874,10 @@ tracing:
             &CliOverrides::default(),
         )
         .unwrap();
-        assert_eq!(ok.config.server.api_keys[0].tables.as_deref(), Some(&["t".to_string()][..]));
+        assert_eq!(
+            ok.config.server.api_keys[0].tables.as_deref(),
+            Some(&["t".to_string()][..])
+        );
     }
 }
 

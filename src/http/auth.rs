@@ -220,14 +220,13 @@ pub fn check<'s>(
     if needed == Role::Public {
         return Ok(Grant::default());
     }
-    let key = match presented(req) {
-        Some(k) if !k.is_empty() => k,
-        _ => {
-            return Err(unauthorized(
+    let key =
+        match presented(req) {
+            Some(k) if !k.is_empty() => k,
+            _ => return Err(unauthorized(
                 "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-            ))
-        }
-    };
+            )),
+        };
     let Some(entry) = auth.find(&sha256(key)) else {
         return Err(unauthorized("unknown API key"));
     };
@@ -432,7 +431,10 @@ mod tests {
     #[test]
     fn body_fields() {
         let f = |b: &str| body_field(b.as_bytes(), "table");
-        assert_eq!(f(r#"{"a":[{"table":"x"}],"table":"t"}"#).ok(), Some("t".into()));
+        assert_eq!(
+            f(r#"{"a":[{"table":"x"}],"table":"t"}"#).ok(),
+            Some("t".into())
+        );
         assert_eq!(f(r#"{"t\u0061ble":"t"}"#).ok(), Some("t".into()));
         assert!(matches!(
             f(r#"{"table":"t","table":"u"}"#),

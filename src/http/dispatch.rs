@@ -311,7 +311,11 @@ mod tests {
         let end = doc.find("<!-- routes:end -->").expect("routes:end marker");
         for line in doc[start..end].lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            if cells.len() >= 5 && !cells[1].is_empty() && !cells[1].starts_with('-') && cells[1] != "Method" {
+            if cells.len() >= 5
+                && !cells[1].is_empty()
+                && !cells[1].starts_with('-')
+                && cells[1] != "Method"
+            {
                 let path = cells[2].trim_matches('`').to_string();
                 for m in cells[1].split(',').map(str::trim) {
                     documented.push((m.to_string(), path.clone(), cells[3].to_string()));

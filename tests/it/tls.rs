@@ -29,9 +29,21 @@ fn make_ca(dir: &Path, ca: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt"), "-days", "2",
-            "-subj", &format!("/CN={ca}"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
         ],
     );
 }
@@ -48,16 +60,38 @@ fn make_cert(dir: &Path, ca: &str, name: &str, subject: &str, server: bool) {
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subject,
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
         ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey",
-            &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2",
-            "-extfile", &format!("{name}.ext"),
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
         ],
     );
 }
@@ -111,8 +145,10 @@ impl TlsClient {
             .with_root_certificates(roots);
         let mut config = match client {
             Some(name) => {
-                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key")))
-                    .unwrap();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(
+                    dir.join(format!("{name}.key")),
+                )
+                .unwrap();
                 builder
                     .with_client_auth_cert(certs(dir, &format!("{name}.crt")), key)
                     .unwrap()
@@ -130,7 +166,10 @@ impl TlsClient {
         }
         // TLS 1.3 reports a refused client certificate after the
         // handshake: a first read surfaces it.
-        Ok(TlsClient { tls, buf: Vec::new() })
+        Ok(TlsClient {
+            tls,
+            buf: Vec::new(),
+        })
     }
 
     /// The server certificate's subject.
@@ -140,7 +179,11 @@ impl TlsClient {
     }
 
     fn send(&mut self, method: &str, path: &str, headers: &str, body: &str) -> std::io::Result<()> {
-        let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/json\r\n"
+        };
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}{ct}Content-Length: {}\r\n\r\n{body}",
             body.len()
@@ -163,7 +206,13 @@ impl TlsClient {
     }
 
     /// One request with a Content-Length answer: (status, body).
-    fn call(&mut self, method: &str, path: &str, headers: &str, body: &str) -> std::io::Result<(u16, String)> {
+    fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         self.send(method, path, headers, body)?;
         self.response()
     }
@@ -196,7 +245,9 @@ impl TlsClient {
 
 fn curl(args: &[&str]) -> std::process::Output {
     output_within(
-        Command::new("curl").args(["-sS", "--max-time", "10"]).args(args),
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args),
         Duration::from_secs(20),
     )
 }
@@ -212,7 +263,13 @@ fn resolve(s: &Server) -> String {
 fn s_client(s: &Server, dir: &Path, extra: &[&str]) -> String {
     let out = output_within(
         Command::new("openssl")
-            .args(["s_client", "-connect", &s.addr.to_string(), "-servername", "localhost"])
+            .args([
+                "s_client",
+                "-connect",
+                &s.addr.to_string(),
+                "-servername",
+                "localhost",
+            ])
             .args(["-CAfile", &p(dir, "ca.crt")])
             .args(extra),
         Duration::from_secs(20),
@@ -240,8 +297,18 @@ fn https_with_real_clients_and_hostile_connections() {
     make_cert(d, "ca", "server", "/O=one/CN=localhost", true);
     let s = start_tls(d, "", "");
 
-    let out = curl(&["--cacert", &p(d, "ca.crt"), "--resolve", &resolve(&s), &https(&s, "/health")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = curl(&[
+        "--cacert",
+        &p(d, "ca.crt"),
+        "--resolve",
+        &resolve(&s),
+        &https(&s, "/health"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
     // Untrusted: curl without the CA refuses the self-made chain.
     let out = curl(&["--resolve", &resolve(&s), &https(&s, "/health")]);
@@ -267,27 +334,44 @@ fn https_with_real_clients_and_hostile_connections() {
 
     // Plaintext HTTP on the TLS port: a readable 400.
     let mut plain = TcpStream::connect(s.addr).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    plain.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     let _ = plain.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("tls_required"), "{answer}");
     // Garbage, and a handshake that never finishes: dropped, quickly.
     let mut garbage = TcpStream::connect(s.addr).unwrap();
-    garbage.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    garbage.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 6, 7])
+        .unwrap();
     let mut sink = Vec::new();
     let _ = garbage.read_to_end(&mut sink);
     let started = Instant::now();
     let mut silent = TcpStream::connect(s.addr).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     assert_eq!(silent.read(&mut [0u8; 16]).unwrap_or(0), 0);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The core is fine; every refusal was counted and logged.
     let mut c = TlsClient::connect(s.addr, d, None).unwrap();
-    assert_eq!(c.tls.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        c.tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     let (st, body) = c.call("GET", "/health", "", "").unwrap();
     assert_eq!(st, 200, "{body}");
     // Pipelining and bodies over TLS; 413 too.
@@ -305,7 +389,10 @@ fn https_with_real_clients_and_hostile_connections() {
     assert!(failures >= 4, "{failures}");
     assert!(metric(&mut c, "themis_tls_handshakes_total") >= 3);
     let out = s.output();
-    assert!(out.contains("TLS connection refused: plaintext HTTP"), "{out}");
+    assert!(
+        out.contains("TLS connection refused: plaintext HTTP"),
+        "{out}"
+    );
     assert!(out.contains("no TLS handshake within"), "{out}");
 }
 
@@ -328,29 +415,58 @@ fn mutual_tls_and_keys_bound_to_client_certificates() {
     let s = start_tls(d, &extra, "");
 
     // No client certificate, or one from another CA: no connection.
-    let out = curl(&["--cacert", &p(d, "ca.crt"), "--resolve", &resolve(&s), &https(&s, "/health")]);
+    let out = curl(&[
+        "--cacert",
+        &p(d, "ca.crt"),
+        "--resolve",
+        &resolve(&s),
+        &https(&s, "/health"),
+    ]);
     assert!(!out.status.success(), "no client certificate");
     for who in [None, Some("stranger")] {
-        let refused = TlsClient::connect(s.addr, d, who)
-            .and_then(|mut c| c.call("GET", "/health", "", ""));
+        let refused =
+            TlsClient::connect(s.addr, d, who).and_then(|mut c| c.call("GET", "/health", "", ""));
         assert!(refused.is_err(), "{who:?}: {refused:?}");
     }
     // curl with a client certificate and the key bound to it.
     let out = curl(&[
-        "--cacert", &p(d, "ca.crt"), "--cert", &p(d, "client-a.crt"), "--key", &p(d, "client-a.key"),
-        "--resolve", &resolve(&s), "-H", &format!("Authorization: Bearer {bound}"),
-        "-o", "/dev/null", "-w", "%{http_code}", &https(&s, "/stats"),
+        "--cacert",
+        &p(d, "ca.crt"),
+        "--cert",
+        &p(d, "client-a.crt"),
+        "--key",
+        &p(d, "client-a.key"),
+        "--resolve",
+        &resolve(&s),
+        "-H",
+        &format!("Authorization: Bearer {bound}"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &https(&s, "/stats"),
     ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The bound key is refused with another (valid) certificate; the
     // unbound key works with any.
     let mut b = TlsClient::connect(s.addr, d, Some("client-b")).unwrap();
-    let (st, _) = b.call("GET", "/stats", &format!("X-API-Key: {bound}\r\n"), "").unwrap();
+    let (st, _) = b
+        .call("GET", "/stats", &format!("X-API-Key: {bound}\r\n"), "")
+        .unwrap();
     assert_eq!(st, 401);
-    let (st, _) = b.call("GET", "/stats", &format!("X-API-Key: {free}\r\n"), "").unwrap();
+    let (st, _) = b
+        .call("GET", "/stats", &format!("X-API-Key: {free}\r\n"), "")
+        .unwrap();
     assert_eq!(st, 200);
     let mut a = TlsClient::connect(s.addr, d, Some("client-a")).unwrap();
-    let (st, _) = a.call("GET", "/stats", &format!("X-API-Key: {bound}\r\n"), "").unwrap();
+    let (st, _) = a
+        .call("GET", "/stats", &format!("X-API-Key: {bound}\r\n"), "")
+        .unwrap();
     assert_eq!(st, 200);
 }
 
@@ -365,7 +481,8 @@ fn certificates_reload_on_sighup_without_dropping_connections() {
     assert!(keep.server_subject().contains("O=one"));
     assert_eq!(keep.call("GET", "/health", "", "").unwrap().0, 200);
     let mut sse = TlsClient::connect(s.addr, d, None).unwrap();
-    sse.send("GET", "/changefeed/stream?heartbeat_ms=200", "", "").unwrap();
+    sse.send("GET", "/changefeed/stream?heartbeat_ms=200", "", "")
+        .unwrap();
     let head = sse.read_until(b"\r\n\r\n").unwrap();
     assert!(String::from_utf8_lossy(&head).contains("text/event-stream"));
 
@@ -375,14 +492,22 @@ fn certificates_reload_on_sighup_without_dropping_connections() {
     s.wait_output("TLS certificate and key reloaded", Duration::from_secs(10));
     assert_eq!(keep.call("GET", "/health", "", "").unwrap().0, 200);
     let mut fresh = TlsClient::connect(s.addr, d, None).unwrap();
-    assert!(fresh.server_subject().contains("O=two"), "{}", fresh.server_subject());
+    assert!(
+        fresh.server_subject().contains("O=two"),
+        "{}",
+        fresh.server_subject()
+    );
     let (st, _) = fresh.call("PUT", "/entities/r:1", "", "{}").unwrap();
     assert_eq!(st, 201);
     let events = sse.read_until(b"r:1").unwrap();
     assert!(String::from_utf8_lossy(&events).contains("data: "));
 
     // A broken certificate is refused; the previous one stays.
-    std::fs::write(d.join("server.crt"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        d.join("server.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     s.signal("HUP");
     s.wait_output("TLS certificate or key refused", Duration::from_secs(10));
     let c = TlsClient::connect(s.addr, d, None).unwrap();
@@ -412,14 +537,26 @@ fn bad_certificates_stop_the_start_and_validate_reports_them() {
     };
     let validate = |cfg: &Path| {
         let out = output_within(
-            command(d).args(["--validate", "--port", "0", "--config", cfg.to_str().unwrap()]),
+            command(d).args([
+                "--validate",
+                "--port",
+                "0",
+                "--config",
+                cfg.to_str().unwrap(),
+            ]),
             Duration::from_secs(30),
         );
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (ok, text) = validate(&config("server.crt", "server.key"));
     assert!(ok, "{text}");
-    assert!(text.contains("load and match: CN=localhost, expires"), "{text}");
+    assert!(
+        text.contains("load and match: CN=localhost, expires"),
+        "{text}"
+    );
     assert!(text.contains("! TLS certificate expires in"), "{text}");
     let (ok, text) = validate(&config("server.crt", "other.key"));
     assert!(!ok);
@@ -430,7 +567,11 @@ fn bad_certificates_stop_the_start_and_validate_reports_them() {
     // The server refuses to start with a key that does not match.
     let out = output_within(
         command(d).args([
-            "--port", "0", "--db", &p(d, "data"), "--config",
+            "--port",
+            "0",
+            "--db",
+            &p(d, "data"),
+            "--config",
             config("server.crt", "other.key").to_str().unwrap(),
         ]),
         Duration::from_secs(30),
