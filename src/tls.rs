@@ -328,6 +328,20 @@ pub async fn accept(
             let mut stream = stream;
             let _ = stream.write_all(PLAINTEXT_ANSWER).await;
             let _ = stream.shutdown(std::net::Shutdown::Write).await;
+            // Read what the client sent (briefly, boundedly) so that closing
+            // does not reset the connection before it reads the answer.
+            let drain = async {
+                let mut scratch = [0u8; 4096];
+                let mut total = 0usize;
+                while total < (64 << 10) {
+                    match futures_lite::AsyncReadExt::read(&mut stream, &mut scratch).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+            };
+            futures_lite::future::or(drain, glommio::timer::sleep(Duration::from_millis(200)))
+                .await;
             return Err(Refused::Plaintext);
         }
         let tls = futures_rustls::TlsAcceptor::from(config)
