@@ -53,7 +53,7 @@ echo "machine: $NCPU CPUs; server CPUs 0-$((SERVER_CPUS - 1)), client CPUs $CLIE
 start "0-$((SERVER_CPUS - 1))" "$SERVER_CPUS"
 echo "== load"
 qb load --entities "$ENTITIES" --groups "$NGROUPS" | tee "$WORK/load.json"
-curl -s -X POST "http://127.0.0.1:$PORT/index/create" -d '{"table":"qb","column":"grp"}' > /dev/null
+curl -s -X POST "http://127.0.0.1:$PORT/index/create" -H 'Content-Type: application/json' -d '{"table":"qb","column":"grp"}' > /dev/null
 t0=$(date +%s.%N)
 until curl -s "http://127.0.0.1:$PORT/index/stats?table=qb" | grep -q '"state":"ready"'; do sleep 0.5; done
 t1=$(date +%s.%N)

@@ -13,6 +13,9 @@
 #
 # Usage: backup-incremental.sh --db-path DIR --backup-root DIR --retention-days N
 #                              [--api-url URL] [--themis-bin PATH] [--verbose]
+#
+# With server.enable_auth on, set THEMIS_API_KEY to an admin key (sent as
+# Authorization: Bearer).
 set -euo pipefail
 
 DB_PATH="" BACKUP_ROOT="" RETENTION_DAYS="" API_URL="http://localhost:8765" VERBOSE=0
@@ -49,6 +52,7 @@ checkpoint=""
 if command -v curl >/dev/null 2>&1 \
    && answer="$(curl -fsS -m 3600 -X POST "$API_URL/api/admin/backup" \
         -H 'Content-Type: application/json' \
+        ${THEMIS_API_KEY:+-H "Authorization: Bearer $THEMIS_API_KEY"} \
         -d "{\"directory\":\"$root\",\"label\":\"incremental\"}" 2>/dev/null)"; then
   checkpoint="$(backup_path "$answer")"
   log "online checkpoint: $checkpoint"

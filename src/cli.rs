@@ -156,6 +156,43 @@ pub fn validate(loaded: &Result<LoadedConfig, ConfigError>, explicit: Option<&Pa
             format!("Port {port} not available on {}: {e}", cfg.server.host),
         ),
     }
+    let all_interfaces = matches!(cfg.server.host.trim(), "0.0.0.0" | "::" | "[::]" | "");
+    if all_interfaces && !cfg.server.enable_auth {
+        println!(
+            "! server.host = {} listens on every interface with server.enable_auth = false: anyone who can reach port {port} can read and change all data (turn auth on, or bind 127.0.0.1)",
+            cfg.server.host
+        );
+    }
+    if let Some(files) = crate::tls::TlsFiles::from_config(&cfg.server) {
+        match files.load() {
+            Ok(loaded) => {
+                let c = loaded.cert;
+                line(
+                    true,
+                    format!(
+                        "TLS certificate {} and key {} load and match: {}, expires {} ({} days){}",
+                        files.cert.display(),
+                        files.key.display(),
+                        c.subject,
+                        c.not_after,
+                        c.days_left,
+                        match &files.ca {
+                            Some(ca) =>
+                                format!("; client certificates required (CA {})", ca.display()),
+                            None => String::new(),
+                        }
+                    ),
+                );
+                if c.days_left < 30 {
+                    println!(
+                        "! TLS certificate expires in {} days: renew it (SIGHUP reloads it)",
+                        c.days_left
+                    );
+                }
+            }
+            Err(e) => line(false, format!("TLS certificate or key unusable: {e}")),
+        }
+    }
     let memtables = cfg.storage.memtable_budget_mb();
     let cache = cfg.storage.block_cache_size_mb;
     let total = memtables + cache;

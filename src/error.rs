@@ -22,6 +22,16 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// No API key, or an unknown one (401 with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the rights for this request.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("a request with a body must be sent as Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("Host {0:?} is not served here (server.allowed_hosts)")]
+    MisdirectedRequest(String),
     #[error("entity {0} not found")]
     EntityNotFound(String),
     #[error("no route for {0}")]
@@ -68,6 +78,10 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) | ApiError::InvalidKey(_) | ApiError::BadRequest(_) => 400,
             ApiError::Unprocessable(_) => 422,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::MisdirectedRequest(_) => 421,
             ApiError::EntityNotFound(_) | ApiError::RouteNotFound(_) | ApiError::NotFound(_) => 404,
             ApiError::Conflict(_) => 409,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -89,6 +103,10 @@ impl ApiError {
             ApiError::InvalidKey(_) => "invalid_key",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unprocessable(_) => "unprocessable_entity",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MisdirectedRequest(_) => "misdirected_request",
             ApiError::EntityNotFound(_) => "not_found",
             ApiError::RouteNotFound(_) => "route_not_found",
             ApiError::NotFound(_) => "not_found",
@@ -148,6 +166,11 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow, .. } => {
                 resp.json_with(405, &body, &[("Allow", allow.as_str())])
             }
+            ApiError::Unauthorized(_) => resp.json_with(
+                401,
+                &body,
+                &[("WWW-Authenticate", r#"Bearer realm="themis""#)],
+            ),
             _ => resp.json(self.status(), &body),
         }
     }

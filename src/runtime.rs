@@ -37,6 +37,9 @@ pub struct Runtime {
     pub cdc_retention_hours: u32,
     pub parallel_threshold: usize,
     pub batch_size: usize,
+    /// API keys, roles and the `Host` allow-list (`server.enable_auth`,
+    /// `api_keys`, `metrics_public`, `allowed_hosts`).
+    pub auth: Arc<crate::http::auth::AuthSettings>,
     /// The whole effective configuration (start-up values plus every
     /// runtime change), for `GET /config` and the next change.
     pub config: Arc<Config>,
@@ -58,6 +61,7 @@ impl Runtime {
             cdc_retention_hours: c.cdc_retention_hours,
             parallel_threshold: c.query.parallel_threshold,
             batch_size: c.query.batch_size,
+            auth: Arc::new(crate::http::auth::AuthSettings::from_config(&c.server)),
             config: Arc::new(c.clone()),
         }
     }

@@ -150,7 +150,7 @@ fn latency(addr: SocketAddr, subscribers: usize, rate: u64, duration: u64, doc_s
         let t = start.elapsed().as_micros() as u64;
         let body = format!("{{\"t\":{t},\"pad\":\"{pad}\"}}");
         let req = format!(
-            "PUT /entities/cdcbench:{} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n{}",
+            "PUT /entities/cdcbench:{} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
             i % 1000,
             body.len(),
             body

@@ -76,7 +76,7 @@ fn load(addr: SocketAddr, entities: u64, groups: u64, connections: u64, pad: usi
                         let doc = format!(r#"{{"grp":{g},"grp_copy":{g},"pad":"{pad}"}}"#);
                         out.extend_from_slice(
                             format!(
-                                "PUT /entities/qb:{i} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{doc}",
+                                "PUT /entities/qb:{i} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{doc}",
                                 doc.len()
                             )
                             .as_bytes(),
@@ -132,7 +132,7 @@ fn run(
                                 x % groups
                             );
                             format!(
-                                "POST /query HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{q}",
+                                "POST /query HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{q}",
                                 q.len()
                             )
                         }

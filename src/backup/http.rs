@@ -6,7 +6,7 @@
 use super::checkpoint::{self, Plan};
 use super::verify::{self, Limits};
 use crate::error::ApiError;
-use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::node::blocking::Work;
 use crate::node::Core;
 use crate::storage::StorageError;
@@ -23,6 +23,7 @@ pub const ROUTES: &[Route] = &[
         methods: POST,
         path: PathPattern::Exact("/api/admin/backup"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "POST /api/admin/backup",
     },
     Route {
@@ -30,6 +31,7 @@ pub const ROUTES: &[Route] = &[
         methods: POST,
         path: PathPattern::Exact("/admin/backup"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "POST /api/admin/backup",
     },
     Route {
@@ -37,6 +39,7 @@ pub const ROUTES: &[Route] = &[
         methods: POST,
         path: PathPattern::Exact("/api/admin/verify"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "POST /api/admin/verify",
     },
     Route {
@@ -44,6 +47,7 @@ pub const ROUTES: &[Route] = &[
         methods: POST,
         path: PathPattern::Exact("/admin/verify"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "POST /api/admin/verify",
     },
 ];

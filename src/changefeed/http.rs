@@ -13,13 +13,13 @@ use super::record::Filter;
 use super::ReadLimits;
 use crate::entity::key::decode_query_value;
 use crate::error::ApiError;
-use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::node::blocking::Work;
 use crate::node::{Core, Faults};
 use crate::obs::counters::{bump, drop_one};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use themis_io::{Method, ShutdownSignal};
+use themis_io::{Method, ShutdownSignal, Transport};
 use themis_io::{Request, Response, StreamEnd, StreamOut};
 
 const GET: &[Method] = &[Method::Get, Method::Head];
@@ -31,6 +31,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/changefeed"),
         role: Role::Read,
+        tables: Tables::QueryTable,
         label: "GET /changefeed",
     },
     Route {
@@ -38,6 +39,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Get],
         path: PathPattern::Exact("/changefeed/stream"),
         role: Role::Read,
+        tables: Tables::QueryTable,
         label: "GET /changefeed/stream",
     },
     Route {
@@ -45,6 +47,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/changefeed/stats"),
         role: Role::Read,
+        tables: Tables::None,
         label: "GET /changefeed/stats",
     },
     Route {
@@ -52,6 +55,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Post],
         path: PathPattern::Exact("/changefeed/retention"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "POST /changefeed/retention",
     },
 ];
@@ -189,6 +193,14 @@ fn parse_params(req: &Request<'_>, allowed: &[&str]) -> Result<Params, ApiError>
     Ok(p)
 }
 
+/// Applies the table filter of a key limited to one table when the
+/// request named no table (a named table was checked by `http::auth`).
+fn force_table(p: &mut Params, forced: Option<&str>) {
+    if p.filter.table.is_none() {
+        p.filter.table = forced.map(str::to_string);
+    }
+}
+
 /// Appends `"events":[...]` members.
 fn write_events(out: &mut Vec<u8>, batch: &Batch) {
     out.extend_from_slice(b"{\"events\":[");
@@ -202,12 +214,21 @@ fn write_events(out: &mut Vec<u8>, batch: &Batch) {
 }
 
 /// `GET /changefeed`.
-pub async fn poll(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
+///
+/// `forced_table`: the table a key limited to one table reads when the
+/// request names none (`http::auth`).
+pub async fn poll(
+    core: &Core,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+    forced_table: Option<&str>,
+) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let p = parse_params(
+    let mut p = parse_params(
         req,
         &["from_seq", "limit", "long_poll_ms", "key_prefix", "table"],
     )?;
+    force_table(&mut p, forced_table);
     let rt = core.settings();
     let wait = Duration::from_millis(p.long_poll_ms.unwrap_or(0).min(rt.request_timeout_ms));
     let deadline = Instant::now() + wait;
@@ -257,9 +278,11 @@ pub fn open_stream(
     core: &Core,
     req: &Request<'_>,
     resp: &mut Response<'_>,
+    forced_table: Option<&str>,
 ) -> Result<SseStream, ApiError> {
     require_enabled(core)?;
-    let p = parse_params(req, &["from_seq", "key_prefix", "table", "heartbeat_ms"])?;
+    let mut p = parse_params(req, &["from_seq", "key_prefix", "table", "heartbeat_ms"])?;
+    force_table(&mut p, forced_table);
     let resume = match req.header("last-event-id") {
         Some(v) => {
             let v = std::str::from_utf8(v).unwrap_or("").trim();
@@ -311,7 +334,7 @@ enum Woken {
 
 /// Streams events until the client leaves, the server stops, the feature
 /// is turned off, or the client cannot keep up.
-pub async fn run_stream(core: &Core, mut s: SseStream, out: &mut StreamOut<'_>) {
+pub async fn run_stream<T: Transport>(core: &Core, mut s: SseStream, out: &mut StreamOut<'_, T>) {
     let counters = core.counters();
     bump(&counters.sse_active, 1);
     let _reader = core.changefeed().feed().reader();
@@ -337,10 +360,10 @@ pub async fn run_stream(core: &Core, mut s: SseStream, out: &mut StreamOut<'_>) 
     }
 }
 
-async fn stream_loop(
+async fn stream_loop<T: Transport>(
     core: &Core,
     s: &mut SseStream,
-    out: &mut StreamOut<'_>,
+    out: &mut StreamOut<'_, T>,
 ) -> Result<(), StreamEnd> {
     let counters = core.counters();
     let feed = core.changefeed().feed();

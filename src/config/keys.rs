@@ -55,6 +55,8 @@ pub struct KeyRule {
     pub rule: Rule,
     /// Other dotted paths `POST /config` accepts for it.
     pub aliases: &'static [&'static str],
+    /// Its value is never logged nor shown (API keys).
+    pub secret: bool,
 }
 
 const fn hot(path: &'static str, rule: Rule) -> KeyRule {
@@ -63,6 +65,7 @@ const fn hot(path: &'static str, rule: Rule) -> KeyRule {
         hot: true,
         rule,
         aliases: &[],
+        secret: false,
     }
 }
 
@@ -72,12 +75,20 @@ const fn cold(path: &'static str, rule: Rule) -> KeyRule {
         hot: false,
         rule,
         aliases: &[],
+        secret: false,
     }
 }
 
 impl KeyRule {
     const fn aka(self, aliases: &'static [&'static str]) -> KeyRule {
         KeyRule { aliases, ..self }
+    }
+
+    const fn secret(self) -> KeyRule {
+        KeyRule {
+            secret: true,
+            ..self
+        }
     }
 }
 
@@ -118,12 +129,15 @@ pub const KEYS: &[KeyRule] = &[
     cold("server.listen_backlog", Int(1, 65_535)),
     cold("server.idle_timeout_ms", Int(1000, 3_600_000)),
     cold("server.max_connections", Int(0, 10_000_000)),
-    cold("server.enable_auth", Check(enable_auth)),
-    cold("server.api_keys", Free),
-    cold("server.enable_tls", Check(enable_tls)),
+    hot("server.enable_auth", Bool),
+    hot("server.api_keys", Check(api_keys)).secret(),
+    hot("server.metrics_public", Bool),
+    hot("server.allowed_hosts", Check(allowed_hosts)),
+    cold("server.enable_tls", Check(tls_files)),
     cold("server.tls_cert", Free),
     cold("server.tls_key", Free),
     cold("server.tls_ca", Free),
+    cold("server.tls_handshake_timeout_ms", Int(100, 300_000)),
     hot("logging.level", OneOf(LOG_LEVELS)),
     hot("logging.format", OneOf(LOG_FORMATS)),
     cold("logging.file", Free),
@@ -205,23 +219,79 @@ fn level0_stop_writes_trigger(c: &Config, e: &mut Vec<String>) {
     );
 }
 
-fn enable_auth(c: &Config, e: &mut Vec<String>) {
-    if c.server.enable_auth {
-        e.push(
-            "server.enable_auth = true: API-key authentication is not available in this build; \
-             refusing to start rather than serve without it"
-                .into(),
-        );
+/// Each key: exactly one of `key` (at least 16 characters) and
+/// `key_sha256` (64 hex digits), a known role, tables that are table names,
+/// no secret twice; auth on needs at least one key. Messages name the key
+/// by its position (and `name`), never by its value.
+fn api_keys(c: &Config, e: &mut Vec<String>) {
+    let s = &c.server;
+    if s.enable_auth && s.api_keys.is_empty() {
+        e.push("server.enable_auth = true needs at least one entry in server.api_keys".into());
+    }
+    let mut digests = Vec::new();
+    for (i, k) in s.api_keys.iter().enumerate() {
+        let at = match &k.name {
+            Some(n) => format!("server.api_keys[{i}] ({n:?})"),
+            None => format!("server.api_keys[{i}]"),
+        };
+        match crate::http::auth::digest_of(k) {
+            Ok(d) => {
+                if digests.contains(&d) {
+                    e.push(format!("{at}: the same key is listed twice"));
+                }
+                digests.push(d);
+            }
+            Err(why) => e.push(format!("{at}: {why}")),
+        }
+        if crate::http::auth::role_named(&k.role).is_none() {
+            e.push(format!(
+                "{at}: role {:?} is not one of: readonly, readwrite, admin",
+                k.role
+            ));
+        }
+        if let Some(tables) = &k.tables {
+            if tables.is_empty() {
+                e.push(format!(
+                    "{at}: tables must name at least one table (leave it out for all)"
+                ));
+            }
+            for t in tables {
+                if t.is_empty() || t.contains(':') || t.chars().any(char::is_control) {
+                    e.push(format!("{at}: tables: {t:?} is not a table name"));
+                }
+            }
+        }
+        if k.client_cert_subject.is_some() && s.tls_ca.is_none() {
+            e.push(format!(
+                "{at}: client_cert_subject needs mutual TLS (server.enable_tls and server.tls_ca)"
+            ));
+        }
     }
 }
 
-fn enable_tls(c: &Config, e: &mut Vec<String>) {
-    if c.server.enable_tls {
-        e.push(
-            "server.enable_tls = true: TLS is not available in this build; refusing to start \
-             rather than serve plain text (terminate TLS in a reverse proxy for now)"
-                .into(),
-        );
+fn allowed_hosts(c: &Config, e: &mut Vec<String>) {
+    for h in &c.server.allowed_hosts {
+        if h.trim().is_empty() || h.contains(|ch: char| ch.is_whitespace() || ch == '/') {
+            e.push(format!("server.allowed_hosts: {h:?} is not a host name"));
+        }
+    }
+}
+
+/// TLS on needs a certificate and a key (their contents are checked when
+/// they are loaded: start-up, SIGHUP, `--validate`).
+fn tls_files(c: &Config, e: &mut Vec<String>) {
+    let s = &c.server;
+    if s.enable_tls {
+        if s.tls_cert.is_none() {
+            e.push(
+                "server.enable_tls = true needs server.tls_cert (a PEM certificate chain)".into(),
+            );
+        }
+        if s.tls_key.is_none() {
+            e.push("server.enable_tls = true needs server.tls_key (a PEM private key)".into());
+        }
+    } else if s.tls_ca.is_some() {
+        e.push("server.tls_ca (mutual TLS) needs server.enable_tls = true".into());
     }
 }
 
@@ -448,6 +518,8 @@ fn merge(current: &Config, leaves: &[Leaf<'_>], mut errors: Vec<String>) -> Merg
 fn describe(tree: &Value, rows: &[&'static KeyRule]) -> Vec<String> {
     rows.iter()
         .map(|r| match get_dotted(tree, r.path) {
+            Some(Value::Array(a)) if r.secret => format!("{} = ({} entries)", r.path, a.len()),
+            Some(_) if r.secret => format!("{} = (secret)", r.path),
             Some(v) => format!("{} = {v}", r.path),
             None => r.path.to_string(),
         })
@@ -535,7 +607,9 @@ pub fn apply_reload(current: &Config, reread: &Config) -> Result<Change, Vec<Str
 pub fn public_json(c: &Config) -> Value {
     let mut shown = c.clone();
     for k in shown.server.api_keys.iter_mut() {
-        k.key = "***redacted***".into();
+        if k.key.is_some() {
+            k.key = Some("***redacted***".into());
+        }
     }
     let mut v = serde_json::to_value(&shown).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
@@ -628,8 +702,11 @@ mod tests {
     #[test]
     fn every_hot_key_is_checked_like_start_up() {
         let hot_rows: Vec<_> = KEYS.iter().filter(|r| r.hot).collect();
-        assert_eq!(hot_rows.len(), 10);
+        assert_eq!(hot_rows.len(), 14);
         for row in hot_rows {
+            if matches!(row.rule, Check(_)) || row.path == "server.enable_auth" {
+                continue; // need other keys: checked by their own tests
+            }
             let (good, bad) = samples(row.rule);
             assert!(!good.is_empty(), "{}: no samples", row.path);
             for written in std::iter::once(row.path).chain(row.aliases.iter().copied()) {
@@ -824,6 +901,7 @@ mod tests {
         c.storage.level0_slowdown_writes_trigger = 2;
         c.storage.max_open_files = 3;
         c.server.enable_tls = true;
+        c.server.tls_cert = Some("c.pem".into());
         c.tracing.otlp_endpoint = "ftp://x".into();
         c.tracing.service_name = " ".into();
         c.logging.format = "xml".into();
@@ -832,7 +910,7 @@ mod tests {
             "storage.min_write_buffer_number_to_merge = 4 is out of range (allowed 1..=3)",
             "storage.level0_slowdown_writes_trigger = 2 is out of range (allowed 4..=10000)",
             "storage.max_open_files = 3",
-            "server.enable_tls = true",
+            "server.enable_tls = true needs server.tls_key",
             "tracing.otlp_endpoint = \"ftp://x\"",
             "tracing.service_name must not be empty",
             "logging.format = \"xml\" is not allowed (one of: text, json)",
@@ -855,7 +933,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let hot: Vec<&KeyRule> = KEYS.iter().filter(|r| r.hot).collect();
+        let hot: Vec<&KeyRule> = KEYS
+            .iter()
+            .filter(|r| r.hot && !matches!(r.rule, Check(_)) && r.path != "server.enable_auth")
+            .collect();
         let mut current = Config::default();
         let mut applied = 0;
         for _ in 0..400 {
@@ -895,5 +976,85 @@ mod tests {
             }
         }
         assert!(applied > 50, "{applied}");
+    }
+
+    fn key(k: &str, role: &str) -> crate::config::ApiKey {
+        crate::config::ApiKey {
+            key: Some(k.into()),
+            role: role.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn api_keys_are_checked_without_showing_them() {
+        let mut c = Config::default();
+        c.server.enable_auth = true;
+        assert!(c.validate()[0].contains("needs at least one entry"));
+        c.server.api_keys = vec![
+            key("short-secret", "admin"),
+            key("0123456789abcdef-ok", "root"),
+            key("0123456789abcdef-ok", "readonly"),
+            crate::config::ApiKey {
+                key_sha256: Some("abc".into()),
+                role: "readonly".into(),
+                tables: Some(vec!["a:b".into()]),
+                ..Default::default()
+            },
+            crate::config::ApiKey {
+                role: "readonly".into(),
+                ..Default::default()
+            },
+        ];
+        let e = c.validate().join("\n");
+        for s in [
+            "server.api_keys[0]: key must be at least 16 characters",
+            "server.api_keys[1]: role \"root\" is not one of",
+            "server.api_keys[2]: the same key is listed twice",
+            "server.api_keys[3]: key_sha256 must be 64 hex digits",
+            "server.api_keys[3]: tables: \"a:b\" is not a table name",
+            "server.api_keys[4]: give exactly one of key and key_sha256",
+        ] {
+            assert!(e.contains(s), "{s}\n{e}");
+        }
+        assert!(
+            !e.contains("short-secret") && !e.contains("0123456789abcdef-ok"),
+            "{e}"
+        );
+        // A change of keys is hot, and neither the log line nor GET /config
+        // shows a key.
+        let change = apply_patch(
+            &Config::default(),
+            &json!({"server": {"enable_auth": true, "api_keys": [
+                {"key": "0123456789abcdef-ok", "role": "admin"}]}}),
+        )
+        .unwrap();
+        let said = change.changed.join("; ");
+        assert!(said.contains("server.api_keys = (1 entries)"), "{said}");
+        assert!(!said.contains("0123456789abcdef-ok"), "{said}");
+        let shown = public_json(&change.config).to_string();
+        assert!(!shown.contains("0123456789abcdef-ok"), "{shown}");
+        // An unknown field in a key is an error, not a warning: a typo in
+        // `tables` must not grant every table.
+        let errs = apply_patch(
+            &Config::default(),
+            &json!({"server": {"api_keys": [{"key": "0123456789abcdef-ok", "role": "admin", "tabels": ["a"]}]}}),
+        )
+        .unwrap_err()
+        .join("; ");
+        assert!(errs.contains("tabels"), "{errs}");
+    }
+
+    #[test]
+    fn tls_needs_its_files() {
+        let mut c = Config::default();
+        c.server.tls_ca = Some("ca.pem".into());
+        assert!(c.validate()[0].contains("needs server.enable_tls"));
+        c.server.enable_tls = true;
+        let e = c.validate().join("; ");
+        assert!(
+            e.contains("needs server.tls_cert") && e.contains("needs server.tls_key"),
+            "{e}"
+        );
     }
 }

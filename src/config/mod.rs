@@ -190,20 +190,34 @@ pub struct ServerConfig {
     /// cores); beyond it a new connection is answered 503 and closed.
     /// 0 means unlimited.
     pub max_connections: usize,
-    /// Reserved: API-key authentication (refused at start-up until built).
+    /// Require an API key on every route but `/health` (and `/metrics`
+    /// when `metrics_public`); see `http::auth`.
     pub enable_auth: bool,
+    /// The keys and their roles (hot-reloadable).
     pub api_keys: Vec<ApiKey>,
-    /// Reserved: TLS (refused at start-up until built).
+    /// Serve `/metrics` without a key even when auth is on.
+    pub metrics_public: bool,
+    /// `Host` values (names, optionally with `:port`) requests may carry;
+    /// empty: any. Guards against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Serve HTTPS only (rustls): no plaintext listener.
     pub enable_tls: bool,
+    /// PEM certificate chain (leaf first) and private key.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// signed by one of them (mutual TLS).
     pub tls_ca: Option<PathBuf>,
+    /// Longest a TLS handshake may take before the connection is dropped.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            host: "0.0.0.0".into(),
+            // Loopback unless configured otherwise: a server without auth
+            // must not be reachable from the network by accident.
+            host: "127.0.0.1".into(),
             port: 8765,
             worker_threads: 0,
             request_timeout_ms: 30_000,
@@ -213,18 +227,40 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             enable_auth: false,
             api_keys: Vec::new(),
+            metrics_public: false,
+            allowed_hosts: Vec::new(),
             enable_tls: false,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One API key: the secret (`key`) or its SHA-256 in hex (`key_sha256`),
+/// a role, and optionally the tables it is limited to and the client
+/// certificate it must come with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ApiKey {
-    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+    /// `readonly`, `readwrite` or `admin`.
     pub role: String,
+    /// A name for logs (the key itself is never logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only these tables (entity keys `table:*`, queries, index admin, the
+    /// change feed); absent: every table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    /// Accepted only on a mutual-TLS connection whose verified client
+    /// certificate has this subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_subject: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -846,7 +882,7 @@ tracing:
     }
 
     #[test]
-    fn auth_and_tls_are_refused_not_ignored() {
+    fn auth_needs_keys_and_tls_needs_files() {
         let err = build(
             yaml("server: {enable_auth: true}"),
             None,
@@ -855,6 +891,25 @@ tracing:
         )
         .unwrap_err();
         assert!(err.to_string().contains("server.enable_auth"));
+        let err = build(
+            yaml("server: {enable_tls: true, tls_cert: c.pem}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.tls_key"), "{err}");
+        let ok = build(
+            yaml("server: {enable_auth: true, api_keys: [{key: 0123456789abcdef-x, role: admin, tables: [t]}]}"),
+            None,
+            env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.config.server.api_keys[0].tables.as_deref(),
+            Some(&["t".to_string()][..])
+        );
     }
 }
 

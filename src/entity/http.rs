@@ -9,7 +9,7 @@
 use super::key::{decode_path_key, parse_key};
 use super::write;
 use crate::error::ApiError;
-use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::index::unique;
 use crate::mesh::{Rpc, Served};
 use crate::node::Core;
@@ -26,6 +26,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Get, Method::Head],
         path: PathPattern::Prefix(KEY_PREFIX),
         role: Role::Read,
+        tables: Tables::PathKey,
         label: "GET /entities/{key}",
     },
     Route {
@@ -33,6 +34,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Put],
         path: PathPattern::Prefix(KEY_PREFIX),
         role: Role::Write,
+        tables: Tables::PathKey,
         label: "PUT /entities/{key}",
     },
     Route {
@@ -40,6 +42,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Delete],
         path: PathPattern::Prefix(KEY_PREFIX),
         role: Role::Write,
+        tables: Tables::PathKey,
         label: "DELETE /entities/{key}",
     },
     Route {
@@ -47,6 +50,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Post],
         path: PathPattern::Exact("/entities"),
         role: Role::Write,
+        tables: Tables::BodyKey,
         label: "POST /entities",
     },
 ];

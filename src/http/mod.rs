@@ -5,10 +5,15 @@
 //!   request finds its route; every feature exports its own rows.
 //! * [`dispatch`]: the `Handler` a core's connections call — table, then
 //!   the one `match` on the route id, then metrics and spans.
+//! * [`auth`]: API keys and roles, checked against each route's row.
+//! * [`guard`]: the checks before any route runs: `Host` allow-list,
+//!   auth, and `Content-Type` of bodies (cross-site protections).
 //! * [`ops`]: `/health`, `/stats`, `/metrics`, `/config`.
 //!
 //! Errors are [`crate::error::ApiError`]s, turned into HTTP in one place.
 
+pub mod auth;
 pub mod dispatch;
+pub mod guard;
 pub mod ops;
 pub mod routes;

@@ -5,7 +5,7 @@
 //! core over the mesh ([`LatencyCopy`]) and added up here.
 
 use super::dispatch::LABELS;
-use super::routes::{PathPattern, Role, Route, RouteId};
+use super::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::error::ApiError;
 use crate::mesh::{Rpc, Served};
 use crate::node::Core;
@@ -23,6 +23,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/health"),
         role: Role::Public,
+        tables: Tables::None,
         label: "GET /health",
     },
     Route {
@@ -30,6 +31,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/stats"),
         role: Role::Read,
+        tables: Tables::None,
         label: "GET /stats",
     },
     Route {
@@ -37,6 +39,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/api/stats"),
         role: Role::Read,
+        tables: Tables::None,
         label: "GET /stats",
     },
     Route {
@@ -44,6 +47,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/metrics"),
         role: Role::Read,
+        tables: Tables::None,
         label: "GET /metrics",
     },
     Route {
@@ -51,6 +55,7 @@ pub const ROUTES: &[Route] = &[
         methods: GET,
         path: PathPattern::Exact("/config"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "/config",
     },
     Route {
@@ -58,6 +63,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Post],
         path: PathPattern::Exact("/config"),
         role: Role::Admin,
+        tables: Tables::All,
         label: "/config",
     },
 ];

@@ -10,8 +10,8 @@
 
 use themis_io::Method;
 
-/// The role a caller needs for a route (enforced by the auth layer once
-/// API keys are on; every key's role grants the ones below it).
+/// The role a caller needs for a route (enforced by `http::auth` when
+/// `server.enable_auth` is on; every key's role grants the ones below it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     /// Anyone (liveness probes).
@@ -19,6 +19,26 @@ pub enum Role {
     Read,
     Write,
     Admin,
+}
+
+/// Which table a request of a route touches: what a key limited to some
+/// tables (`server.api_keys[].tables`) is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tables {
+    /// No table's data (health, counters): any key with the role.
+    None,
+    /// Every table (configuration, change-feed retention): only keys that
+    /// are not limited.
+    All,
+    /// The table of the entity key in the path (`/entities/{key}`).
+    PathKey,
+    /// The table of the body's `key` field (`POST /entities`).
+    BodyKey,
+    /// The body's `table` field (queries, index administration).
+    BodyTable,
+    /// The `table` query parameter; when absent, a key limited to one
+    /// table reads that table (change feed, index stats).
+    QueryTable,
 }
 
 /// Every route. Also the index of its latency histogram.
@@ -80,6 +100,8 @@ pub struct Route {
     pub methods: &'static [Method],
     pub path: PathPattern,
     pub role: Role,
+    /// The table a request touches (for keys limited to some tables).
+    pub tables: Tables,
     /// The `route` label of its latency metrics (rows may share one).
     pub label: &'static str,
 }
@@ -158,7 +180,7 @@ impl Table {
                 return Err("RouteId::Other has no row".into());
             }
             if let Some(prev) = seen[r.id as usize] {
-                if prev.label != r.label || prev.role != r.role {
+                if prev.label != r.label || prev.role != r.role || prev.tables != r.tables {
                     return Err(format!("rows of {:?} disagree", r.id));
                 }
             }

@@ -3,7 +3,7 @@
 use super::{check_column, Created, IndexDef, IndexState};
 use super::{MAX_COLUMNS, MAX_INDEXES_PER_TABLE};
 use crate::error::ApiError;
-use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::node::blocking::Work;
 use crate::node::Core;
 use crate::storage::{ChangeBatch, Family};
@@ -18,6 +18,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Post],
         path: PathPattern::Exact("/index/create"),
         role: Role::Admin,
+        tables: Tables::BodyTable,
         label: "/index",
     },
     Route {
@@ -25,6 +26,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Post],
         path: PathPattern::Exact("/index/drop"),
         role: Role::Admin,
+        tables: Tables::BodyTable,
         label: "/index",
     },
     Route {
@@ -32,13 +34,15 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::Post],
         path: PathPattern::Exact("/index/rebuild"),
         role: Role::Admin,
+        tables: Tables::BodyTable,
         label: "/index",
     },
     Route {
         id: RouteId::IndexStats,
         methods: &[Method::Get, Method::Head],
         path: PathPattern::Exact("/index/stats"),
-        role: Role::Admin,
+        role: Role::Read,
+        tables: Tables::QueryTable,
         label: "/index",
     },
 ];
@@ -285,12 +289,16 @@ pub async fn rebuild(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Resul
 
 /// `GET /index/stats[?table=T[&column=C]]`: definitions, build progress,
 /// and entry count and size (counted on the blocking pool).
+///
+/// `forced_table`: the table a key limited to one table sees when the
+/// request names none (`http::auth`).
 pub async fn stats(
     core: &Core,
     req: &Request<'_>,
     resp: &mut Response<'_>,
+    forced_table: Option<&str>,
 ) -> Result<(), ApiError> {
-    let (mut table, mut column) = (None, None);
+    let (mut table, mut column) = (forced_table.map(str::to_string), None);
     for (k, v) in req.query_pairs() {
         let v = crate::entity::key::decode_query_value(v)?;
         match k {

@@ -104,6 +104,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("executor {shard} failed: {message}")]
     Executor { shard: usize, message: String },
 }
@@ -195,6 +197,20 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         addr: addr_text.clone(),
         source,
     };
+    let tls = match crate::tls::TlsFiles::from_config(&config.server) {
+        Some(files) => {
+            let (state, cert) = crate::tls::TlsState::start(files)?;
+            tracing::info!(
+                subject = %cert.subject,
+                expires = %cert.not_after,
+                days_left = cert.days_left,
+                mutual = config.server.tls_ca.is_some(),
+                "TLS on: HTTPS only"
+            );
+            Some(state)
+        }
+        None => None,
+    };
     let addr = resolve(&config.server.host, config.server.port).map_err(listen_err)?;
     let listeners = bind_reuseport(addr, n, config.server.listen_backlog).map_err(listen_err)?;
     let local = listeners[0].local_addr();
@@ -221,6 +237,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         faults: faults.clone(),
         failures: Default::default(),
         backup: Default::default(),
+        tls,
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),
@@ -365,6 +382,19 @@ fn reload_from_file(node: &Node) {
         }
         Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
     }
+    if let Some(tls) = &node.tls {
+        match tls.reload() {
+            Ok(cert) => tracing::info!(
+                subject = %cert.subject,
+                expires = %cert.not_after,
+                days_left = cert.days_left,
+                "SIGHUP: TLS certificate and key reloaded; new handshakes use them"
+            ),
+            Err(e) => tracing::error!(
+                "SIGHUP: TLS certificate or key refused, still serving the previous one: {e}"
+            ),
+        }
+    }
 }
 
 fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Node>) {
@@ -496,6 +526,8 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
     // This core's share of `server.max_connections`.
     let slots = ConnectionSlots::per_core(node.config.server.max_connections, n);
     let gate = glommio::sync::Gate::new();
+    let tls = node.tls.as_ref().map(|t| Rc::new(t.local()));
+    let handshake_timeout = Duration::from_millis(node.config.server.tls_handshake_timeout_ms);
     loop {
         let accept = async { Some(listener.accept().await) };
         let stop = async {
@@ -517,13 +549,31 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
                     write_timeout: core.request_timeout(),
                     ..limits
                 };
-                let (core, shutdown) = (core.clone(), shutdown.clone());
+                let (core, shutdown, tls) = (core.clone(), shutdown.clone(), tls.clone());
                 let spawned = gate.spawn(async move {
                     let counters = core.counters();
                     bump(&counters.connections_accepted, 1);
                     bump(&counters.connections_active, 1);
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = serve_connection(stream, &*core, &limits, &shutdown).await {
+                    let served = match (tls, &core.node().tls) {
+                        (Some(local), Some(state)) => {
+                            let peer = stream.peer_addr().ok();
+                            let config = local.get(state);
+                            match crate::tls::accept(config, stream, handshake_timeout).await {
+                                Ok(conn) => {
+                                    bump(&counters.tls_handshakes, 1);
+                                    serve_connection(conn, &*core, &limits, &shutdown).await
+                                }
+                                Err(why) => {
+                                    bump(&counters.tls_handshake_failures, 1);
+                                    crate::tls::log_refusal(core.id(), peer, &why);
+                                    Ok(())
+                                }
+                            }
+                        }
+                        _ => serve_connection(stream, &*core, &limits, &shutdown).await,
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(shard = core.id(), "connection ended: {e}");
                     }
                     drop_one(&counters.connections_active);

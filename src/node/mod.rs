@@ -52,6 +52,9 @@ pub struct Node {
     pub failures: health::Failures,
     /// Which backup and verification are running.
     pub backup: crate::backup::Backups,
+    /// The TLS certificate and key in use (`server.enable_tls`), reloaded
+    /// by SIGHUP.
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 impl Node {

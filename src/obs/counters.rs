@@ -46,6 +46,14 @@ pub struct CoreCounters {
     pub range_scan_steps: AtomicU64,
     pub query_index_hits: AtomicU64,
     pub query_full_scans: AtomicU64,
+    /// Requests refused 401 (no or unknown API key) and 403 (role or
+    /// tables too small).
+    pub auth_unauthorized: AtomicU64,
+    pub auth_forbidden: AtomicU64,
+    /// TLS handshakes completed, and connections dropped during the
+    /// handshake (garbage, plaintext, untrusted client, deadline).
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Adds `n` to a counter that only the calling core writes.
@@ -89,6 +97,10 @@ pub struct ShardSnapshot {
     pub range_scan_steps: u64,
     pub query_index_hits: u64,
     pub query_full_scans: u64,
+    pub auth_unauthorized: u64,
+    pub auth_forbidden: u64,
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
 }
 
 impl CoreCounters {
@@ -118,6 +130,10 @@ impl CoreCounters {
             range_scan_steps: r(&self.range_scan_steps),
             query_index_hits: r(&self.query_index_hits),
             query_full_scans: r(&self.query_full_scans),
+            auth_unauthorized: r(&self.auth_unauthorized),
+            auth_forbidden: r(&self.auth_forbidden),
+            tls_handshakes: r(&self.tls_handshakes),
+            tls_handshake_failures: r(&self.tls_handshake_failures),
         }
     }
 }

@@ -286,6 +286,26 @@ pub fn render(
             "Background tasks (index builds, retention, sequence reservation) that failed; /health says degraded while one stands.",
             total(|s| s.background_failures),
         ),
+        counter(
+            "themis_auth_unauthorized_total",
+            "Requests refused 401: no API key or an unknown one.",
+            total(|s| s.auth_unauthorized),
+        ),
+        counter(
+            "themis_auth_forbidden_total",
+            "Requests refused 403: the API key's role or tables do not cover the request.",
+            total(|s| s.auth_forbidden),
+        ),
+        counter(
+            "themis_tls_handshakes_total",
+            "TLS handshakes completed.",
+            total(|s| s.tls_handshakes),
+        ),
+        counter(
+            "themis_tls_handshake_failures_total",
+            "Connections dropped during the TLS handshake (not TLS, untrusted or missing client certificate, deadline).",
+            total(|s| s.tls_handshake_failures),
+        ),
         gauge(
             "vccdb_sse_active_connections",
             "Open change-feed SSE streams.",

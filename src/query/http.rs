@@ -1,7 +1,7 @@
 //! `POST /query`.
 
 use crate::error::ApiError;
-use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::node::Core;
 use themis_io::{Method, Request, Response};
 
@@ -11,6 +11,7 @@ pub const ROUTES: &[Route] = &[Route {
     methods: &[Method::Post],
     path: PathPattern::Exact("/query"),
     role: Role::Read,
+    tables: Tables::BodyTable,
     label: "POST /query",
 }];
 

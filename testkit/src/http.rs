@@ -60,7 +60,24 @@ impl Client {
 
     /// Sends one request (a body is sent as JSON) and reads its response.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Resp {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        self.request_with(method, path, &[], body)
+    }
+
+    /// [`Client::request`] with extra headers (an API key, another `Host`).
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str("Host: test\r\n");
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
         if let Some(b) = body {
             req.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",

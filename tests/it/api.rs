@@ -192,12 +192,12 @@ fn expect_continue_and_chunked_bodies() {
     let dir = tempdir();
     let s = start_in(dir.path(), &Opts::threads(1));
     let mut c = s.client();
-    c.send_raw(b"PUT /entities/t:c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n");
+    c.send_raw(b"PUT /entities/t:c HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n");
     assert_eq!(c.read_response(false).status, 100);
     c.send_raw(b"{\"a\":1}");
     assert_eq!(c.read_response(false).status, 201);
 
-    c.send_raw(b"PUT /entities/t:ch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5\r\n\":[1]\r\n1\r\n}\r\n0\r\n\r\n");
+    c.send_raw(b"PUT /entities/t:ch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5\r\n\":[1]\r\n1\r\n}\r\n0\r\n\r\n");
     assert_eq!(c.read_response(false).status, 201);
     let r = c.request("GET", "/entities/t:ch", None);
     assert_eq!(r.json()["entity"], json!({"a": [1]}));
@@ -218,7 +218,7 @@ fn pipelined_requests_are_answered_in_order() {
         let body = format!("{{\"i\":{i}}}");
         batch.extend_from_slice(
             format!(
-                "PUT /entities/p:{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                "PUT /entities/p:{i} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
             .as_bytes(),

@@ -14,3 +14,5 @@ mod hostile;
 mod lifecycle;
 mod observability;
 mod query;
+mod security;
+mod tls;

@@ -1,0 +1,453 @@
+//! API keys and roles: who may call which route, checked on the core that
+//! received the request, before anything runs or is forwarded.
+//!
+//! The route table is the one source of what a route needs: its
+//! [`Role`] and its [`Tables`] (what table a request of it touches). This
+//! module only compares a request's key against them:
+//!
+//! * no key, or one that matches no configured key: 401 with
+//!   `WWW-Authenticate: Bearer realm="themis"`;
+//! * a key whose role is below the route's, or a key limited to some tables
+//!   on a request for another table (or for every table): 403.
+//!
+//! Keys arrive as `Authorization: Bearer <key>` or `X-API-Key: <key>`. The
+//! presented key is hashed once (SHA-256) and the digest is compared with
+//! every configured digest in constant time, so neither the time taken nor
+//! an early exit tells how much of a key was right, and configuration files
+//! may hold `key_sha256` instead of the secret. A key is never logged.
+//!
+//! [`AuthSettings`] is part of the hot-reloadable [`crate::runtime::Runtime`]
+//! that every core reads through its own copy: a SIGHUP or `POST /config`
+//! that changes the keys applies from each core's next request, with no
+//! lock on the request path. With auth off the whole check is one branch.
+
+use super::routes::{PathPattern, Role, Route, RouteId, Tables};
+use crate::config::{ApiKey, ServerConfig};
+use crate::entity::key::{decode_path_key, decode_query_value, parse_key};
+use crate::error::ApiError;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use themis_io::Request;
+
+/// Shortest accepted `key`: a guessable key is no protection.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// The role a config `role` names.
+pub fn role_named(s: &str) -> Option<Role> {
+    match s {
+        "readonly" => Some(Role::Read),
+        "readwrite" => Some(Role::Write),
+        "admin" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+/// The config name of a role.
+pub fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Public => "public",
+        Role::Read => "readonly",
+        Role::Write => "readwrite",
+        Role::Admin => "admin",
+    }
+}
+
+/// SHA-256 of a presented or configured key.
+pub fn sha256(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+/// The digest a configured key is compared by: the hash of `key`, or
+/// `key_sha256` decoded. The error says what is wrong without the value.
+pub fn digest_of(k: &ApiKey) -> Result<[u8; 32], String> {
+    match (&k.key, &k.key_sha256) {
+        (Some(key), None) => {
+            if key.chars().count() < MIN_KEY_LEN {
+                return Err(format!("key must be at least {MIN_KEY_LEN} characters"));
+            }
+            if key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err("key must not contain spaces or control characters".into());
+            }
+            Ok(sha256(key.as_bytes()))
+        }
+        (None, Some(hex)) => {
+            let hex = hex.trim();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("key_sha256 must be 64 hex digits (sha256sum of the key)".into());
+            }
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|_| "key_sha256 must be 64 hex digits".to_string())?;
+            }
+            Ok(out)
+        }
+        _ => Err("give exactly one of key and key_sha256".into()),
+    }
+}
+
+/// One configured key, ready to compare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyEntry {
+    digest: [u8; 32],
+    pub role: Role,
+    /// For logs; `key #i` when the config gives no name.
+    pub name: Box<str>,
+    /// The tables it is limited to; `None`: every table.
+    pub tables: Option<Box<[Box<str>]>>,
+    /// The client certificate subject it must come with (mutual TLS).
+    pub client_cert_subject: Option<Box<str>>,
+}
+
+/// What the request path reads: derived from `server.*` once per
+/// configuration change.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthSettings {
+    pub enabled: bool,
+    pub metrics_public: bool,
+    keys: Vec<KeyEntry>,
+    /// Lower-case; empty: any `Host`.
+    allowed_hosts: Vec<Box<str>>,
+}
+
+impl AuthSettings {
+    /// Built from a validated configuration (a key that does not validate
+    /// is left out; validation refuses such a configuration first).
+    pub fn from_config(s: &ServerConfig) -> AuthSettings {
+        let keys = s
+            .api_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                Some(KeyEntry {
+                    digest: digest_of(k).ok()?,
+                    role: role_named(&k.role)?,
+                    name: k.name.clone().unwrap_or_else(|| format!("key #{i}")).into(),
+                    tables: k
+                        .tables
+                        .as_ref()
+                        .map(|t| t.iter().map(|s| s.as_str().into()).collect()),
+                    client_cert_subject: k.client_cert_subject.as_deref().map(Into::into),
+                })
+            })
+            .collect();
+        AuthSettings {
+            enabled: s.enable_auth,
+            metrics_public: s.metrics_public,
+            keys,
+            allowed_hosts: s
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase().into())
+                .collect(),
+        }
+    }
+
+    /// The key whose digest is `digest`, compared with every key in
+    /// constant time.
+    fn find(&self, digest: &[u8; 32]) -> Option<&KeyEntry> {
+        let mut found = None;
+        for k in &self.keys {
+            if bool::from(k.digest.ct_eq(digest)) {
+                found = Some(k);
+            }
+        }
+        found
+    }
+
+    /// Whether `Host` is allowed (always, when no list is configured).
+    #[inline]
+    pub fn host_allowed(&self, host: Option<&[u8]>) -> bool {
+        if self.allowed_hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+            return false;
+        };
+        let host = host.trim();
+        // `name:port` matches an entry `name:port` or `name`; `[v6]:port`
+        // keeps its brackets.
+        let name = match host.rfind(':') {
+            Some(i) if !host[i..].contains(']') => &host[..i],
+            _ => host,
+        };
+        self.allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a request may do once its key was checked: the tables it is
+/// limited to, and the table filter a route of [`Tables::QueryTable`]
+/// must apply when the request named none.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The key's table limit; `None`: every table (or auth off).
+    pub tables: Option<&'a [Box<str>]>,
+    /// For the change feed and index stats: the table to read when the
+    /// request named none (a key limited to exactly one table).
+    pub forced_table: Option<&'a str>,
+}
+
+/// The key a request presents: `Authorization: Bearer <key>`, else
+/// `X-API-Key: <key>`.
+fn presented<'r>(req: &Request<'r>) -> Option<&'r [u8]> {
+    if let Some(v) = req.header("authorization") {
+        let v = v.trim_ascii();
+        return match v.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(v[7..].trim_ascii()),
+            _ => None,
+        };
+    }
+    req.header("x-api-key").map(<[u8]>::trim_ascii)
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::Unauthorized(message.into())
+}
+
+/// The check every routed request goes through (auth on): finds the key,
+/// compares its role with the route's, and its tables with the request's.
+pub fn check<'s>(
+    auth: &'s AuthSettings,
+    route: &Route,
+    req: &Request<'_>,
+) -> Result<Grant<'s>, ApiError> {
+    let needed = match route.role {
+        Role::Read if route.id == RouteId::Metrics && auth.metrics_public => Role::Public,
+        r => r,
+    };
+    if needed == Role::Public {
+        return Ok(Grant::default());
+    }
+    let key =
+        match presented(req) {
+            Some(k) if !k.is_empty() => k,
+            _ => return Err(unauthorized(
+                "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+            )),
+        };
+    let Some(entry) = auth.find(&sha256(key)) else {
+        return Err(unauthorized("unknown API key"));
+    };
+    if let Some(subject) = &entry.client_cert_subject {
+        if req.peer.client_cert_subject() != Some(&**subject) {
+            return Err(unauthorized(
+                "this API key is only valid with its client certificate",
+            ));
+        }
+    }
+    if entry.role < needed {
+        return Err(ApiError::Forbidden(format!(
+            "{} needs the {} role; key {:?} has {}",
+            route.label,
+            role_name(needed),
+            entry.name,
+            role_name(entry.role)
+        )));
+    }
+    let Some(tables) = entry.tables.as_deref() else {
+        return Ok(Grant::default());
+    };
+    let forced_table = check_tables(tables, route, req).map_err(|e| match e {
+        TableRefusal::Other(table) => ApiError::Forbidden(format!(
+            "key {:?} may not access table {table:?}",
+            entry.name
+        )),
+        TableRefusal::AllTables => ApiError::Forbidden(format!(
+            "{} acts on every table; key {:?} is limited to some tables",
+            route.label, entry.name
+        )),
+        TableRefusal::Unnamed => ApiError::Forbidden(format!(
+            "key {:?} is limited to several tables: name one with ?table=",
+            entry.name
+        )),
+        TableRefusal::Invalid(e) => e,
+    })?;
+    Ok(Grant {
+        tables: Some(tables),
+        forced_table,
+    })
+}
+
+enum TableRefusal {
+    Other(String),
+    AllTables,
+    Unnamed,
+    /// The request could not be read (bad key, bad JSON): the error the
+    /// handler would have given.
+    Invalid(ApiError),
+}
+
+/// Checks the tables a request touches against a key's `tables`; returns
+/// the table to force on a [`Tables::QueryTable`] route that named none.
+fn check_tables<'t>(
+    allowed: &'t [Box<str>],
+    route: &Route,
+    req: &Request<'_>,
+) -> Result<Option<&'t str>, TableRefusal> {
+    let ok = |t: &str| allowed.iter().any(|a| &**a == t);
+    let one = |t: String| {
+        if ok(&t) {
+            Ok(None)
+        } else {
+            Err(TableRefusal::Other(t))
+        }
+    };
+    match route.tables {
+        Tables::None => Ok(None),
+        Tables::All => Err(TableRefusal::AllTables),
+        Tables::PathKey => {
+            let prefix = match route.path {
+                PathPattern::Prefix(p) | PathPattern::Exact(p) => p,
+            };
+            let raw = req.path.strip_prefix(prefix).unwrap_or("");
+            let key = decode_path_key(raw).map_err(TableRefusal::Invalid)?;
+            let (table, _) = parse_key(&key).map_err(TableRefusal::Invalid)?;
+            one(table.to_string())
+        }
+        Tables::BodyKey => {
+            let key = body_field(req.body, "key")?;
+            let (table, _) = parse_key(&key).map_err(TableRefusal::Invalid)?;
+            one(table.to_string())
+        }
+        Tables::BodyTable => one(body_field(req.body, "table")?),
+        Tables::QueryTable => {
+            let mut named = false;
+            for (name, value) in req.query_pairs() {
+                let name = decode_query_value(name).map_err(TableRefusal::Invalid)?;
+                if name == "table" {
+                    named = true;
+                    let t = decode_query_value(value).map_err(TableRefusal::Invalid)?;
+                    if !ok(&t) {
+                        return Err(TableRefusal::Other(t));
+                    }
+                }
+            }
+            match allowed {
+                _ if named => Ok(None),
+                [only] => Ok(Some(only)),
+                _ => Err(TableRefusal::Unnamed),
+            }
+        }
+    }
+}
+
+/// A top-level string field of a JSON body (`key` of `POST /entities`,
+/// `table` of a query or an index request). Only read for a key limited
+/// to some tables. Duplicate fields are refused, as the handlers refuse
+/// them, so the field checked is the field used.
+fn body_field(body: &[u8], field: &'static str) -> Result<String, TableRefusal> {
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    struct Find(&'static str);
+    impl<'de> Visitor<'de> for Find {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found: Option<Option<String>> = None;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k == self.0 {
+                    if found.is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate object key {:?}",
+                            self.0
+                        )));
+                    }
+                    let v: serde_json::Value = map.next_value()?;
+                    found = Some(v.as_str().map(str::to_string));
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found.flatten())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let found = serde::Deserializer::deserialize_map(&mut de, Find(field))
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| TableRefusal::Invalid(ApiError::InvalidJson(e.to_string())))?;
+    found.ok_or_else(|| {
+        TableRefusal::Invalid(ApiError::Forbidden(format!(
+            "a key limited to some tables must name its table: the body needs a string {field:?}"
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(keys: Vec<ApiKey>) -> AuthSettings {
+        let mut s = ServerConfig {
+            enable_auth: true,
+            api_keys: keys,
+            ..Default::default()
+        };
+        s.allowed_hosts = vec!["db.example".into(), "localhost:8765".into()];
+        AuthSettings::from_config(&s)
+    }
+
+    #[test]
+    fn digests_from_keys_and_hex_agree() {
+        let k = "0123456789abcdef-secret";
+        let hex: String = sha256(k.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let a = digest_of(&ApiKey {
+            key: Some(k.into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let b = digest_of(&ApiKey {
+            key_sha256: Some(hex.to_uppercase()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(a, b);
+        let s = settings(vec![ApiKey {
+            key_sha256: Some(hex),
+            role: "readonly".into(),
+            ..Default::default()
+        }]);
+        assert_eq!(s.find(&sha256(k.as_bytes())).unwrap().role, Role::Read);
+        assert!(s.find(&sha256(b"0123456789abcdef-secreT")).is_none());
+    }
+
+    #[test]
+    fn hosts() {
+        let s = settings(Vec::new());
+        assert!(s.host_allowed(Some(b"db.example")));
+        assert!(s.host_allowed(Some(b"DB.example:443")));
+        assert!(s.host_allowed(Some(b"localhost:8765")));
+        assert!(!s.host_allowed(Some(b"localhost:9999")));
+        assert!(!s.host_allowed(Some(b"evil.example")));
+        assert!(!s.host_allowed(None));
+        assert!(AuthSettings::default().host_allowed(None));
+    }
+
+    #[test]
+    fn body_fields() {
+        let f = |b: &str| body_field(b.as_bytes(), "table");
+        assert_eq!(
+            f(r#"{"a":[{"table":"x"}],"table":"t"}"#).ok(),
+            Some("t".into())
+        );
+        assert_eq!(f(r#"{"t\u0061ble":"t"}"#).ok(), Some("t".into()));
+        assert!(matches!(
+            f(r#"{"table":"t","table":"u"}"#),
+            Err(TableRefusal::Invalid(ApiError::InvalidJson(_)))
+        ));
+        assert!(matches!(
+            f(r#"{"table":1}"#),
+            Err(TableRefusal::Invalid(ApiError::Forbidden(_)))
+        ));
+        assert!(matches!(
+            f(r#"{"table":"t"} x"#),
+            Err(TableRefusal::Invalid(ApiError::InvalidJson(_)))
+        ));
+        assert!(f("[1]").is_err());
+    }
+}
