@@ -27,6 +27,7 @@ pub mod published;
 pub mod query;
 pub mod runtime;
 pub mod storage;
+pub mod vector;
 
 #[cfg(test)]
 mod props;

@@ -6,7 +6,7 @@
 //!   hot-reloadable settings;
 //! * what observability records on this core (latency histograms, spans);
 //! * one part per feature (`entity::Local`, `index::Local`,
-//!   `changefeed::Local`, `query::Local`), each with private fields: a
+//!   `changefeed::Local`, `query::Local`, `vector::Local`), each with private fields: a
 //!   feature reads another feature only through that feature's own API.
 //!
 //! What all cores share is the [`Node`] (`Arc`, thread-safe, no lock on the
@@ -43,6 +43,7 @@ pub struct Core {
     index: crate::index::Local,
     changefeed: crate::changefeed::Local,
     query: crate::query::Local,
+    vector: crate::vector::Local,
 }
 
 /// Proof that the current core owns `key`: only [`Core::own`] makes one.
@@ -64,6 +65,7 @@ impl Core {
     pub fn new(id: usize, node: Arc<Node>, mesh: Mesh<Core>, spans: Option<CoreSpans>) -> Rc<Core> {
         let settings = LocalRuntime::new(&node.runtime);
         let index = crate::index::Local::new(&node.index);
+        let vector = crate::vector::Local::new(&node.vector);
         Rc::new_cyclic(|me| Core {
             id,
             node,
@@ -76,6 +78,7 @@ impl Core {
             index,
             changefeed: Default::default(),
             query: Default::default(),
+            vector,
         })
     }
 
@@ -164,6 +167,10 @@ impl Core {
 
     pub fn query(&self) -> &crate::query::Local {
         &self.query
+    }
+
+    pub fn vector(&self) -> &crate::vector::Local {
+        &self.vector
     }
 }
 

@@ -183,6 +183,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     let storage = Storage::open(&config.storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
     let index = Arc::new(crate::index::Indexes::open(&storage)?);
+    let vector = Arc::new(crate::vector::Vectors::open(&storage)?);
     raise_limits();
 
     let node = Arc::new(Node {
@@ -194,6 +195,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         storage,
         changefeed,
         index,
+        vector,
         config,
         reload,
         faults: faults.clone(),

@@ -19,7 +19,8 @@ pub enum Family {
     Indexes,
     /// Change events (`changefeed`): sequence u64 BE → record.
     Changefeed,
-    /// Vectors (reserved for vector search).
+    /// Vectors (`vector`): `[index id u32 BE][entity key]` → the vector as
+    /// little-endian f32. The source of truth the graphs are built from.
     Vectors,
     /// Time series points (reserved for time series).
     Timeseries,
@@ -71,6 +72,10 @@ pub mod meta {
     pub const INDEX_NEXT_ID: &[u8] = b"index.next_id";
     /// The change feed's first sequence after the last prune (u64 BE).
     pub const FEED_FIRST_SEQUENCE: &[u8] = b"changefeed.first_sequence";
+    /// `vindex/<id u32 BE>` → a vector index definition (JSON).
+    pub const VECTOR_INDEX_DEF_PREFIX: &[u8] = b"vindex/";
+    /// The next unused vector index id (u32 BE); ids are never reused.
+    pub const VECTOR_INDEX_NEXT_ID: &[u8] = b"vindex.next_id";
 }
 
 #[cfg(test)]
@@ -96,6 +101,8 @@ mod tests {
             meta::INDEX_DEF_PREFIX,
             meta::INDEX_NEXT_ID,
             meta::FEED_FIRST_SEQUENCE,
+            meta::VECTOR_INDEX_DEF_PREFIX,
+            meta::VECTOR_INDEX_NEXT_ID,
         ];
         for a in keys {
             for b in keys {

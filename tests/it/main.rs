@@ -13,3 +13,4 @@ mod hostile;
 mod lifecycle;
 mod observability;
 mod query;
+mod vectors;
