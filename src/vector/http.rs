@@ -485,7 +485,11 @@ pub async fn batch_insert(core: &Core, body: &[u8], resp: &mut Response<'_>) -> 
                 pks.push(pk);
             }
             Err(e) => {
-                pks.push(item.get("pk").map(|p| p.to_string()).unwrap_or_default());
+                pks.push(match item.get("pk") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                });
                 failures.push((i, e));
             }
         }
@@ -762,8 +766,9 @@ fn render(
         out.extend_from_slice(b",\"pk\":");
         write_json_str(&mut out, f.key.split_once(':').map_or("", |(_, pk)| pk));
         out.extend_from_slice(b",\"distance\":");
+        // f32's shortest form (an f64 rendering would add noise digits).
         let d = def.metric.reported(f.distance);
-        let _ = serde_json::to_writer(&mut out, &json!(d));
+        out.extend_from_slice(if d.is_finite() { format!("{d}") } else { "null".into() }.as_bytes());
         if let Some(doc) = doc {
             out.extend_from_slice(b",\"entity\":");
             out.extend_from_slice(doc);

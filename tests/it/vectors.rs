@@ -337,7 +337,13 @@ fn kill9_during_a_batch_insert_leaves_vectors_and_graph_in_agreement() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill once some batches are in, while the writer keeps sending.
+    let end = Instant::now() + Duration::from_secs(20);
+    let count = json!({"table": "k", "return": "count"}).to_string();
+    while s.json("POST", "/query", Some(&count)).1["count"].as_u64().unwrap_or(0) < 500 {
+        assert!(Instant::now() < end, "the batch insert did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     s.kill9();
     let _ = writer.join();
     let s = start_in(dir.path(), &opts);
