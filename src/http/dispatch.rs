@@ -38,8 +38,8 @@ async fn run(
     resp: &mut Response<'_>,
 ) -> Result<Option<SseStream>, ApiError> {
     use super::ops;
-    use crate::{changefeed::http as feed, entity::http as entity, index::http as index};
     use crate::vector::http as vector;
+    use crate::{changefeed::http as feed, entity::http as entity, index::http as index};
     let done = |r: Result<(), ApiError>| r.map(|()| None);
     match id {
         RouteId::EntityGet => done(entity::get(core, req, resp).await),

@@ -212,7 +212,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
     }
 
     fn naive_l2(a: &[f32], b: &[f32]) -> f64 {
@@ -269,7 +272,10 @@ mod tests {
         assert!(Metric::Cosine.prepare(&mut [0.0, 0.0]).is_err());
         assert!(Metric::Dot.prepare(&mut [3.0, 4.0]).is_err());
         assert!(Metric::Dot.prepare(&mut [0.6, 0.8]).is_ok());
-        assert_eq!(Metric::L2.reported(Metric::L2.graph_distance(&[0.0, 0.0], &[3.0, 4.0])), 5.0);
+        assert_eq!(
+            Metric::L2.reported(Metric::L2.graph_distance(&[0.0, 0.0], &[3.0, 4.0])),
+            5.0
+        );
         let d = Metric::Dot.graph_distance(&[1.0, 0.0], &[0.0, 1.0]);
         assert_eq!(d, 1.0);
         assert_eq!(Metric::parse("l2"), Some(Metric::L2));

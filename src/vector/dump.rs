@@ -140,7 +140,13 @@ pub async fn save_here(core: &Core) -> Result<Vec<serde_json::Value>, ApiError> 
                 ApiError::Internal("writing the vector dump failed (see the server log)")
             })?;
         let ms = started.elapsed().as_millis() as u64;
-        tracing::info!(index = def.id, core = core.id(), vectors = n, ms, "vector graph dumped");
+        tracing::info!(
+            index = def.id,
+            core = core.id(),
+            vectors = n,
+            ms,
+            "vector graph dumped"
+        );
         out.push(serde_json::json!({"index": def.id, "table": def.table, "field": def.field, "core": core.id(), "vectors": n, "ms": ms}));
     }
     Ok(out)
@@ -180,7 +186,12 @@ fn write_dump(
 
 /// Loads and verifies this core's dump of `def` (blocking). `None` when
 /// there is none or it does not match; the reason is logged.
-fn read_dump(node: &Node, def: &VectorDef, core: usize, cores: usize) -> Option<(Hnsw, Vec<(usize, String)>)> {
+fn read_dump(
+    node: &Node,
+    def: &VectorDef,
+    core: usize,
+    cores: usize,
+) -> Option<(Hnsw, Vec<(usize, String)>)> {
     let dir = directory(node);
     let base = basename(def.id, core);
     let raw = std::fs::read(dir.join(format!("{base}.manifest.json"))).ok()?;
@@ -207,7 +218,8 @@ fn read_dump(node: &Node, def: &VectorDef, core: usize, cores: usize) -> Option<
     // hnsw_rs ties a loaded graph's lifetime to its loader; the loader is
     // small (paths and options, no data: points own their vectors without
     // mmap), so it is leaked to give the graph a 'static lifetime.
-    let io: &'static hnsw_rs::hnswio::HnswIo = Box::leak(Box::new(hnsw_rs::hnswio::HnswIo::new(&dir, &base)));
+    let io: &'static hnsw_rs::hnswio::HnswIo =
+        Box::leak(Box::new(hnsw_rs::hnswio::HnswIo::new(&dir, &base)));
     let graph: Hnsw = match io.load_hnsw_with_dist(super::distance::GraphDistance(def.metric)) {
         Ok(g) => g,
         Err(e) => {
@@ -239,7 +251,10 @@ fn read_dump(node: &Node, def: &VectorDef, core: usize, cores: usize) -> Option<
                 .is_some_and(|(dumped, mut stored)| {
                     def.metric.prepare(&mut stored).is_ok()
                         && stored.len() == dumped.len()
-                        && stored.iter().zip(dumped).all(|(a, b)| a.to_bits() == b.to_bits())
+                        && stored
+                            .iter()
+                            .zip(dumped)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
                 });
             ok = same;
             matched += 1;
@@ -262,7 +277,11 @@ pub async fn try_load(core: &Core, def: &Arc<VectorDef>, g: &CoreGraph) -> bool 
         return false;
     };
     if g.any_touched() {
-        tracing::info!(index = def.id, core = me, "writes arrived while the dump loaded; rebuilding instead");
+        tracing::info!(
+            index = def.id,
+            core = me,
+            "writes arrived while the dump loaded; rebuilding instead"
+        );
         return false;
     }
     g.load_dump(graph, ids);

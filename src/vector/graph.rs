@@ -75,11 +75,20 @@ impl State {
 
 /// Work for the helper thread.
 enum Command {
-    Insert { id: usize, vector: Arc<[f32]> },
-    Bulk { items: Vec<(usize, Vec<f32>)> },
-    Rebuild { live: Vec<usize> },
+    Insert {
+        id: usize,
+        vector: Arc<[f32]>,
+    },
+    Bulk {
+        items: Vec<(usize, Vec<f32>)>,
+    },
+    Rebuild {
+        live: Vec<usize>,
+    },
     /// Use this graph from now on (a loaded dump).
-    Replace { graph: Box<Hnsw> },
+    Replace {
+        graph: Box<Hnsw>,
+    },
 }
 
 /// The live mapping between keys and graph ids.
@@ -153,7 +162,11 @@ impl CoreGraph {
             .name(format!("themis-vec-{}-{core}", def.id))
             .spawn(move || helper.run(commands));
         if let Err(e) = spawned {
-            tracing::error!(index = def.id, core, "cannot start the vector helper thread: {e}");
+            tracing::error!(
+                index = def.id,
+                core,
+                "cannot start the vector helper thread: {e}"
+            );
         }
         CoreGraph {
             core,
@@ -191,7 +204,11 @@ impl CoreGraph {
         let seq = self.next_seq.get() + 1;
         self.next_seq.set(seq);
         if self.to_helper.send((seq, cmd)).is_err() {
-            tracing::error!(index = self.def.id, core = self.core, "vector helper thread is gone");
+            tracing::error!(
+                index = self.def.id,
+                core = self.core,
+                "vector helper thread is gone"
+            );
         }
         seq
     }
@@ -284,7 +301,10 @@ impl CoreGraph {
 
     /// Whether any write arrived while loading.
     pub fn any_touched(&self) -> bool {
-        self.touched.borrow().as_ref().is_some_and(|t| !t.is_empty())
+        self.touched
+            .borrow()
+            .as_ref()
+            .is_some_and(|t| !t.is_empty())
     }
 
     fn note_touched(&self, key: &str) {
@@ -557,7 +577,8 @@ impl Helper {
         match cmd {
             Command::Insert { id, vector } => self.graph.insert_slice((&vector[..], id)),
             Command::Bulk { items } => {
-                let refs: Vec<(&[f32], usize)> = items.iter().map(|(id, v)| (&v[..], *id)).collect();
+                let refs: Vec<(&[f32], usize)> =
+                    items.iter().map(|(id, v)| (&v[..], *id)).collect();
                 self.graph.parallel_insert_slice(&refs);
             }
             Command::Rebuild { live } => {
@@ -571,7 +592,8 @@ impl Helper {
                     .map(|p| (p.get_origin_id(), p.get_v().to_vec()))
                     .collect();
                 let fresh = new_graph(&self.def, points.len());
-                let refs: Vec<(&[f32], usize)> = points.iter().map(|(id, v)| (&v[..], *id)).collect();
+                let refs: Vec<(&[f32], usize)> =
+                    points.iter().map(|(id, v)| (&v[..], *id)).collect();
                 fresh.parallel_insert_slice(&refs);
                 tracing::info!(
                     index = self.def.id,

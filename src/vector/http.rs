@@ -12,7 +12,9 @@
 use super::maintain::{self, parse_components};
 use super::search::{self, ExactShare, Found, SearchShare, EXACT_MAX};
 use super::{check_field, Created, Metric, VectorDef};
-use super::{MAX_BATCH_ITEMS, MAX_DIMENSION, MAX_EF, MAX_EF_CONSTRUCTION, MAX_INDEXES, MAX_K, MAX_M, MIN_M};
+use super::{
+    MAX_BATCH_ITEMS, MAX_DIMENSION, MAX_EF, MAX_EF_CONSTRUCTION, MAX_INDEXES, MAX_K, MAX_M, MIN_M,
+};
 use crate::entity::write_json_str;
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId};
@@ -37,16 +39,66 @@ const fn route(id: RouteId, methods: &'static [Method], path: &'static str, role
 
 /// The vector routes.
 pub const ROUTES: &[Route] = &[
-    route(RouteId::VectorSearch, &[Method::Post], "/vector/search", Role::Read),
-    route(RouteId::VectorBatchInsert, &[Method::Post], "/vector/batch_insert", Role::Write),
-    route(RouteId::VectorDeleteByFilter, &[Method::Delete], "/vector/by-filter", Role::Write),
-    route(RouteId::VectorIndexCreate, &[Method::Post], "/vector/index/create", Role::Admin),
-    route(RouteId::VectorIndexDrop, &[Method::Post], "/vector/index/drop", Role::Admin),
-    route(RouteId::VectorIndexStats, &[Method::Get, Method::Head], "/vector/index/stats", Role::Admin),
-    route(RouteId::VectorIndexConfigGet, &[Method::Get, Method::Head], "/vector/index/config", Role::Admin),
-    route(RouteId::VectorIndexConfigSet, &[Method::Put], "/vector/index/config", Role::Admin),
-    route(RouteId::VectorIndexSave, &[Method::Post], "/vector/index/save", Role::Admin),
-    route(RouteId::VectorIndexLoad, &[Method::Post], "/vector/index/load", Role::Admin),
+    route(
+        RouteId::VectorSearch,
+        &[Method::Post],
+        "/vector/search",
+        Role::Read,
+    ),
+    route(
+        RouteId::VectorBatchInsert,
+        &[Method::Post],
+        "/vector/batch_insert",
+        Role::Write,
+    ),
+    route(
+        RouteId::VectorDeleteByFilter,
+        &[Method::Delete],
+        "/vector/by-filter",
+        Role::Write,
+    ),
+    route(
+        RouteId::VectorIndexCreate,
+        &[Method::Post],
+        "/vector/index/create",
+        Role::Admin,
+    ),
+    route(
+        RouteId::VectorIndexDrop,
+        &[Method::Post],
+        "/vector/index/drop",
+        Role::Admin,
+    ),
+    route(
+        RouteId::VectorIndexStats,
+        &[Method::Get, Method::Head],
+        "/vector/index/stats",
+        Role::Admin,
+    ),
+    route(
+        RouteId::VectorIndexConfigGet,
+        &[Method::Get, Method::Head],
+        "/vector/index/config",
+        Role::Admin,
+    ),
+    route(
+        RouteId::VectorIndexConfigSet,
+        &[Method::Put],
+        "/vector/index/config",
+        Role::Admin,
+    ),
+    route(
+        RouteId::VectorIndexSave,
+        &[Method::Post],
+        "/vector/index/save",
+        Role::Admin,
+    ),
+    route(
+        RouteId::VectorIndexLoad,
+        &[Method::Post],
+        "/vector/index/load",
+        Role::Admin,
+    ),
 ];
 
 /// Fails with 503 unless `features.vectors` is on.
@@ -66,7 +118,8 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 fn body_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Object(m) = v else {
         return Err(bad("the body must be a JSON object"));
     };
@@ -83,7 +136,9 @@ fn body_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiE
 
 fn table_of(m: &Map<String, Value>) -> Result<String, ApiError> {
     match m.get("table") {
-        Some(Value::String(t)) if !t.is_empty() && !t.contains(':') && t.len() <= 512 => Ok(t.clone()),
+        Some(Value::String(t)) if !t.is_empty() && !t.contains(':') && t.len() <= 512 => {
+            Ok(t.clone())
+        }
         Some(v) => Err(bad(format!(
             "table: must be a non-empty string without ':', got {v}"
         ))),
@@ -102,7 +157,12 @@ fn field_of(m: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn int_in(m: &Map<String, Value>, name: &str, min: usize, max: usize) -> Result<Option<usize>, ApiError> {
+fn int_in(
+    m: &Map<String, Value>,
+    name: &str,
+    min: usize,
+    max: usize,
+) -> Result<Option<usize>, ApiError> {
     match m.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
@@ -127,7 +187,9 @@ fn find_index(core: &Core, table: &str, field: Option<&str>) -> Result<Arc<Vecto
     let mut all = catalog.for_table(table);
     match (all.next(), all.next()) {
         (Some(d), None) => Ok(d.clone()),
-        (None, _) => Err(ApiError::NotFound(format!("no vector index on table {table}"))),
+        (None, _) => Err(ApiError::NotFound(format!(
+            "no vector index on table {table}"
+        ))),
         (Some(_), Some(_)) => Err(bad(format!(
             "table {table} has several vector indexes: give field"
         ))),
@@ -148,7 +210,11 @@ fn reply(resp: &mut Response<'_>, status: u16, v: &Value) {
 
 /// Runs `call` on every core (this one directly) and collects the answers
 /// in core order.
-async fn on_every_core<R, F, Fut>(core: &Core, make: impl Fn() -> R, here: F) -> Result<Vec<R::Answer>, ApiError>
+async fn on_every_core<R, F, Fut>(
+    core: &Core,
+    make: impl Fn() -> R,
+    here: F,
+) -> Result<Vec<R::Answer>, ApiError>
 where
     R: Rpc<Core>,
     F: Fn(R) -> Fut,
@@ -166,7 +232,10 @@ where
             }
         });
     }
-    futures::future::join_all(futures).await.into_iter().collect()
+    futures::future::join_all(futures)
+        .await
+        .into_iter()
+        .collect()
 }
 
 // ---- create / drop ----------------------------------------------------
@@ -176,16 +245,28 @@ pub async fn create(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
     require_enabled(core)?;
     let m = body_object(
         body,
-        &["table", "field", "dimension", "metric", "m", "ef_construction", "ef_search"],
+        &[
+            "table",
+            "field",
+            "dimension",
+            "metric",
+            "m",
+            "ef_construction",
+            "ef_search",
+        ],
     )?;
     let table = table_of(&m)?;
     let field = field_of(&m)?.unwrap_or_else(|| "embedding".into());
     let defaults = core.settings().config.vector_index.clone();
-    let dimension = int_in(&m, "dimension", 1, MAX_DIMENSION)?.unwrap_or(defaults.dimension as usize);
+    let dimension =
+        int_in(&m, "dimension", 1, MAX_DIMENSION)?.unwrap_or(defaults.dimension as usize);
     let metric = match m.get("metric") {
         None => Metric::L2,
-        Some(Value::String(s)) => Metric::parse(s)
-            .ok_or_else(|| bad(format!("metric: must be \"l2\", \"cosine\" or \"dot\", got {s:?}")))?,
+        Some(Value::String(s)) => Metric::parse(s).ok_or_else(|| {
+            bad(format!(
+                "metric: must be \"l2\", \"cosine\" or \"dot\", got {s:?}"
+            ))
+        })?,
         Some(v) => return Err(bad(format!("metric: must be a string, got {v}"))),
     };
     let mm = int_in(&m, "m", MIN_M, MAX_M)?.unwrap_or(defaults.hnsw_m as usize);
@@ -200,7 +281,11 @@ pub async fn create(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
     let want = VectorDef::new(0, &table, &field, dimension, metric, mm, efc, efs);
     let node = core.node().clone();
     let created = glommio::executor()
-        .spawn_blocking(move || node.vector.create(&node.storage, want.clone()).map(|c| (c, want)))
+        .spawn_blocking(move || {
+            node.vector
+                .create(&node.storage, want.clone())
+                .map(|c| (c, want))
+        })
         .await?;
     match created {
         (Created::TooMany, _) => Err(ApiError::Conflict(format!(
@@ -226,7 +311,11 @@ pub async fn create(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
                 backfill: true,
             })
             .await?;
-            reply(resp, 202, &json!({"created": true, "index": describe(&def)}));
+            reply(
+                resp,
+                202,
+                &json!({"created": true, "index": describe(&def)}),
+            );
             Ok(())
         }
     }
@@ -265,12 +354,17 @@ pub async fn drop(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(
             let mut b = node.storage.batch();
             b.delete_range(Family::Vectors, &from, &to)?;
             node.storage.commit(b)?;
-            node.storage.compact_range(Family::Vectors, Some(&from), Some(&to));
+            node.storage
+                .compact_range(Family::Vectors, Some(&from), Some(&to));
             Ok::<_, crate::storage::StorageError>(())
         })
         .await?;
     tracing::info!(index = id, table = %def.table, field = %def.field, "vector index dropped");
-    reply(resp, 200, &json!({"dropped": true, "table": def.table, "field": def.field}));
+    reply(
+        resp,
+        200,
+        &json!({"dropped": true, "table": def.table, "field": def.field}),
+    );
     Ok(())
 }
 
@@ -303,18 +397,28 @@ fn stats_here(core: &Core) -> Vec<(u32, Value)> {
 }
 
 /// `GET /vector/index/stats[?table=T]`: per index, per core.
-pub async fn stats(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> Result<(), ApiError> {
+pub async fn stats(
+    core: &Core,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
     require_enabled(core)?;
     let mut table = None;
     for (k, v) in req.query_pairs() {
         match k {
             "table" => table = Some(crate::entity::key::decode_query_value(v)?),
-            _ => return Err(bad(format!("unknown query parameter {k:?} (allowed: table)"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown query parameter {k:?} (allowed: table)"
+                )))
+            }
         }
     }
-    let per_core = on_every_core(core, || StatsShare, |_| async {
-        Ok::<_, ApiError>(stats_here(core))
-    })
+    let per_core = on_every_core(
+        core,
+        || StatsShare,
+        |_| async { Ok::<_, ApiError>(stats_here(core)) },
+    )
     .await?;
     let catalog = core.vector().catalog();
     let mut list = Vec::new();
@@ -326,7 +430,12 @@ pub async fn stats(core: &Core, req: &Request<'_>, resp: &mut Response<'_>) -> R
             .iter()
             .flat_map(|c| c.iter().filter(|(id, _)| *id == d.id).map(|(_, v)| v))
             .collect();
-        let sum = |f: &str| cores.iter().map(|c| c[f].as_u64().unwrap_or(0)).sum::<u64>();
+        let sum = |f: &str| {
+            cores
+                .iter()
+                .map(|c| c[f].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
         let ready = cores.iter().all(|c| c["state"] == "ready") && cores.len() == core.cores();
         let mut v = describe(d);
         v["state"] = if ready { "ready" } else { "loading" }.into();
@@ -383,11 +492,20 @@ pub async fn put_config(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Re
     require_enabled(core)?;
     let m = body_object(
         body,
-        &["table", "field", "ef_search", "hnsw_m", "hnsw_ef_construction"],
+        &[
+            "table",
+            "field",
+            "ef_search",
+            "hnsw_m",
+            "hnsw_ef_construction",
+        ],
     )?;
     let ef = int_in(&m, "ef_search", 1, MAX_EF)?;
     let target = match (m.contains_key("table"), ef) {
-        (true, Some(ef)) => Some((find_index(core, &table_of(&m)?, field_of(&m)?.as_deref())?, ef)),
+        (true, Some(ef)) => Some((
+            find_index(core, &table_of(&m)?, field_of(&m)?.as_deref())?,
+            ef,
+        )),
         (false, None) if !m.contains_key("field") => None,
         _ => return Err(bad("give table (and field) with ef_search")),
     };
@@ -435,7 +553,9 @@ impl Rpc<Core> for WriteShare {
     const SPAWN: bool = true;
     fn serve(self, core: &Rc<Core>) -> Served<Self::Answer> {
         let core = core.clone();
-        Served::Later(Box::pin(async move { Ok(write_here(&core, self.items).await) }))
+        Served::Later(Box::pin(
+            async move { Ok(write_here(&core, self.items).await) },
+        ))
     }
 }
 
@@ -444,7 +564,9 @@ async fn write_here(core: &Core, items: Vec<(usize, String, Vec<u8>)>) -> Vec<(u
     for (n, (i, key, doc)) in items.into_iter().enumerate() {
         let r = match core.own(key.as_str()) {
             Some(owned) => crate::entity::write::apply(core, owned, Some(&doc)),
-            None => Err(ApiError::Internal("write sent to a core that does not own the key")),
+            None => Err(ApiError::Internal(
+                "write sent to a core that does not own the key",
+            )),
         };
         if let Err(e) = r {
             failed.push((i, e.to_string()));
@@ -460,7 +582,11 @@ async fn write_here(core: &Core, items: Vec<(usize, String, Vec<u8>)>) -> Vec<(u
 /// "vector", ...fields}]}`; each item becomes entity `table:pk` with its
 /// fields and the vector in the index's field. Bad items are reported by
 /// position; the others are stored.
-pub async fn batch_insert(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+pub async fn batch_insert(
+    core: &Core,
+    body: &[u8],
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
     require_enabled(core)?;
     let m = body_object(body, &["table", "field", "items"])?;
     let table = table_of(&m)?;
@@ -540,10 +666,14 @@ fn prepare_item(def: &VectorDef, item: &Value) -> Result<(String, String, Vec<u8
     let key = format!("{}:{pk}", def.table);
     crate::entity::key::parse_key(&key).map_err(|e| format!("pk: {e}"))?;
     let vector = match obj.get("vector") {
-        Some(Value::Array(a)) => {
-            parse_components(a.iter().map(Value::as_f64), a.len(), def).map_err(|e| format!("vector: {e}"))?
+        Some(Value::Array(a)) => parse_components(a.iter().map(Value::as_f64), a.len(), def)
+            .map_err(|e| format!("vector: {e}"))?,
+        Some(v) => {
+            return Err(format!(
+                "vector: must be an array of numbers, got {}",
+                short(v)
+            ))
         }
-        Some(v) => return Err(format!("vector: must be an array of numbers, got {}", short(v))),
         None => return Err("vector: required".into()),
     };
     let mut doc = Map::new();
@@ -588,14 +718,21 @@ pub async fn search(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
     require_enabled(core)?;
     let m = body_object(
         body,
-        &["table", "field", "vector", "k", "ef", "filter", "return", "explain"],
+        &[
+            "table", "field", "vector", "k", "ef", "filter", "return", "explain",
+        ],
     )?;
     let table = table_of(&m)?;
     let def = find_index(core, &table, field_of(&m)?.as_deref())?;
     let mut query = match m.get("vector") {
         Some(Value::Array(a)) => parse_components(a.iter().map(Value::as_f64), a.len(), &def)
             .map_err(|e| bad(format!("vector: {e}")))?,
-        Some(v) => return Err(bad(format!("vector: must be an array of numbers, got {}", short(v)))),
+        Some(v) => {
+            return Err(bad(format!(
+                "vector: must be an array of numbers, got {}",
+                short(v)
+            )))
+        }
         None => return Err(bad("vector: required")),
     };
     def.metric
@@ -607,13 +744,21 @@ pub async fn search(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
         None => false,
         Some(Value::String(s)) if s == "keys" => false,
         Some(Value::String(s)) if s == "entities" => true,
-        Some(v) => return Err(bad(format!("return: must be \"keys\" or \"entities\", got {v}"))),
+        Some(v) => {
+            return Err(bad(format!(
+                "return: must be \"keys\" or \"entities\", got {v}"
+            )))
+        }
     };
     let explain = matches!(m.get("explain"), Some(Value::Bool(true)));
     let filter = match m.get("filter") {
         None | Some(Value::Null) => None,
         Some(Value::Object(f)) => Some(parse_filter(&table, f)?),
-        Some(v) => return Err(bad(format!("filter: must be an object {{predicates?, range?}}, got {v}"))),
+        Some(v) => {
+            return Err(bad(format!(
+                "filter: must be an object {{predicates?, range?}}, got {v}"
+            )))
+        }
     };
     let query: Arc<[f32]> = Arc::from(query);
 
@@ -688,12 +833,17 @@ pub async fn search(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
 }
 
 /// `filter` → the `/query` parser's conditions (same rules, same errors).
-fn parse_filter(table: &str, f: &Map<String, Value>) -> Result<(crate::query::Query, Arc<Filter>), ApiError> {
+fn parse_filter(
+    table: &str,
+    f: &Map<String, Value>,
+) -> Result<(crate::query::Query, Arc<Filter>), ApiError> {
     let mut q = Map::new();
     q.insert("table".into(), Value::String(table.to_string()));
     for (k, v) in f {
         if k != "predicates" && k != "range" {
-            return Err(bad(format!("filter: unknown field {k:?} (allowed: predicates, range)")));
+            return Err(bad(format!(
+                "filter: unknown field {k:?} (allowed: predicates, range)"
+            )));
         }
         q.insert(k.clone(), v.clone());
     }
@@ -721,7 +871,14 @@ async fn candidates(core: &Core, q: &crate::query::Query) -> Result<Option<Vec<S
                 if n as usize > EXACT_MAX {
                     return Ok::<_, crate::storage::StorageError>(None);
                 }
-                let e = plan::read_entries(&node.storage, &acc.def, &acc.from, &acc.to, false, EXACT_MAX + 1)?;
+                let e = plan::read_entries(
+                    &node.storage,
+                    &acc.def,
+                    &acc.from,
+                    &acc.to,
+                    false,
+                    EXACT_MAX + 1,
+                )?;
                 Ok((e.complete && e.keys.len() <= EXACT_MAX).then_some(e.keys))
             })
             .await?),
@@ -768,7 +925,14 @@ fn render(
         out.extend_from_slice(b",\"distance\":");
         // f32's shortest form (an f64 rendering would add noise digits).
         let d = def.metric.reported(f.distance);
-        out.extend_from_slice(if d.is_finite() { format!("{d}") } else { "null".into() }.as_bytes());
+        out.extend_from_slice(
+            if d.is_finite() {
+                format!("{d}")
+            } else {
+                "null".into()
+            }
+            .as_bytes(),
+        );
         if let Some(doc) = doc {
             out.extend_from_slice(b",\"entity\":");
             out.extend_from_slice(doc);
@@ -836,15 +1000,16 @@ async fn delete_here(core: &Core, s: DeleteShare) -> Result<u64, ApiError> {
                         _ => def.end().to_vec(),
                     };
                     let mut keys = Vec::new();
-                    node.storage.scan(Family::Vectors, &from, &to, false, |k, _| {
-                        let key = &k[4..];
-                        if cores <= 1 || crate::mesh::owner_of(key, cores) == me {
-                            if let Ok(key) = std::str::from_utf8(key) {
-                                keys.push(key.to_string());
+                    node.storage
+                        .scan(Family::Vectors, &from, &to, false, |k, _| {
+                            let key = &k[4..];
+                            if cores <= 1 || crate::mesh::owner_of(key, cores) == me {
+                                if let Ok(key) = std::str::from_utf8(key) {
+                                    keys.push(key.to_string());
+                                }
                             }
-                        }
-                        true
-                    })?;
+                            true
+                        })?;
                     Ok::<_, crate::storage::StorageError>(keys)
                 })
                 .await?
@@ -907,9 +1072,16 @@ fn prefix_end(p: &[u8]) -> Vec<u8> {
 /// `DELETE /vector/by-filter`: `{"table", "field"?}` with one of `pks`,
 /// `prefix` (of the pk) or `predicates`/`range`. Removes those entities'
 /// vectors; the entities stay.
-pub async fn delete_by_filter(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
+pub async fn delete_by_filter(
+    core: &Core,
+    body: &[u8],
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(body, &["table", "field", "pks", "prefix", "predicates", "range"])?;
+    let m = body_object(
+        body,
+        &["table", "field", "pks", "prefix", "predicates", "range"],
+    )?;
     let table = table_of(&m)?;
     let def = find_index(core, &table, field_of(&m)?.as_deref())?;
     let given = ["pks", "prefix", "predicates", "range"]
@@ -925,14 +1097,21 @@ pub async fn delete_by_filter(core: &Core, body: &[u8], resp: &mut Response<'_>)
             return Err(bad("pks: must be an array of strings"));
         };
         if a.len() > MAX_BATCH_ITEMS {
-            return Err(bad(format!("pks: {} items, at most {MAX_BATCH_ITEMS}", a.len())));
+            return Err(bad(format!(
+                "pks: {} items, at most {MAX_BATCH_ITEMS}",
+                a.len()
+            )));
         }
         let mut keys = Vec::with_capacity(a.len());
         for p in a {
             let pk = match p {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
-                v => return Err(bad(format!("pks: every pk must be a string or number, got {v}"))),
+                v => {
+                    return Err(bad(format!(
+                        "pks: every pk must be a string or number, got {v}"
+                    )))
+                }
             };
             let key = format!("{table}:{pk}");
             crate::entity::key::parse_key(&key)?;
@@ -944,8 +1123,14 @@ pub async fn delete_by_filter(core: &Core, body: &[u8], resp: &mut Response<'_>)
             return Err(bad("give one of pks, prefix, or predicates/range"));
         }
         match p {
-            Value::String(s) if s.len() <= crate::entity::key::MAX_KEY_LEN => Selector::Prefix(s.clone()),
-            v => return Err(bad(format!("prefix: must be a string (the start of the pk), got {v}"))),
+            Value::String(s) if s.len() <= crate::entity::key::MAX_KEY_LEN => {
+                Selector::Prefix(s.clone())
+            }
+            v => {
+                return Err(bad(format!(
+                    "prefix: must be a string (the start of the pk), got {v}"
+                )))
+            }
         }
     } else if is_filter {
         let mut f = Map::new();
@@ -962,10 +1147,17 @@ pub async fn delete_by_filter(core: &Core, body: &[u8], resp: &mut Response<'_>)
     } else {
         return Err(bad("give one of pks, prefix, or predicates/range"));
     };
-    let call = DeleteShare { def: def.clone(), selector };
+    let call = DeleteShare {
+        def: def.clone(),
+        selector,
+    };
     let counts = on_every_core(core, || call.clone(), |c| delete_here(core, c)).await?;
     let deleted: u64 = counts.iter().sum();
-    reply(resp, 200, &json!({"table": table, "field": def.field, "deleted": deleted}));
+    reply(
+        resp,
+        200,
+        &json!({"table": table, "field": def.field, "deleted": deleted}),
+    );
     Ok(())
 }
 
@@ -974,7 +1166,12 @@ pub async fn delete_by_filter(core: &Core, body: &[u8], resp: &mut Response<'_>)
 /// `POST /vector/index/save`: every core dumps its graphs.
 pub async fn save(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let parts = on_every_core(core, || super::dump::SaveShare, |_| super::dump::save_here(core)).await?;
+    let parts = on_every_core(
+        core,
+        || super::dump::SaveShare,
+        |_| super::dump::save_here(core),
+    )
+    .await?;
     let saved: Vec<Value> = parts.into_iter().flatten().collect();
     let dir = super::dump::directory(core.node());
     reply(resp, 200, &json!({"saved": saved, "directory": dir}));
@@ -1005,11 +1202,19 @@ fn reload_here(core: &Core) {
 /// answer 503 until they are ready (see `/vector/index/stats`).
 pub async fn load(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    on_every_core(core, || LoadShare, |_| async {
-        reload_here(core);
-        Ok::<_, ApiError>(())
-    })
+    on_every_core(
+        core,
+        || LoadShare,
+        |_| async {
+            reload_here(core);
+            Ok::<_, ApiError>(())
+        },
+    )
     .await?;
-    reply(resp, 202, &json!({"loading": true, "directory": super::dump::directory(core.node())}));
+    reply(
+        resp,
+        202,
+        &json!({"loading": true, "directory": super::dump::directory(core.node())}),
+    );
     Ok(())
 }

@@ -93,7 +93,8 @@ async fn run(core: Rc<Core>, id: u32, backfill: bool) {
             if core.node().vector.catalog.current().by_id(id).is_none() {
                 return; // dropped meanwhile
             }
-            let (node, d, start, end) = (core.node().clone(), def.clone(), from.clone(), to.clone());
+            let (node, d, start, end) =
+                (core.node().clone(), def.clone(), from.clone(), to.clone());
             let chunk = glommio::executor()
                 .spawn_blocking(move || read_chunk(&node, &d, &start, &end, me, cores, backfill))
                 .await;
@@ -154,7 +155,11 @@ fn store(core: &Core, def: &VectorDef, items: &[(String, Vec<f32>)]) -> Result<(
     let storage = &core.node().storage;
     let mut b = storage.batch();
     for (key, v) in items {
-        b.put(Family::Vectors, &def.entry(key), &super::distance::encode(v))?;
+        b.put(
+            Family::Vectors,
+            &def.entry(key),
+            &super::distance::encode(v),
+        )?;
     }
     storage.commit(b)
 }
@@ -174,7 +179,11 @@ fn read_chunk(
     let mut bad = 0u64;
     let mut seen = 0usize;
     let mut next = None;
-    let limit = if backfill { BACKFILL_CHUNK } else { RESTORE_CHUNK };
+    let limit = if backfill {
+        BACKFILL_CHUNK
+    } else {
+        RESTORE_CHUNK
+    };
     let family = if backfill {
         Family::Entities
     } else {

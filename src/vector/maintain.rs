@@ -78,9 +78,7 @@ pub fn parse_components(
         };
         let f = x as f32;
         if !f.is_finite() {
-            return Err(format!(
-                "component {i} ({x}) is not a finite 32-bit float"
-            ));
+            return Err(format!("component {i} ({x}) is not a finite 32-bit float"));
         }
         out.push(f);
     }

@@ -39,7 +39,9 @@ pub mod search;
 pub use distance::Metric;
 
 use crate::published::{LocalCopy, Published};
-use crate::storage::keyspace::meta::{VECTOR_INDEX_DEF_PREFIX as META_PREFIX, VECTOR_INDEX_NEXT_ID};
+use crate::storage::keyspace::meta::{
+    VECTOR_INDEX_DEF_PREFIX as META_PREFIX, VECTOR_INDEX_NEXT_ID,
+};
 use crate::storage::{Family, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -142,7 +144,12 @@ impl VectorDef {
     /// compares).
     pub fn same_params(&self, other: &VectorDef) -> bool {
         (self.dimension, self.metric, self.m, self.ef_construction)
-            == (other.dimension, other.metric, other.m, other.ef_construction)
+            == (
+                other.dimension,
+                other.metric,
+                other.m,
+                other.ef_construction,
+            )
     }
 }
 
@@ -154,7 +161,10 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn for_table<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a Arc<VectorDef>> + 'a {
+    pub fn for_table<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<VectorDef>> + 'a {
         self.indexes.iter().filter(move |d| d.table == table)
     }
 
@@ -223,7 +233,10 @@ impl Vectors {
         })
     }
 
-    fn put_def(b: &mut crate::storage::ChangeBatch<'_>, def: &VectorDef) -> Result<(), StorageError> {
+    fn put_def(
+        b: &mut crate::storage::ChangeBatch<'_>,
+        def: &VectorDef,
+    ) -> Result<(), StorageError> {
         b.put(
             Family::Meta,
             &def_key(def.id),

@@ -195,7 +195,8 @@ fn scan_exact(
             if cores > 1 && crate::mesh::owner_of(key, cores) != me {
                 return true;
             }
-            if let (Ok(key), Some(d)) = (std::str::from_utf8(key), exact_distance(metric, query, v)) {
+            if let (Ok(key), Some(d)) = (std::str::from_utf8(key), exact_distance(metric, query, v))
+            {
                 all.push((d, key.to_string()));
             }
             true
@@ -243,7 +244,11 @@ pub fn exact_distance(metric: Metric, query: &[f32], stored: &[u8]) -> Option<f3
 /// Exact distances of candidates owned by this core.
 pub async fn exact_here(core: &Core, s: ExactShare) -> Result<ShareAnswer, ApiError> {
     if s.keys.len() <= INLINE_EXACT {
-        return exact_keys(core.node(), &s, &mut core.query().check_scratch().borrow_mut());
+        return exact_keys(
+            core.node(),
+            &s,
+            &mut core.query().check_scratch().borrow_mut(),
+        );
     }
     let node = core.node().clone();
     glommio::executor()
@@ -251,7 +256,11 @@ pub async fn exact_here(core: &Core, s: ExactShare) -> Result<ShareAnswer, ApiEr
         .await
 }
 
-fn exact_keys(node: &Node, s: &ExactShare, scratch: &mut CheckScratch) -> Result<ShareAnswer, ApiError> {
+fn exact_keys(
+    node: &Node,
+    s: &ExactShare,
+    scratch: &mut CheckScratch,
+) -> Result<ShareAnswer, ApiError> {
     let refs: Vec<&[u8]> = s.keys.iter().map(|k| k.as_bytes()).collect();
     let mut ok = vec![false; refs.len()];
     node.storage.with_entities(&refs, |i, v| {

@@ -30,7 +30,11 @@ impl Rng {
 }
 
 fn l2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
 }
 
 /// The model: each key's current vector and category.
@@ -90,7 +94,10 @@ fn check(model: &Model, v: &Value, q: &[f32], k: usize, cat: Option<u64>) -> f64
             panic!("{key} has no vector but was returned: {v}");
         };
         let d = r["distance"].as_f64().unwrap() as f32;
-        assert!((d - l2(q, vec)).abs() < 1e-3, "{key}: stale distance {d}: {v}");
+        assert!(
+            (d - l2(q, vec)).abs() < 1e-3,
+            "{key}: stale distance {d}: {v}"
+        );
         if let Some(cat) = cat {
             assert_eq!(*c, cat, "{key} does not match the filter: {v}");
         }
@@ -125,7 +132,10 @@ fn search_matches_brute_force_through_updates_deletes_and_filters() {
         model.insert(format!("v:{i}"), (v, c));
     }
     s.request("PUT", "/entities/v:bad", Some(r#"{"embedding":"nope"}"#));
-    let (st, body) = create(&s, json!({"table": "v", "dimension": DIM, "metric": "l2", "ef_search": 200}));
+    let (st, body) = create(
+        &s,
+        json!({"table": "v", "dimension": DIM, "metric": "l2", "ef_search": 200}),
+    );
     assert_eq!(st, 202, "{body}");
     wait_vectors_ready(&s);
     let items: Vec<Value> = (150..300)
@@ -140,7 +150,11 @@ fn search_matches_brute_force_through_updates_deletes_and_filters() {
         "/vector/batch_insert",
         Some(&json!({"table": "v", "items": items}).to_string()),
     );
-    assert_eq!((st, v["inserted"].as_u64(), v["failed"].as_u64()), (200, Some(150), Some(0)), "{v}");
+    assert_eq!(
+        (st, v["inserted"].as_u64(), v["failed"].as_u64()),
+        (200, Some(150), Some(0)),
+        "{v}"
+    );
     let stats = wait_vectors_ready(&s);
     assert_eq!(stats["indexes"][0]["vectors"], 300, "{stats}");
     let skipped: u64 = stats["indexes"][0]["cores"]
@@ -149,7 +163,10 @@ fn search_matches_brute_force_through_updates_deletes_and_filters() {
         .iter()
         .map(|c| c["load"]["skipped_invalid"].as_u64().unwrap())
         .sum();
-    assert_eq!(skipped, 1, "the invalid field was skipped by the backfill: {stats}");
+    assert_eq!(
+        skipped, 1,
+        "the invalid field was skipped by the backfill: {stats}"
+    );
 
     let run = |model: &Model, r: &mut Rng, label: &str| {
         let mut recall = 0.0;
@@ -160,7 +177,10 @@ fn search_matches_brute_force_through_updates_deletes_and_filters() {
             recall += check(model, &v, &q, 10, None);
             let cat = r.next() % 5;
             let f = json!({"predicates": [{"column": "cat", "value": cat}]});
-            let v = search(&s, json!({"table": "v", "vector": q, "k": 10, "filter": f, "return": "entities", "explain": true}));
+            let v = search(
+                &s,
+                json!({"table": "v", "vector": q, "k": 10, "filter": f, "return": "entities", "explain": true}),
+            );
             recall += check(model, &v, &q, 10, Some(cat));
             for e in v["results"].as_array().unwrap() {
                 assert_eq!(e["entity"]["cat"], cat, "{v}");
@@ -212,13 +232,20 @@ fn search_matches_brute_force_through_updates_deletes_and_filters() {
     run(&model, &mut r, "after updates and deletes");
 
     // A secondary index on the filter column: exact candidates.
-    s.json("POST", "/index/create", Some(r#"{"table":"v","column":"cat"}"#));
+    s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"v","column":"cat"}"#),
+    );
     wait_ready(&s);
     for _ in 0..10 {
         let q = r.vector();
         let cat = r.next() % 5;
         let f = json!({"predicates": [{"column": "cat", "value": cat}]});
-        let v = search(&s, json!({"table": "v", "vector": q, "k": 7, "filter": f, "explain": true}));
+        let v = search(
+            &s,
+            json!({"table": "v", "vector": q, "k": 7, "filter": f, "explain": true}),
+        );
         assert_eq!(v["explain"]["mode"], "exact_candidates", "{v}");
         assert_eq!(check(&model, &v, &q, 7, Some(cat)), 1.0, "exact path: {v}");
         assert_eq!(keys_of(&v), brute(&model, &q, 7, Some(cat)));
@@ -248,11 +275,20 @@ fn restarts_rebuild_or_use_a_matching_dump() {
     let dir = tempdir();
     let opts = Opts::threads(2);
     let s = start_in(dir.path(), &opts);
-    create(&s, json!({"table": "d", "dimension": DIM, "metric": "cosine", "ef_search": 100}));
+    create(
+        &s,
+        json!({"table": "d", "dimension": DIM, "metric": "cosine", "ef_search": 100}),
+    );
     wait_vectors_ready(&s);
     let mut r = Rng(77);
-    let items: Vec<Value> = (0..200).map(|i| json!({"pk": i, "vector": r.vector()})).collect();
-    s.json("POST", "/vector/batch_insert", Some(&json!({"table": "d", "items": items}).to_string()));
+    let items: Vec<Value> = (0..200)
+        .map(|i| json!({"pk": i, "vector": r.vector()}))
+        .collect();
+    s.json(
+        "POST",
+        "/vector/batch_insert",
+        Some(&json!({"table": "d", "items": items}).to_string()),
+    );
     let q = r.vector();
     let body = json!({"table": "d", "vector": q, "k": 5});
     let before = keys_of(&search(&s, body.clone()));
@@ -289,7 +325,11 @@ fn restarts_rebuild_or_use_a_matching_dump() {
     let key = key_per_core("d")[0].clone();
     let pk = key.split_once(':').unwrap().1;
     let changed = json!({"embedding": r.vector()});
-    s.request("PUT", &format!("/entities/d:{pk}"), Some(&changed.to_string()));
+    s.request(
+        "PUT",
+        &format!("/entities/d:{pk}"),
+        Some(&changed.to_string()),
+    );
     let (_, s) = s.restart(&opts);
     let from = load_from(&s);
     assert_eq!(from[0], "rebuild", "{from:?}");
@@ -308,7 +348,10 @@ fn kill9_during_a_batch_insert_leaves_vectors_and_graph_in_agreement() {
     let dir = tempdir();
     let opts = Opts::threads(2);
     let s = start_in(dir.path(), &opts);
-    create(&s, json!({"table": "k", "dimension": 32, "m": 8, "ef_construction": 40}));
+    create(
+        &s,
+        json!({"table": "k", "dimension": 32, "m": 8, "ef_construction": 40}),
+    );
     wait_vectors_ready(&s);
     let mut r = Rng(99);
     let addr = s.addr;
@@ -340,7 +383,11 @@ fn kill9_during_a_batch_insert_leaves_vectors_and_graph_in_agreement() {
     // Kill once some batches are in, while the writer keeps sending.
     let end = Instant::now() + Duration::from_secs(20);
     let count = json!({"table": "k", "return": "count"}).to_string();
-    while s.json("POST", "/query", Some(&count)).1["count"].as_u64().unwrap_or(0) < 500 {
+    while s.json("POST", "/query", Some(&count)).1["count"]
+        .as_u64()
+        .unwrap_or(0)
+        < 500
+    {
         assert!(Instant::now() < end, "the batch insert did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -349,7 +396,9 @@ fn kill9_during_a_batch_insert_leaves_vectors_and_graph_in_agreement() {
     let s = start_in(dir.path(), &opts);
     let st = wait_vectors_ready(&s);
     let q = json!({"table": "k", "return": "count"});
-    let stored = s.json("POST", "/query", Some(&q.to_string())).1["count"].as_u64().unwrap();
+    let stored = s.json("POST", "/query", Some(&q.to_string())).1["count"]
+        .as_u64()
+        .unwrap();
     assert!(stored > 0, "nothing was written before the kill");
     assert_eq!(st["indexes"][0]["vectors"].as_u64(), Some(stored), "{st}");
     let v = search(&s, json!({"table": "k", "vector": vec![0.5; 32], "k": 3}));
@@ -404,7 +453,12 @@ fn concurrent_writers_and_searches_on_several_cores() {
     for i in 0..150 {
         let v = s.json("GET", &format!("/entities/c:{i}"), None).1;
         let e = &v["entity"];
-        let vec: Vec<f32> = e["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let vec: Vec<f32> = e["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         model.insert(format!("c:{i}"), (vec, 0));
     }
     let st = wait_vectors_ready(&s);
@@ -427,42 +481,131 @@ fn hostile_and_wrong_input_get_clear_errors() {
     };
     let expect = |(st, v): (u16, Value), want: u16, needle: &str| {
         assert_eq!(st, want, "{v}");
-        assert!(v["message"].as_str().unwrap_or("").contains(needle), "{needle}: {v}");
+        assert!(
+            v["message"].as_str().unwrap_or("").contains(needle),
+            "{needle}: {v}"
+        );
     };
     // Index parameters.
-    expect(create(&s, json!({"table": "h", "dimension": 3, "m": 300})), 400, "m: must be");
-    expect(create(&s, json!({"table": "h", "dimension": 3, "m": 1})), 400, "m: must be");
-    expect(create(&s, json!({"table": "h", "dimension": 0})), 400, "dimension");
-    expect(create(&s, json!({"table": "h", "dimension": 5000})), 400, "dimension");
-    expect(create(&s, json!({"table": "h", "dimension": 3, "metric": "hamming"})), 400, "metric");
-    expect(create(&s, json!({"table": "h:x", "dimension": 3})), 400, "table");
-    expect(create(&s, json!({"table": "h", "dimension": 3, "bogus": 1})), 400, "unknown field");
+    expect(
+        create(&s, json!({"table": "h", "dimension": 3, "m": 300})),
+        400,
+        "m: must be",
+    );
+    expect(
+        create(&s, json!({"table": "h", "dimension": 3, "m": 1})),
+        400,
+        "m: must be",
+    );
+    expect(
+        create(&s, json!({"table": "h", "dimension": 0})),
+        400,
+        "dimension",
+    );
+    expect(
+        create(&s, json!({"table": "h", "dimension": 5000})),
+        400,
+        "dimension",
+    );
+    expect(
+        create(
+            &s,
+            json!({"table": "h", "dimension": 3, "metric": "hamming"}),
+        ),
+        400,
+        "metric",
+    );
+    expect(
+        create(&s, json!({"table": "h:x", "dimension": 3})),
+        400,
+        "table",
+    );
+    expect(
+        create(&s, json!({"table": "h", "dimension": 3, "bogus": 1})),
+        400,
+        "unknown field",
+    );
     let (st, _) = create(&s, json!({"table": "h", "dimension": 3, "metric": "l2"}));
     assert_eq!(st, 202);
     let (st, v) = create(&s, json!({"table": "h", "dimension": 3, "metric": "l2"}));
     assert_eq!((st, &v["created"]), (200, &json!(false)), "idempotent: {v}");
-    expect(create(&s, json!({"table": "h", "dimension": 4, "metric": "l2"})), 409, "other parameters");
+    expect(
+        create(&s, json!({"table": "h", "dimension": 4, "metric": "l2"})),
+        409,
+        "other parameters",
+    );
     create(&s, json!({"table": "u", "dimension": 2, "metric": "dot"}));
-    create(&s, json!({"table": "z", "dimension": 2, "metric": "cosine"}));
+    create(
+        &s,
+        json!({"table": "z", "dimension": 2, "metric": "cosine"}),
+    );
     wait_vectors_ready(&s);
     // The server survived m = 300 (hnsw_rs would have exited).
     assert_eq!(s.request("GET", "/health", None).status, 200);
 
     // Searches.
     let srch = |b: Value| status("POST", "/vector/search", b);
-    expect(srch(json!({"table": "h", "vector": [1, 2]})), 400, "expected 3 numbers");
-    expect(srch(json!({"table": "h", "vector": [1, 2, "NaN"]})), 400, "not a number");
-    expect(srch(json!({"table": "h", "vector": [1, 2, 1e39]})), 400, "finite");
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2]})),
+        400,
+        "expected 3 numbers",
+    );
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, "NaN"]})),
+        400,
+        "not a number",
+    );
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 1e39]})),
+        400,
+        "finite",
+    );
     expect(srch(json!({"table": "h", "vector": "1,2,3"})), 400, "array");
-    expect(srch(json!({"table": "h", "vector": [1, 2, 3], "k": 0})), 400, "k: must be");
-    expect(srch(json!({"table": "h", "vector": [1, 2, 3], "k": 1001})), 400, "k: must be");
-    expect(srch(json!({"table": "h", "vector": [1, 2, 3], "ef": 100000})), 400, "ef: must be");
-    expect(srch(json!({"table": "h", "vector": [1, 2, 3], "return": "all"})), 400, "return");
-    expect(srch(json!({"table": "h", "vector": [1, 2, 3], "filter": {"predicates": [{"col": "a"}]}})), 400, "filter.predicates[0]");
-    expect(srch(json!({"table": "nope", "vector": [1, 2, 3]})), 404, "no vector index");
-    expect(srch(json!({"table": "h", "field": "other", "vector": [1, 2, 3]})), 404, "no vector index");
-    expect(srch(json!({"table": "u", "vector": [3, 4]})), 400, "unit-length");
-    expect(srch(json!({"table": "z", "vector": [0, 0]})), 400, "zero vector");
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 3], "k": 0})),
+        400,
+        "k: must be",
+    );
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 3], "k": 1001})),
+        400,
+        "k: must be",
+    );
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 3], "ef": 100000})),
+        400,
+        "ef: must be",
+    );
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 3], "return": "all"})),
+        400,
+        "return",
+    );
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 3], "filter": {"predicates": [{"col": "a"}]}})),
+        400,
+        "filter.predicates[0]",
+    );
+    expect(
+        srch(json!({"table": "nope", "vector": [1, 2, 3]})),
+        404,
+        "no vector index",
+    );
+    expect(
+        srch(json!({"table": "h", "field": "other", "vector": [1, 2, 3]})),
+        404,
+        "no vector index",
+    );
+    expect(
+        srch(json!({"table": "u", "vector": [3, 4]})),
+        400,
+        "unit-length",
+    );
+    expect(
+        srch(json!({"table": "z", "vector": [0, 0]})),
+        400,
+        "zero vector",
+    );
     let r = s.request("POST", "/vector/search", Some("{not json"));
     assert_eq!(r.status, 400);
     let v = srch(json!({"table": "h", "vector": [1, 2, 3], "k": 5})).1;
@@ -474,7 +617,11 @@ fn hostile_and_wrong_input_get_clear_errors() {
     assert_eq!(s.request("GET", "/entities/h:1", None).status, 404);
     let r = s.request("PUT", "/entities/u:1", Some(r#"{"embedding":[3,4]}"#));
     assert_eq!(r.status, 400, "dot needs unit vectors");
-    let r = s.request("PUT", "/entities/h:2", Some(r#"{"embedding":[1,2,3],"x":1}"#));
+    let r = s.request(
+        "PUT",
+        "/entities/h:2",
+        Some(r#"{"embedding":[1,2,3],"x":1}"#),
+    );
     assert_eq!(r.status, 201);
 
     // A batch with bad items stores the good ones and names the bad ones.
@@ -491,26 +638,78 @@ fn hostile_and_wrong_input_get_clear_errors() {
         ]}),
     );
     assert_eq!(st, 200, "{v}");
-    assert_eq!((v["inserted"].as_u64(), v["failed"].as_u64()), (Some(2), Some(4)), "{v}");
-    let bad: Vec<u64> = v["failures"].as_array().unwrap().iter().map(|f| f["index"].as_u64().unwrap()).collect();
+    assert_eq!(
+        (v["inserted"].as_u64(), v["failed"].as_u64()),
+        (Some(2), Some(4)),
+        "{v}"
+    );
+    let bad: Vec<u64> = v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(bad, [1, 2, 3, 5], "{v}");
-    assert_eq!(s.json("GET", "/entities/h:d", None).1["entity"]["color"], "red");
-    let many: Vec<Value> = (0..10_001).map(|i| json!({"pk": i, "vector": [1, 2, 3]})).collect();
-    expect(status("POST", "/vector/batch_insert", json!({"table": "h", "items": many})), 400, "at most");
-    expect(status("DELETE", "/vector/by-filter", json!({"table": "h"})), 400, "give one of");
-    expect(status("DELETE", "/vector/by-filter", json!({"table": "h", "pks": ["a"], "prefix": "a"})), 400, "give one of");
+    assert_eq!(
+        s.json("GET", "/entities/h:d", None).1["entity"]["color"],
+        "red"
+    );
+    let many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"pk": i, "vector": [1, 2, 3]}))
+        .collect();
+    expect(
+        status(
+            "POST",
+            "/vector/batch_insert",
+            json!({"table": "h", "items": many}),
+        ),
+        400,
+        "at most",
+    );
+    expect(
+        status("DELETE", "/vector/by-filter", json!({"table": "h"})),
+        400,
+        "give one of",
+    );
+    expect(
+        status(
+            "DELETE",
+            "/vector/by-filter",
+            json!({"table": "h", "pks": ["a"], "prefix": "a"}),
+        ),
+        400,
+        "give one of",
+    );
 
     // Config: ef_search per index, defaults for new indexes.
-    let (st, v) = status("PUT", "/vector/index/config", json!({"table": "h", "ef_search": 300}));
+    let (st, v) = status(
+        "PUT",
+        "/vector/index/config",
+        json!({"table": "h", "ef_search": 300}),
+    );
     assert_eq!(st, 200, "{v}");
-    let efs: Vec<&Value> = v["indexes"].as_array().unwrap().iter().filter(|i| i["table"] == "h").map(|i| &i["ef_search"]).collect();
+    let efs: Vec<&Value> = v["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["table"] == "h")
+        .map(|i| &i["ef_search"])
+        .collect();
     assert_eq!(efs, [&json!(300)]);
     let (st, v) = status("PUT", "/vector/index/config", json!({"hnsw_m": 8}));
     assert_eq!((st, &v["defaults"]["hnsw_m"]), (200, &json!(8)), "{v}");
     let (st, v) = create(&s, json!({"table": "n", "dimension": 2}));
     assert_eq!((st, &v["index"]["m"]), (202, &json!(8)), "{v}");
-    expect(status("PUT", "/vector/index/config", json!({"hnsw_m": 999})), 400, "hnsw_m");
-    expect(status("PUT", "/vector/index/config", json!({})), 400, "nothing to change");
+    expect(
+        status("PUT", "/vector/index/config", json!({"hnsw_m": 999})),
+        400,
+        "hnsw_m",
+    );
+    expect(
+        status("PUT", "/vector/index/config", json!({})),
+        400,
+        "nothing to change",
+    );
     let v = srch(json!({"table": "h", "vector": [1, 2, 3], "k": 2, "explain": true})).1;
     assert_eq!(v["explain"]["ef"], 300, "{v}");
 
@@ -518,13 +717,28 @@ fn hostile_and_wrong_input_get_clear_errors() {
     let (st, _) = s.json("POST", "/config", Some(r#"{"features":{"vectors":false}}"#));
     assert_eq!(st, 200);
     let (st, v) = srch(json!({"table": "h", "vector": [1, 2, 3]}));
-    assert_eq!((st, v["code"].as_str()), (503, Some("feature_disabled")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (503, Some("feature_disabled")),
+        "{v}"
+    );
     s.json("POST", "/config", Some(r#"{"features":{"vectors":true}}"#));
-    assert_eq!(srch(json!({"table": "h", "vector": [1, 2, 3], "k": 1})).0, 200);
+    assert_eq!(
+        srch(json!({"table": "h", "vector": [1, 2, 3], "k": 1})).0,
+        200
+    );
 
     // Drop.
     let (st, _) = status("POST", "/vector/index/drop", json!({"table": "h"}));
     assert_eq!(st, 200);
-    expect(srch(json!({"table": "h", "vector": [1, 2, 3]})), 404, "no vector index");
-    expect(status("POST", "/vector/index/drop", json!({"table": "h"})), 404, "no vector index");
+    expect(
+        srch(json!({"table": "h", "vector": [1, 2, 3]})),
+        404,
+        "no vector index",
+    );
+    expect(
+        status("POST", "/vector/index/drop", json!({"table": "h"})),
+        404,
+        "no vector index",
+    );
 }
