@@ -195,7 +195,7 @@ pub fn encode(v: &[f32]) -> Vec<u8> {
 
 /// The vector a stored value holds (`None`: not a whole number of f32).
 pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

@@ -1020,24 +1020,25 @@ async fn delete_here(core: &Core, s: DeleteShare) -> Result<u64, ApiError> {
     for chunk in keys.chunks(256) {
         let mut batch = storage.batch();
         let mut gone = Vec::new();
-        let mut scratch = core.query().check_scratch().borrow_mut();
-        for key in chunk {
-            let entry = s.def.entry(key);
-            if !storage.get_with(Family::Vectors, &entry, |v| v.is_some())? {
-                continue;
-            }
-            if let Selector::Filter(f) = &s.selector {
-                let matches = storage.with_entity(key.as_bytes(), |v| {
-                    v.is_some_and(|v| f.check(v, &mut scratch).is_some())
-                })?;
-                if !matches {
+        {
+            let mut scratch = core.query().check_scratch().borrow_mut();
+            for key in chunk {
+                let entry = s.def.entry(key);
+                if !storage.get_with(Family::Vectors, &entry, |v| v.is_some())? {
                     continue;
                 }
+                if let Selector::Filter(f) = &s.selector {
+                    let matches = storage.with_entity(key.as_bytes(), |v| {
+                        v.is_some_and(|v| f.check(v, &mut scratch).is_some())
+                    })?;
+                    if !matches {
+                        continue;
+                    }
+                }
+                batch.delete(Family::Vectors, &entry)?;
+                gone.push(key.clone());
             }
-            batch.delete(Family::Vectors, &entry)?;
-            gone.push(key.clone());
         }
-        std::mem::drop(scratch);
         if gone.is_empty() {
             continue;
         }

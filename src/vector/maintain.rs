@@ -100,10 +100,7 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
         Some(doc) => {
             scratch.clear();
             scratch.extend_from_slice(doc);
-            match simd_json::to_borrowed_value(&mut scratch[..]) {
-                Ok(v) => Some(v),
-                Err(_) => None,
-            }
+            simd_json::to_borrowed_value(&mut scratch[..]).ok()
         }
         None => None,
     };
