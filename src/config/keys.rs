@@ -636,7 +636,7 @@ mod tests {
     #[test]
     fn every_hot_key_is_checked_like_start_up() {
         let hot_rows: Vec<_> = KEYS.iter().filter(|r| r.hot).collect();
-        assert_eq!(hot_rows.len(), 10);
+        assert_eq!(hot_rows.len(), 13);
         for row in hot_rows {
             let (good, bad) = samples(row.rule);
             assert!(!good.is_empty(), "{}: no samples", row.path);
