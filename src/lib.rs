@@ -30,6 +30,7 @@ pub mod query;
 pub mod runtime;
 pub mod storage;
 pub mod tls;
+pub mod vector;
 
 #[cfg(test)]
 mod props;

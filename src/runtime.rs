@@ -24,6 +24,7 @@ pub struct Features {
     pub llm_store: bool,
     pub cdc: bool,
     pub timeseries: bool,
+    pub vectors: bool,
 }
 
 /// The effective configuration, with the values the request path reads
@@ -57,6 +58,7 @@ impl Runtime {
                 llm_store: c.features.llm_store,
                 cdc: c.features.cdc,
                 timeseries: c.features.timeseries,
+                vectors: c.features.vectors,
             },
             cdc_retention_hours: c.cdc_retention_hours,
             parallel_threshold: c.query.parallel_threshold,
@@ -158,7 +160,7 @@ mod tests {
             .apply_patch(&json!({
                 "logging": {"level": "debug", "format": "json"},
                 "request_timeout_ms": 45000,
-                "features": {"semantic_cache": true, "llm_store": true, "cdc": true, "timeseries": true},
+                "features": {"semantic_cache": true, "llm_store": true, "cdc": true, "timeseries": true, "vectors": false},
                 "cdc_retention_hours": 2,
                 "query": {"parallel_threshold": 3, "batch_size": 4},
             }))
@@ -175,7 +177,8 @@ mod tests {
                 semantic_cache: true,
                 llm_store: true,
                 cdc: true,
-                timeseries: true
+                timeseries: true,
+                vectors: false,
             }
         );
         assert_eq!(

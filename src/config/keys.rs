@@ -144,14 +144,16 @@ pub const KEYS: &[KeyRule] = &[
     cold("logging.rotation_size_mb", Int(1, 102_400)),
     cold("logging.max_files", Int(1, 10_000)),
     cold("vector_index.engine", OneOf(&["hnsw"])),
-    cold("vector_index.hnsw_m", Int(2, 128)),
-    cold("vector_index.hnsw_ef_construction", Int(1, 10_000)),
-    cold("vector_index.use_gpu", Bool),
-    cold("vector_index.dimension", Int(1, 65_536)),
+    // Defaults of new vector indexes (existing ones keep theirs): hot.
+    hot("vector_index.hnsw_m", Int(2, 128)),
+    hot("vector_index.hnsw_ef_construction", Int(1, 10_000)),
+    cold("vector_index.use_gpu", Check(use_gpu)),
+    cold("vector_index.dimension", Int(1, 4096)),
     hot("features.semantic_cache", Bool),
     hot("features.llm_store", Bool),
     hot("features.cdc", Bool),
     hot("features.timeseries", Bool),
+    hot("features.vectors", Bool),
     cold("features.retention.enabled", Bool),
     cold("features.retention.interval_hours", Int(1, 8760)),
     cold("features.retention.policies_path", Free),
@@ -292,6 +294,16 @@ fn tls_files(c: &Config, e: &mut Vec<String>) {
         }
     } else if s.tls_ca.is_some() {
         e.push("server.tls_ca (mutual TLS) needs server.enable_tls = true".into());
+    }
+}
+
+fn use_gpu(c: &Config, e: &mut Vec<String>) {
+    if c.vector_index.use_gpu {
+        e.push(
+            "vector_index.use_gpu = true: this build has no GPU path (vector search runs on the \
+             CPU with hnsw_rs); refusing to start rather than ignore it"
+                .into(),
+        );
     }
 }
 

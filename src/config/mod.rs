@@ -307,14 +307,29 @@ impl Default for VectorIndexConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct FeaturesConfig {
     pub semantic_cache: bool,
     pub llm_store: bool,
     pub cdc: bool,
     pub timeseries: bool,
+    /// The `/vector` routes (on by default; indexes are maintained either way).
+    pub vectors: bool,
     pub retention: RetentionConfig,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        FeaturesConfig {
+            semantic_cache: false,
+            llm_store: false,
+            cdc: false,
+            timeseries: false,
+            vectors: true,
+            retention: RetentionConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

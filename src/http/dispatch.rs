@@ -25,6 +25,7 @@ pub static TABLE: Table = Table(&[
     crate::query::http::ROUTES,
     crate::index::http::ROUTES,
     crate::changefeed::http::ROUTES,
+    crate::vector::http::ROUTES,
     super::ops::ROUTES,
     crate::backup::http::ROUTES,
 ]);
@@ -41,6 +42,7 @@ async fn run(
     grant: Grant<'_>,
 ) -> Result<Option<SseStream>, ApiError> {
     use super::ops;
+    use crate::vector::http as vector;
     use crate::{changefeed::http as feed, entity::http as entity, index::http as index};
     let done = |r: Result<(), ApiError>| r.map(|()| None);
     match id {
@@ -59,6 +61,16 @@ async fn run(
         }
         RouteId::ChangefeedStats => done(feed::stats(core, resp)),
         RouteId::ChangefeedRetention => done(feed::retention(core, req.body, resp).await),
+        RouteId::VectorSearch => done(vector::search(core, req.body, resp).await),
+        RouteId::VectorBatchInsert => done(vector::batch_insert(core, req.body, resp).await),
+        RouteId::VectorDeleteByFilter => done(vector::delete_by_filter(core, req.body, resp).await),
+        RouteId::VectorIndexCreate => done(vector::create(core, req.body, resp).await),
+        RouteId::VectorIndexDrop => done(vector::drop(core, req.body, resp).await),
+        RouteId::VectorIndexStats => done(vector::stats(core, req, resp).await),
+        RouteId::VectorIndexConfigGet => done(vector::get_config(core, resp)),
+        RouteId::VectorIndexConfigSet => done(vector::put_config(core, req.body, resp).await),
+        RouteId::VectorIndexSave => done(vector::save(core, resp).await),
+        RouteId::VectorIndexLoad => done(vector::load(core, resp).await),
         RouteId::Health => done(ops::health(core, resp)),
         RouteId::Stats => done(ops::stats(core, resp).await),
         RouteId::Metrics => done(ops::metrics(core, resp).await),

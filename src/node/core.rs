@@ -6,7 +6,7 @@
 //!   hot-reloadable settings;
 //! * what observability records on this core (latency histograms, spans);
 //! * one part per feature (`entity::Local`, `index::Local`,
-//!   `changefeed::Local`, `query::Local`), each with private fields: a
+//!   `changefeed::Local`, `query::Local`, `vector::Local`), each with private fields: a
 //!   feature reads another feature only through that feature's own API.
 //!
 //! What all cores share is the [`Node`] (`Arc`, thread-safe, no lock on the
@@ -46,6 +46,7 @@ pub struct Core {
     query: crate::query::Local,
     /// Lanes of blocking work (one per kind, see [`super::blocking`]).
     lanes: super::blocking::Lanes,
+    vector: crate::vector::Local,
 }
 
 /// Proof that the current core owns `key`: only [`Core::own`] makes one.
@@ -67,6 +68,7 @@ impl Core {
     pub fn new(id: usize, node: Arc<Node>, mesh: Mesh<Core>, spans: Option<CoreSpans>) -> Rc<Core> {
         let settings = LocalRuntime::new(&node.runtime);
         let index = crate::index::Local::new(&node.index);
+        let vector = crate::vector::Local::new(&node.vector);
         Rc::new_cyclic(|me| Core {
             id,
             node,
@@ -80,6 +82,7 @@ impl Core {
             changefeed: Default::default(),
             query: Default::default(),
             lanes: Default::default(),
+            vector,
         })
     }
 
@@ -209,6 +212,10 @@ impl Core {
 
     pub fn query(&self) -> &crate::query::Local {
         &self.query
+    }
+
+    pub fn vector(&self) -> &crate::vector::Local {
+        &self.vector
     }
 }
 

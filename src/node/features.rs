@@ -19,17 +19,20 @@ pub fn needs_old(core: &Core, table: &str) -> bool {
 
 /// The write hooks, in their fixed order:
 /// 1. indexes (`index::maintain`): old entries out, new entries in;
-/// 2. (vectors and time series will come here);
+/// 2. vectors (`vector::maintain`): the stored vector follows the field;
+///    the graph follows after the commit; (time series will come here);
 /// 3. the change feed (`changefeed::write`) — last, because it takes the
 ///    sequence: nothing after it may fail before the commit.
 pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError> {
     crate::index::maintain::on_write(core, change)?;
+    crate::vector::maintain::on_write(core, change)?;
     crate::changefeed::write::on_write(core, change)?;
     Ok(())
 }
 
 /// After the batch was committed (or failed), in the same order.
 pub fn after_commit(core: &Core, committed: bool) {
+    crate::vector::maintain::after_commit(core, committed);
     crate::changefeed::write::after_commit(core, committed);
 }
 
@@ -37,5 +40,6 @@ pub fn after_commit(core: &Core, committed: bool) {
 /// the mesh.
 pub fn start(core: &Rc<Core>, shutdown: &themis_io::ShutdownSignal, faults: &super::Faults) {
     crate::index::build::resume(core);
+    crate::vector::load::resume(core);
     crate::changefeed::http::start(core, shutdown, faults);
 }

@@ -221,6 +221,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     crate::storage::format::check_or_init(&storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
     let index = Arc::new(crate::index::Indexes::open(&storage)?);
+    let vector = Arc::new(crate::vector::Vectors::open(&storage)?);
     raise_limits();
 
     let node = Arc::new(Node {
@@ -232,6 +233,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         storage,
         changefeed,
         index,
+        vector,
         config,
         reload,
         faults: faults.clone(),

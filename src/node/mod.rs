@@ -37,6 +37,8 @@ pub struct Node {
     pub changefeed: crate::changefeed::ChangeFeed,
     /// The index catalog, and the progress of index builds.
     pub index: Arc<crate::index::Indexes>,
+    /// The vector index catalog.
+    pub vector: Arc<crate::vector::Vectors>,
     /// One counter slot per core, each written only by its core.
     pub counters: Box<[CoreCounters]>,
     /// The CPU each shard is pinned to.

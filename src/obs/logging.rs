@@ -144,7 +144,8 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
 fn filter(level: &str) -> Result<EnvFilter, String> {
     // glommio logs reactor details at info; keep it at warn.
-    EnvFilter::try_new(format!("{level},glommio=warn")).map_err(|e| format!("logging.level: {e}"))
+    EnvFilter::try_new(format!("{level},glommio=warn,hnsw_rs=warn,anndists=warn"))
+        .map_err(|e| format!("logging.level: {e}"))
 }
 
 fn fmt_layer(format: &str, writer: LogWriter) -> FmtLayer {

@@ -19,7 +19,8 @@ pub enum Family {
     Indexes,
     /// Change events (`changefeed`): sequence u64 BE → record.
     Changefeed,
-    /// Vectors (reserved for vector search).
+    /// Vectors (`vector`): `[index id u32 BE][entity key]` → the vector as
+    /// little-endian f32. The source of truth the graphs are built from.
     Vectors,
     /// Time series points (reserved for time series).
     Timeseries,
@@ -77,6 +78,10 @@ pub mod meta {
     /// The on-disk format version (u32 BE; absent: version 0, the layout
     /// before versions were recorded). See `storage::format`.
     pub const FORMAT_VERSION: &[u8] = b"format.version";
+    /// `vindex/<id u32 BE>` → a vector index definition (JSON).
+    pub const VECTOR_INDEX_DEF_PREFIX: &[u8] = b"vindex/";
+    /// The next unused vector index id (u32 BE); ids are never reused.
+    pub const VECTOR_INDEX_NEXT_ID: &[u8] = b"vindex.next_id";
 }
 
 #[cfg(test)]
@@ -104,6 +109,8 @@ mod tests {
             meta::FEED_FIRST_SEQUENCE,
             meta::FEED_RESERVED,
             meta::FORMAT_VERSION,
+            meta::VECTOR_INDEX_DEF_PREFIX,
+            meta::VECTOR_INDEX_NEXT_ID,
         ];
         for a in keys {
             for b in keys {

@@ -16,3 +16,4 @@ mod observability;
 mod query;
 mod security;
 mod tls;
+mod vectors;

@@ -1,0 +1,285 @@
+//! Distances: the three metrics, one kernel each, shared by the HNSW graph
+//! (through [`GraphDistance`], hnsw_rs's `Distance` trait) and the exact
+//! paths (filtered candidates, vectors not yet in the graph), so a distance
+//! is the same number whichever path found the vector.
+//!
+//! * `l2`: the graph compares squared Euclidean distances (the same order,
+//!   no square root per comparison); answers report the Euclidean distance.
+//! * `cosine`: vectors are normalised once ([`Metric::prepare`]) when they
+//!   enter the graph and for each query, so the distance is `1 - a·b`.
+//! * `dot`: `1 - a·b` on the vectors as given. hnsw_rs needs distances that
+//!   are never negative, which holds only for unit-length vectors; so `dot`
+//!   refuses vectors whose length is not 1 (within [`UNIT_TOLERANCE`]):
+//!   normalise them first, or use `cosine`.
+//!
+//! The kernels use eight independent accumulators so the compiler turns
+//! them into SIMD code; on x86-64 an AVX2+FMA copy is picked at run time.
+
+use serde::{Deserialize, Serialize};
+
+/// How far from 1 the length of a `dot` vector may be.
+pub const UNIT_TOLERANCE: f32 = 1e-3;
+
+/// A vector index's metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    L2,
+    Cosine,
+    Dot,
+}
+
+impl Metric {
+    pub fn parse(s: &str) -> Option<Metric> {
+        match s {
+            "l2" => Some(Metric::L2),
+            "cosine" => Some(Metric::Cosine),
+            "dot" => Some(Metric::Dot),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::L2 => "l2",
+            Metric::Cosine => "cosine",
+            Metric::Dot => "dot",
+        }
+    }
+
+    /// Checks a vector's length for this metric and brings it into the
+    /// graph's form (cosine: normalised). `Err` says why it is refused.
+    pub fn prepare(self, v: &mut [f32]) -> Result<(), String> {
+        match self {
+            Metric::L2 => Ok(()),
+            Metric::Cosine => {
+                let n = dot(v, v).sqrt();
+                if !(n.is_finite() && n > 0.0) {
+                    return Err(
+                        "metric cosine cannot normalise this vector (a zero vector has no direction; components must not overflow)"
+                            .into(),
+                    );
+                }
+                v.iter_mut().for_each(|x| *x /= n);
+                Ok(())
+            }
+            Metric::Dot => {
+                let n = dot(v, v).sqrt();
+                if (n - 1.0).abs() > UNIT_TOLERANCE {
+                    return Err(format!(
+                        "metric dot needs unit-length vectors (this one has length {n}); normalise it or use metric cosine"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The graph's distance between two prepared vectors (never negative).
+    #[inline]
+    pub fn graph_distance(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Metric::L2 => l2_squared(a, b),
+            Metric::Cosine | Metric::Dot => (1.0 - dot(a, b)).max(0.0),
+        }
+    }
+
+    /// The distance an answer reports, from a graph distance.
+    #[inline]
+    pub fn reported(self, graph_distance: f32) -> f32 {
+        match self {
+            Metric::L2 => graph_distance.sqrt(),
+            Metric::Cosine | Metric::Dot => graph_distance,
+        }
+    }
+}
+
+/// hnsw_rs's view of a metric.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphDistance(pub Metric);
+
+impl hnsw_rs::anndists::dist::Distance<f32> for GraphDistance {
+    #[inline]
+    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
+        self.0.graph_distance(va, vb)
+    }
+}
+
+macro_rules! kernels {
+    ($dot:ident, $l2:ident $(, #[$attr:meta])?) => {
+        $(#[$attr])?
+        unsafe fn $dot(a: &[f32], b: &[f32]) -> f32 {
+            let n = a.len().min(b.len());
+            let (a, b) = (&a[..n], &b[..n]);
+            let mut acc = [0.0f32; 8];
+            let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+            let (ra, rb) = (ca.remainder(), cb.remainder());
+            for (x, y) in ca.zip(cb) {
+                for i in 0..8 {
+                    acc[i] += x[i] * y[i];
+                }
+            }
+            let mut s = acc.iter().sum::<f32>();
+            for (x, y) in ra.iter().zip(rb) {
+                s += x * y;
+            }
+            s
+        }
+
+        $(#[$attr])?
+        unsafe fn $l2(a: &[f32], b: &[f32]) -> f32 {
+            let n = a.len().min(b.len());
+            let (a, b) = (&a[..n], &b[..n]);
+            let mut acc = [0.0f32; 8];
+            let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+            let (ra, rb) = (ca.remainder(), cb.remainder());
+            for (x, y) in ca.zip(cb) {
+                for i in 0..8 {
+                    let d = x[i] - y[i];
+                    acc[i] += d * d;
+                }
+            }
+            let mut s = acc.iter().sum::<f32>();
+            for (x, y) in ra.iter().zip(rb) {
+                let d = x - y;
+                s += d * d;
+            }
+            s
+        }
+    };
+}
+
+kernels!(dot_portable, l2_portable);
+#[cfg(target_arch = "x86_64")]
+kernels!(dot_avx2, l2_avx2, #[target_feature(enable = "avx2,fma")]);
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// `a · b` (over the shorter length).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { dot_avx2(a, b) };
+    }
+    // SAFETY: no target feature required.
+    unsafe { dot_portable(a, b) }
+}
+
+/// `|a - b|²` (over the shorter length).
+#[inline]
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { l2_avx2(a, b) };
+    }
+    // SAFETY: no target feature required.
+    unsafe { l2_portable(a, b) }
+}
+
+/// Stored form of a vector: its components as little-endian f32.
+pub fn encode(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// The vector a stored value holds (`None`: not a whole number of f32).
+pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    }
+
+    fn naive_l2(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum()
+    }
+
+    proptest! {
+        #[test]
+        fn kernels_agree_with_the_definition(
+            pairs in prop::collection::vec((-100.0f32..100.0, -100.0f32..100.0), 0..70)
+        ) {
+            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let tol = |x: f64| 1e-3 * (1.0 + x.abs());
+            let d = naive_dot(&a, &b);
+            prop_assert!((f64::from(dot(&a, &b)) - d).abs() <= tol(d) * 10.0);
+            let l = naive_l2(&a, &b);
+            prop_assert!((f64::from(l2_squared(&a, &b)) - l).abs() <= tol(l) * 10.0);
+            // SAFETY: no target feature required.
+            let p = unsafe { l2_portable(&a, &b) };
+            prop_assert!((f64::from(p) - l).abs() <= tol(l) * 10.0);
+        }
+
+        #[test]
+        fn stored_vectors_round_trip(v in prop::collection::vec(any::<f32>(), 0..40)) {
+            let back = decode(&encode(&v)).unwrap();
+            prop_assert_eq!(back.len(), v.len());
+            for (x, y) in v.iter().zip(&back) {
+                prop_assert_eq!(x.to_bits(), y.to_bits());
+            }
+        }
+
+        #[test]
+        fn graph_distances_are_never_negative(
+            a in prop::collection::vec(-10.0f32..10.0, 3),
+            b in prop::collection::vec(-10.0f32..10.0, 3),
+        ) {
+            for m in [Metric::L2, Metric::Cosine] {
+                let (mut a, mut b) = (a.clone(), b.clone());
+                if m.prepare(&mut a).is_ok() && m.prepare(&mut b).is_ok() {
+                    prop_assert!(m.graph_distance(&a, &b) >= 0.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_prepare_and_report() {
+        let mut v = vec![3.0, 4.0];
+        Metric::Cosine.prepare(&mut v).unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert!(Metric::Cosine.prepare(&mut [0.0, 0.0]).is_err());
+        assert!(Metric::Dot.prepare(&mut [3.0, 4.0]).is_err());
+        assert!(Metric::Dot.prepare(&mut [0.6, 0.8]).is_ok());
+        assert_eq!(
+            Metric::L2.reported(Metric::L2.graph_distance(&[0.0, 0.0], &[3.0, 4.0])),
+            5.0
+        );
+        let d = Metric::Dot.graph_distance(&[1.0, 0.0], &[0.0, 1.0]);
+        assert_eq!(d, 1.0);
+        assert_eq!(Metric::parse("l2"), Some(Metric::L2));
+        assert_eq!(Metric::parse("L2"), None);
+        assert!(decode(&[1, 2, 3]).is_none());
+    }
+}
