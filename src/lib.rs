@@ -29,6 +29,7 @@ pub mod published;
 pub mod query;
 pub mod runtime;
 pub mod storage;
+pub mod timeseries;
 
 #[cfg(test)]
 mod props;

@@ -156,9 +156,8 @@ async fn run_caller(ctx: &Rc<Ctx>, calls: u64, body: usize) {
     for in_flight in [1u64, 64] {
         // The key and body each call carries, made before the clock starts
         // (a connection's buffers hold them; their copies are the hop's).
-        let mut made: Vec<(String, Vec<u8>)> = (0..calls)
-            .map(|i| (format!("t:{i}"), Vec::new()))
-            .collect();
+        let mut made: Vec<(String, Vec<u8>)> =
+            (0..calls).map(|i| (format!("t:{i}"), Vec::new())).collect();
         for (i, m) in made.iter_mut().enumerate() {
             m.1 = bodies[i % 64].clone();
         }
@@ -179,10 +178,16 @@ async fn run_caller(ctx: &Rc<Ctx>, calls: u64, body: usize) {
             });
         }
         // The lanes' own vectors were allocated above; only the calls count.
-        let (a1, b1) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a1, b1) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         futures::future::join_all(lanes).await;
         let elapsed = start.elapsed();
-        let (a2, b2) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a2, b2) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         let n = per * in_flight;
         let allocs = (a2 - a1) as f64 / n as f64;
         let bytes = (b2 - b1) as f64 / n as f64;

@@ -25,6 +25,7 @@ pub static TABLE: Table = Table(&[
     crate::changefeed::http::ROUTES,
     super::ops::ROUTES,
     crate::backup::http::ROUTES,
+    crate::timeseries::http::ROUTES,
 ]);
 
 /// The latency label of each route id.
@@ -61,6 +62,18 @@ async fn run(
         RouteId::ConfigSet => done(ops::post_config(core, req.body, resp)),
         RouteId::Backup => done(crate::backup::http::backup(core, req.body, resp).await),
         RouteId::Verify => done(crate::backup::http::verify(core, req.body, resp).await),
+        RouteId::TsPut => done(crate::timeseries::http::put(core, req.body, resp).await),
+        RouteId::TsQuery => done(crate::timeseries::http::query(core, req.body, resp).await),
+        RouteId::TsAggregate => {
+            done(crate::timeseries::http::aggregate(core, req.body, resp).await)
+        }
+        RouteId::TsMetrics => done(crate::timeseries::http::metrics(core, resp).await),
+        RouteId::TsConfigGet => done(crate::timeseries::http::get_config(core, resp)),
+        RouteId::TsConfigSet => {
+            done(crate::timeseries::http::put_config(core, req.body, resp).await)
+        }
+        RouteId::TsRetention => done(crate::timeseries::http::retention(core, resp).await),
+        RouteId::RetentionRun => done(crate::timeseries::http::run(core, req.body, resp).await),
         RouteId::Other => Err(not_found(req)),
     }
 }

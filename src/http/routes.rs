@@ -45,6 +45,14 @@ pub enum RouteId {
     ConfigSet,
     Backup,
     Verify,
+    TsPut,
+    TsQuery,
+    TsAggregate,
+    TsMetrics,
+    TsConfigGet,
+    TsConfigSet,
+    TsRetention,
+    RetentionRun,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

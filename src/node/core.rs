@@ -44,6 +44,7 @@ pub struct Core {
     index: crate::index::Local,
     changefeed: crate::changefeed::Local,
     query: crate::query::Local,
+    timeseries: crate::timeseries::Local,
     /// Lanes of blocking work (one per kind, see [`super::blocking`]).
     lanes: super::blocking::Lanes,
 }
@@ -79,6 +80,7 @@ impl Core {
             index,
             changefeed: Default::default(),
             query: Default::default(),
+            timeseries: Default::default(),
             lanes: Default::default(),
         })
     }
@@ -209,6 +211,10 @@ impl Core {
 
     pub fn query(&self) -> &crate::query::Local {
         &self.query
+    }
+
+    pub fn timeseries(&self) -> &crate::timeseries::Local {
+        &self.timeseries
     }
 }
 

@@ -38,4 +38,5 @@ pub fn after_commit(core: &Core, committed: bool) {
 pub fn start(core: &Rc<Core>, shutdown: &themis_io::ShutdownSignal, faults: &super::Faults) {
     crate::index::build::resume(core);
     crate::changefeed::http::start(core, shutdown, faults);
+    crate::timeseries::http::start(core, shutdown, faults);
 }

@@ -106,6 +106,8 @@ pub enum ServerError {
     Storage(#[from] StorageError),
     #[error("executor {shard} failed: {message}")]
     Executor { shard: usize, message: String },
+    #[error("{0}")]
+    Timeseries(String),
 }
 
 /// The CPUs this process may run on (its affinity mask, so taskset,
@@ -205,6 +207,8 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     crate::storage::format::check_or_init(&storage)?;
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
     let index = Arc::new(crate::index::Indexes::open(&storage)?);
+    let timeseries =
+        crate::timeseries::Timeseries::open(&config, &storage).map_err(ServerError::Timeseries)?;
     raise_limits();
 
     let node = Arc::new(Node {
@@ -221,6 +225,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         faults: faults.clone(),
         failures: Default::default(),
         backup: Default::default(),
+        timeseries,
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),
@@ -383,6 +388,7 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Node>) {
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     reload_from_file(&shared);
+                    shared.timeseries.reload_policies();
                     continue;
                 }
                 // A second stop signal means "now" — but only when it comes

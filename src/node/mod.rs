@@ -52,6 +52,8 @@ pub struct Node {
     pub failures: health::Failures,
     /// Which backup and verification are running.
     pub backup: crate::backup::Backups,
+    /// Time-series retention policies and per-metric settings.
+    pub timeseries: crate::timeseries::Timeseries,
 }
 
 impl Node {

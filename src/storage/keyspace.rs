@@ -21,7 +21,7 @@ pub enum Family {
     Changefeed,
     /// Vectors (reserved for vector search).
     Vectors,
-    /// Time series points (reserved for time series).
+    /// Time series (`timeseries::key`): catalog, series and point keys.
     Timeseries,
     /// Small server metadata, by the prefixes below.
     Meta,
@@ -77,6 +77,8 @@ pub mod meta {
     /// The on-disk format version (u32 BE; absent: version 0, the layout
     /// before versions were recorded). See `storage::format`.
     pub const FORMAT_VERSION: &[u8] = b"format.version";
+    /// Time-series per-metric settings (`/ts/config`, JSON; written synced).
+    pub const TIMESERIES_CONFIG: &[u8] = b"timeseries.config";
 }
 
 #[cfg(test)]
@@ -104,6 +106,7 @@ mod tests {
             meta::FEED_FIRST_SEQUENCE,
             meta::FEED_RESERVED,
             meta::FORMAT_VERSION,
+            meta::TIMESERIES_CONFIG,
         ];
         for a in keys {
             for b in keys {

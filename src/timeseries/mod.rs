@@ -1,0 +1,142 @@
+//! Time series: points `(metric, entity, tags, timestamp_ms, value)` in the
+//! `timeseries` column family, and retention policies that delete old ones.
+//!
+//! * [`key`]: the key layout (catalog, series, points) and labels.
+//! * [`ingest`]: `/ts/put` parsing and the per-series write on its owner.
+//! * [`read`]: catalog lookup, range reads, aggregation scans.
+//! * [`aggregate`]: bucket arithmetic (pure).
+//! * [`retention`]: the policies file and the deleting pass.
+//! * [`settings`]: per-metric settings (`/ts/config`).
+//! * [`http`]: the routes.
+//!
+//! Node part: [`Timeseries`] (policies and settings, published). Core part:
+//! [`Local`] (series this core has written, its last retention pass).
+
+pub mod aggregate;
+pub mod http;
+pub mod ingest;
+pub mod key;
+pub mod read;
+pub mod retention;
+pub mod settings;
+
+use crate::config::Config;
+use crate::published::Published;
+use crate::storage::keyspace::meta;
+use crate::storage::{Family, Storage, StorageError};
+use retention::{PassReport, Policies};
+use settings::TsSettings;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Series ids a core remembers as existing before it starts over (a cache:
+/// forgetting costs one point read per series).
+const MAX_KNOWN_SERIES: usize = 1 << 20;
+
+/// The node-wide part: retention policies and per-metric settings.
+pub struct Timeseries {
+    policies: Published<Policies>,
+    settings: Published<TsSettings>,
+    /// `features.retention.*`, as started.
+    pub retention_enabled: bool,
+    pub interval_hours: u32,
+    pub policies_path: PathBuf,
+}
+
+impl Timeseries {
+    /// Loads the settings from `meta` and, when retention is on, the
+    /// policies file (a bad or missing file is an error: the server does
+    /// not start with policies it cannot read).
+    pub fn open(config: &Config, storage: &Storage) -> Result<Timeseries, String> {
+        let r = &config.features.retention;
+        let policies = if r.enabled {
+            Policies::load(&r.policies_path)?
+        } else {
+            Policies::default()
+        };
+        let settings = match storage
+            .meta_get(meta::TIMESERIES_CONFIG)
+            .map_err(|e| e.to_string())?
+        {
+            Some(bytes) => TsSettings::parse(&bytes)
+                .map_err(|e| format!("stored time-series settings are unreadable: {e}"))?,
+            None => TsSettings::default(),
+        };
+        Ok(Timeseries {
+            policies: Published::new(policies),
+            settings: Published::new(settings),
+            retention_enabled: r.enabled,
+            interval_hours: r.interval_hours,
+            policies_path: r.policies_path.clone(),
+        })
+    }
+
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.current()
+    }
+
+    pub fn settings(&self) -> Arc<TsSettings> {
+        self.settings.current()
+    }
+
+    /// SIGHUP: re-reads the policies file; a bad file leaves the policies
+    /// in force and says why.
+    pub fn reload_policies(&self) {
+        if !self.retention_enabled {
+            return;
+        }
+        match Policies::load(&self.policies_path) {
+            Ok(p) => {
+                tracing::info!(
+                    policies = p.policies.len(),
+                    "SIGHUP: retention policies reloaded"
+                );
+                self.policies.publish(p);
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: retention policies not reloaded, the old ones stay: {e}")
+            }
+        }
+    }
+
+    /// Stores (synced) and publishes new settings.
+    pub fn save_settings(&self, storage: &Storage, s: TsSettings) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(&s).unwrap_or_default();
+        let mut batch = storage.batch();
+        batch.put(Family::Meta, meta::TIMESERIES_CONFIG, &bytes)?;
+        storage.commit_synced(batch)?;
+        self.settings.publish(s);
+        Ok(())
+    }
+}
+
+/// One core's part.
+#[derive(Default)]
+pub struct Local {
+    /// Series (owned by this core) known to have their catalog entries.
+    known: RefCell<HashSet<u64>>,
+    /// This core's last retention pass.
+    last_pass: RefCell<Option<PassReport>>,
+    /// A pass is running on this core.
+    pass_running: Cell<bool>,
+}
+
+impl Local {
+    fn is_known(&self, id: u64) -> bool {
+        self.known.borrow().contains(&id)
+    }
+
+    fn remember(&self, id: u64) {
+        let mut k = self.known.borrow_mut();
+        if k.len() >= MAX_KNOWN_SERIES {
+            k.clear();
+        }
+        k.insert(id);
+    }
+
+    pub fn last_pass(&self) -> Option<PassReport> {
+        self.last_pass.borrow().clone()
+    }
+}

@@ -1,0 +1,408 @@
+//! Reading series: finding them in the catalog, reading a time range of
+//! points (`/ts/query`) and aggregating it into buckets (`/ts/aggregate`).
+//!
+//! Written against [`ReadView`], so the same code runs over the live
+//! database (on a blocking thread: these are range reads) and over a
+//! [`crate::storage::MemView`] in unit tests. Every loop checks the
+//! request's deadline, as query scans do.
+//!
+//! Aggregation reads the raw points of the range once, streaming (memory
+//! is the buckets, not the points): its cost is linear in the points of
+//! the range. There are no rollups yet (see `docs/timeseries.md`).
+
+use super::aggregate::{Agg, Buckets};
+use super::key::{self, Labels};
+use crate::error::ApiError;
+use crate::storage::{Family, ReadView};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Most series one query or aggregate may match.
+pub const MAX_SERIES: usize = 10_000;
+/// Most groups one aggregate may produce.
+pub const MAX_GROUPS: usize = 1_000;
+/// The deadline is checked every this many keys.
+const DEADLINE_EVERY: u64 = 4_096;
+
+/// Which series a request reads.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    pub metric: String,
+    pub entity: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One matched series.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: u64,
+    pub labels: Labels,
+}
+
+fn late() -> ApiError {
+    ApiError::Timeout { ms: 0 }
+}
+
+/// The series matching `sel`, in catalog order, starting at catalog key
+/// `start` when given. More than [`MAX_SERIES`] is a 400 (narrow it).
+pub fn find_series<V: ReadView>(
+    view: &V,
+    sel: &Selector,
+    start: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<Vec<Found>, ApiError> {
+    let (mut from, to) = key::catalog_range(&sel.metric, sel.entity.as_deref());
+    if let Some(s) = start {
+        if s > from.as_slice() {
+            from = s.to_vec();
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = 0u64;
+    let mut result = Ok(());
+    view.scan(Family::Timeseries, &from, &to, false, |k, v| {
+        seen += 1;
+        if seen.is_multiple_of(DEADLINE_EVERY) && Instant::now() >= deadline {
+            result = Err(late());
+            return false;
+        }
+        let (Some(labels), Ok(id)) = (Labels::from_canonical(&k[1..]), <[u8; 8]>::try_from(v))
+        else {
+            return true;
+        };
+        if !labels.matches(sel.entity.as_deref(), &sel.tags) {
+            return true;
+        }
+        if out.len() == MAX_SERIES {
+            result = Err(ApiError::BadRequest(format!(
+                "the selection matches more than {MAX_SERIES} series; narrow it with entity or tags"
+            )));
+            return false;
+        }
+        out.push(Found {
+            id: u64::from_be_bytes(id),
+            labels,
+        });
+        true
+    })?;
+    result.map(|()| out)
+}
+
+/// Where a `/ts/query` page resumes: a series and a timestamp in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub series: u64,
+    pub ts: i64,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{:016x}:{}", self.series, self.ts)
+    }
+
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (id, ts) = s.split_once(':')?;
+        if id.len() != 16 {
+            return None;
+        }
+        Some(Cursor {
+            series: u64::from_str_radix(id, 16).ok()?,
+            ts: ts.parse().ok()?,
+        })
+    }
+}
+
+/// A `/ts/query` request, parsed.
+#[derive(Debug, Clone)]
+pub struct QueryRange {
+    pub sel: Selector,
+    pub from: i64,
+    pub to: i64,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+fn labels_json(l: &Labels) -> Value {
+    json!({"metric": l.metric, "entity": l.entity, "tags": l.tags})
+}
+
+/// Reads up to `limit` points of the matching series in `[from, to)`,
+/// series by series in catalog order, each in timestamp order. Series
+/// without points in the range are left out.
+pub fn query<V: ReadView>(view: &V, q: &QueryRange, deadline: Instant) -> Result<Value, ApiError> {
+    let start = match q.cursor {
+        Some(c) => {
+            let canonical = view
+                .get_with(Family::Timeseries, &key::series_key(c.series), |v| {
+                    v.map(<[u8]>::to_vec)
+                })?
+                .ok_or_else(|| {
+                    ApiError::BadRequest("cursor: names a series that does not exist".into())
+                })?;
+            Some(key::catalog_key(&canonical))
+        }
+        None => None,
+    };
+    let found = find_series(view, &q.sel, start.as_deref(), deadline)?;
+    let mut series_out = Vec::new();
+    let mut count = 0usize;
+    let mut next: Option<Cursor> = None;
+    let mut seen = 0u64;
+    let mut timed_out = false;
+    'series: for f in &found {
+        let from = match q.cursor {
+            Some(c) if c.series == f.id => c.ts.max(q.from),
+            _ => q.from,
+        };
+        if from >= q.to {
+            continue;
+        }
+        let (lo, hi) = key::point_range(f.id, from, q.to);
+        let mut points: Vec<Value> = Vec::new();
+        view.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
+            seen += 1;
+            if seen.is_multiple_of(DEADLINE_EVERY) && Instant::now() >= deadline {
+                timed_out = true;
+                return false;
+            }
+            let (Some(ts), Some(val)) = (key::point_ts(k), key::decode_value(v)) else {
+                return true;
+            };
+            if count == q.limit {
+                next = Some(Cursor { series: f.id, ts });
+                return false;
+            }
+            count += 1;
+            points.push(json!([ts, val]));
+            true
+        })?;
+        if timed_out {
+            return Err(late());
+        }
+        if !points.is_empty() {
+            let mut s = labels_json(&f.labels);
+            s["points"] = Value::Array(points);
+            series_out.push(s);
+        }
+        if next.is_some() {
+            break 'series;
+        }
+    }
+    let mut out = json!({"series": series_out, "count": count});
+    if let Some(c) = next {
+        out["next_cursor"] = c.encode().into();
+    }
+    Ok(out)
+}
+
+/// A `/ts/aggregate` request, parsed.
+#[derive(Debug, Clone)]
+pub struct AggregateRange {
+    pub sel: Selector,
+    pub from: i64,
+    pub to: i64,
+    pub interval: Option<i64>,
+    pub group_by: Vec<String>,
+    pub aggs: Vec<Agg>,
+}
+
+/// Aggregates the matching series' points in `[from, to)` into buckets,
+/// one bucket list per group (the values of the `group_by` tags; a series
+/// without one of them has `null` there).
+pub fn aggregate<V: ReadView>(
+    view: &V,
+    a: &AggregateRange,
+    deadline: Instant,
+) -> Result<Value, ApiError> {
+    let found = find_series(view, &a.sel, None, deadline)?;
+    let mut groups: BTreeMap<Vec<Option<String>>, (u64, Buckets)> = BTreeMap::new();
+    let mut seen = 0u64;
+    let mut timed_out = false;
+    for f in &found {
+        let group: Vec<Option<String>> = a
+            .group_by
+            .iter()
+            .map(|t| f.labels.tags.get(t).cloned())
+            .collect();
+        if !groups.contains_key(&group) && groups.len() == MAX_GROUPS {
+            return Err(ApiError::BadRequest(format!(
+                "group_by makes more than {MAX_GROUPS} groups; group by fewer tags or narrow the selection"
+            )));
+        }
+        let (n, buckets) = groups
+            .entry(group)
+            .or_insert_with(|| (0, Buckets::new(a.from, a.interval)));
+        *n += 1;
+        let (lo, hi) = key::point_range(f.id, a.from, a.to);
+        view.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
+            seen += 1;
+            if seen.is_multiple_of(DEADLINE_EVERY) && Instant::now() >= deadline {
+                timed_out = true;
+                return false;
+            }
+            if let (Some(ts), Some(val)) = (key::point_ts(k), key::decode_value(v)) {
+                buckets.add(ts, val);
+            }
+            true
+        })?;
+        if timed_out {
+            return Err(late());
+        }
+    }
+    let list: Vec<Value> = groups
+        .into_iter()
+        .map(|(group, (n, buckets))| {
+            let tags: Map<String, Value> = a
+                .group_by
+                .iter()
+                .cloned()
+                .zip(
+                    group
+                        .into_iter()
+                        .map(|v| v.map_or(Value::Null, Value::from)),
+                )
+                .collect();
+            json!({"tags": tags, "series": n, "buckets": buckets.to_json(&a.aggs)})
+        })
+        .collect();
+    Ok(json!({"groups": list, "points_read": seen}))
+}
+
+/// `GET /ts/metrics`: every metric and its series count, in name order.
+pub fn metrics<V: ReadView>(view: &V, deadline: Instant) -> Result<Value, ApiError> {
+    let (from, to) = key::whole_catalog();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen = 0u64;
+    let mut timed_out = false;
+    view.scan(Family::Timeseries, &from, &to, false, |k, _| {
+        seen += 1;
+        if seen.is_multiple_of(DEADLINE_EVERY) && Instant::now() >= deadline {
+            timed_out = true;
+            return false;
+        }
+        if let Some(end) = k[1..].iter().position(|b| *b == 0) {
+            let metric = String::from_utf8_lossy(&k[1..1 + end]);
+            match counts.get_mut(metric.as_ref()) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(metric.into_owned(), 1);
+                }
+            }
+        }
+        true
+    })?;
+    if timed_out {
+        return Err(late());
+    }
+    let list: Vec<Value> = counts
+        .iter()
+        .map(|(m, n)| json!({"metric": m, "series": n}))
+        .collect();
+    Ok(json!({"metrics": list, "count": list.len()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::read::MemView;
+    use std::time::Duration;
+
+    fn put_series(view: &mut MemView, l: &Labels, points: &[(i64, f64)]) {
+        let c = l.canonical();
+        let id = l.series_id();
+        view.put(Family::Timeseries, &key::catalog_key(&c), &id.to_be_bytes());
+        view.put(Family::Timeseries, &key::series_key(id), &c);
+        for (ts, v) in points {
+            view.put(
+                Family::Timeseries,
+                &key::point_key(id, *ts),
+                &v.to_bits().to_be_bytes(),
+            );
+        }
+    }
+
+    fn labels(metric: &str, entity: &str, host: &str) -> Labels {
+        Labels {
+            metric: metric.into(),
+            entity: entity.into(),
+            tags: [("host".to_string(), host.to_string())].into(),
+        }
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn query_pages_through_series_with_cursors() {
+        let mut v = MemView::default();
+        let pts: Vec<(i64, f64)> = (-5..5).map(|t| (t * 10, t as f64)).collect();
+        put_series(&mut v, &labels("cpu", "a", "h1"), &pts);
+        put_series(&mut v, &labels("cpu", "b", "h2"), &pts);
+        put_series(&mut v, &labels("cpu2", "a", "h1"), &pts);
+        let sel = Selector {
+            metric: "cpu".into(),
+            entity: None,
+            tags: BTreeMap::new(),
+        };
+        let mut q = QueryRange {
+            sel,
+            from: -30,
+            to: 30,
+            limit: 4,
+            cursor: None,
+        };
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            let page = query(&v, &q, later()).unwrap();
+            for s in page["series"].as_array().unwrap() {
+                for p in s["points"].as_array().unwrap() {
+                    all.push((
+                        s["entity"].as_str().unwrap().to_string(),
+                        p[0].as_i64().unwrap(),
+                    ));
+                }
+            }
+            match page.get("next_cursor") {
+                Some(c) => q.cursor = Cursor::parse(c.as_str().unwrap()),
+                None => break,
+            }
+        }
+        let expect: Vec<(String, i64)> = ["a", "b"]
+            .iter()
+            .flat_map(|e| (-3..3).map(move |t| (e.to_string(), t * 10)))
+            .collect();
+        assert_eq!(all, expect);
+    }
+
+    #[test]
+    fn aggregate_groups_by_tag() {
+        let mut v = MemView::default();
+        put_series(&mut v, &labels("m", "a", "h1"), &[(0, 1.0), (5, 3.0)]);
+        put_series(&mut v, &labels("m", "b", "h1"), &[(1, 10.0)]);
+        put_series(&mut v, &labels("m", "c", "h2"), &[(12, 7.0)]);
+        let a = AggregateRange {
+            sel: Selector {
+                metric: "m".into(),
+                entity: None,
+                tags: BTreeMap::new(),
+            },
+            from: 0,
+            to: 20,
+            interval: Some(10),
+            group_by: vec!["host".into()],
+            aggs: vec![Agg::Sum, Agg::Count, Agg::Max],
+        };
+        let out = aggregate(&v, &a, later()).unwrap();
+        assert_eq!(
+            out["groups"],
+            json!([
+                {"tags": {"host": "h1"}, "series": 2, "buckets": [{"start_ms": 0, "sum": 14.0, "count": 3, "max": 10.0}]},
+                {"tags": {"host": "h2"}, "series": 1, "buckets": [{"start_ms": 10, "sum": 7.0, "count": 1, "max": 7.0}]},
+            ])
+        );
+        let m = metrics(&v, later()).unwrap();
+        assert_eq!(m["metrics"], json!([{"metric": "m", "series": 3}]));
+    }
+}
