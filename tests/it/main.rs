@@ -14,3 +14,4 @@ mod hostile;
 mod lifecycle;
 mod observability;
 mod query;
+mod timeseries;
