@@ -74,6 +74,7 @@ async fn run(
         }
         RouteId::TsRetention => done(crate::timeseries::http::retention(core, resp).await),
         RouteId::RetentionRun => done(crate::timeseries::http::run(core, req.body, resp).await),
+        RouteId::TsWrite => done(crate::timeseries::http::write_lines(core, req, resp).await),
         RouteId::Other => Err(not_found(req)),
     }
 }

@@ -53,6 +53,7 @@ pub enum RouteId {
     TsConfigSet,
     TsRetention,
     RetentionRun,
+    TsWrite,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

@@ -15,6 +15,7 @@ use super::key;
 use super::read::{self, AggregateRange, Cursor, QueryRange, Selector};
 use super::retention::{self, PassReport};
 use super::settings::TsSettings;
+use crate::entity::key::decode_query_value;
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId};
 use crate::mesh::{Rpc, Served};
@@ -24,7 +25,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use themis_io::{Method, Response, ShutdownSignal};
+use themis_io::{Method, Request, Response, ShutdownSignal};
 
 const GET: &[Method] = &[Method::Get, Method::Head];
 
@@ -78,6 +79,13 @@ pub const ROUTES: &[Route] = &[
         path: PathPattern::Exact("/ts/retention"),
         role: Role::Read,
         label: "GET /ts/retention",
+    },
+    Route {
+        id: RouteId::TsWrite,
+        methods: &[Method::Post],
+        path: PathPattern::Exact("/api/v2/write"),
+        role: Role::Write,
+        label: "POST /api/v2/write",
     },
     Route {
         id: RouteId::RetentionRun,
@@ -173,34 +181,8 @@ pub async fn put(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<()
             return Err(bad(why.clone()));
         }
     }
-    // One call per owner core, all in flight at once.
-    let mut by_owner: BTreeMap<usize, Vec<(SeriesWrite, Vec<usize>)>> = BTreeMap::new();
-    for (w, positions) in grouped.series {
-        let owner = core.owner_of(&w.id.to_be_bytes());
-        by_owner.entry(owner).or_default().push((w, positions));
-    }
-    let calls = by_owner.into_iter().map(|(owner, list)| async move {
-        let (writes, positions): (Vec<SeriesWrite>, Vec<Vec<usize>>) = list.into_iter().unzip();
-        let results = if owner == core.id() {
-            Ok(ingest::write_here(core, writes))
-        } else {
-            core.call(owner, PutSeries(writes)).await
-        };
-        (positions, results)
-    });
-    let mut stored = 0usize;
-    for (positions, results) in futures::future::join_all(calls).await {
-        let results = match results {
-            Ok(r) => r,
-            Err(e) => vec![Err(e.to_string()); positions.len()],
-        };
-        for (pos, r) in positions.into_iter().zip(results) {
-            match r {
-                Ok(()) => stored += pos.len(),
-                Err(e) => rejected.extend(pos.into_iter().map(|i| (i, format!("not stored: {e}")))),
-            }
-        }
-    }
+    let (stored, failed) = store(core, grouped.series).await;
+    rejected.extend(failed);
     rejected.sort_by_key(|r| r.0);
     if stored == 0 {
         if let Some((i, why)) = rejected.first() {
@@ -224,6 +206,139 @@ pub async fn put(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<()
         200,
         &json!({"stored": stored, "rejected": list.len(), "rejections": list}),
     );
+    Ok(())
+}
+
+/// Writes each series on its owner, one call per owner core, all in
+/// flight at once. Answers how many points were stored and, for each
+/// series that was not, its points' positions with the reason.
+async fn store(
+    core: &Core,
+    series: Vec<(SeriesWrite, Vec<usize>)>,
+) -> (usize, Vec<(usize, String)>) {
+    let mut by_owner: BTreeMap<usize, Vec<(SeriesWrite, Vec<usize>)>> = BTreeMap::new();
+    for (w, positions) in series {
+        let owner = core.owner_of(&w.id.to_be_bytes());
+        by_owner.entry(owner).or_default().push((w, positions));
+    }
+    let calls = by_owner.into_iter().map(|(owner, list)| async move {
+        let (writes, positions): (Vec<SeriesWrite>, Vec<Vec<usize>>) = list.into_iter().unzip();
+        let results = if owner == core.id() {
+            Ok(ingest::write_here(core, writes))
+        } else {
+            core.call(owner, PutSeries(writes)).await
+        };
+        (positions, results)
+    });
+    let mut stored = 0usize;
+    let mut rejected = Vec::new();
+    for (positions, results) in futures::future::join_all(calls).await {
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => vec![Err(e.to_string()); positions.len()],
+        };
+        for (pos, r) in positions.into_iter().zip(results) {
+            match r {
+                Ok(()) => stored += pos.len(),
+                Err(e) => rejected.extend(pos.into_iter().map(|i| (i, format!("not stored: {e}")))),
+            }
+        }
+    }
+    (stored, rejected)
+}
+
+/// Bodies up to this size are parsed on the reactor; larger (or gzip)
+/// ones on the scan lane.
+const INLINE_PARSE_BYTES: usize = 64 << 10;
+
+/// `POST /api/v2/write?precision=ns|us|ms|s[&entity_tag=host]`: InfluxDB
+/// line protocol (`Content-Encoding: gzip` accepted). 204 when every point
+/// was stored; 400 naming the first bad line, and then nothing is stored.
+/// `org` and `bucket` (sent by Influx clients) are accepted and not used:
+/// THEMIS has one database.
+pub async fn write_lines(
+    core: &Core,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+) -> Result<(), ApiError> {
+    use super::lineproto::{self, Precision};
+    require_enabled(core)?;
+    let mut precision = Precision::Ns;
+    let mut entity_tag = "host".to_string();
+    for (name, raw) in req.query_pairs() {
+        let v = decode_query_value(raw)?;
+        match decode_query_value(name)?.as_str() {
+            "precision" => {
+                precision = Precision::parse(&v).ok_or_else(|| {
+                    bad(format!("precision: must be ns, us, ms or s, got {v:?}"))
+                })?
+            }
+            "entity_tag" if !v.is_empty() => entity_tag = v,
+            "org" | "bucket" | "orgID" => {}
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?} (allowed: precision, entity_tag, org, bucket, orgID)"
+                )))
+            }
+        }
+    }
+    let gzip = match req.header("content-encoding") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case(b"gzip") => true,
+        Some(v) if v.eq_ignore_ascii_case(b"identity") => false,
+        Some(v) => {
+            return Err(bad(format!(
+                "Content-Encoding {:?} is not supported (gzip or identity)",
+                String::from_utf8_lossy(v)
+            )))
+        }
+    };
+    let now = now_ms();
+    let parse = move |body: &[u8]| -> Result<Vec<(SeriesWrite, Vec<usize>)>, ApiError> {
+        let decoded;
+        let text = if gzip {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body)
+                .take(lineproto::MAX_DECODED_BYTES + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad(format!("gzip body: {e}")))?;
+            if out.len() as u64 > lineproto::MAX_DECODED_BYTES {
+                return Err(bad(format!(
+                    "gzip body: more than {} bytes decompressed",
+                    lineproto::MAX_DECODED_BYTES
+                )));
+            }
+            decoded = out;
+            &decoded[..]
+        } else {
+            body
+        };
+        let text =
+            std::str::from_utf8(text).map_err(|e| bad(format!("the body is not UTF-8 ({e})")))?;
+        let points = lineproto::parse(text, precision, &entity_tag, now).map_err(bad)?;
+        Ok(ingest::group_labeled(points))
+    };
+    let series = if gzip || req.body.len() > INLINE_PARSE_BYTES {
+        let body = req.body.to_vec();
+        core.blocking(Work::Scan, move || parse(&body)).await??
+    } else {
+        parse(req.body)?
+    };
+    let total: usize = series.iter().map(|s| s.0.points.len()).sum();
+    let (stored, failed) = store(core, series).await;
+    if let Some((_, why)) = failed.first() {
+        tracing::error!(
+            stored,
+            failed = failed.len(),
+            "line protocol write partly failed: {why}"
+        );
+        return Err(ApiError::Unavailable(
+            "some series could not be stored (each series is all or nothing); see the server log",
+        ));
+    }
+    debug_assert_eq!(stored, total);
+    resp.start(204, "text/plain", 0, &[]);
     Ok(())
 }
 

@@ -191,6 +191,34 @@ pub fn group(points: &[Value], now_ms: i64) -> Grouped {
     out
 }
 
+/// Groups parsed points (line protocol) by series: each series with its
+/// points in input order and their positions.
+pub fn group_labeled(points: Vec<(Labels, i64, f64)>) -> Vec<(SeriesWrite, Vec<usize>)> {
+    let mut by_series: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut out: Vec<(SeriesWrite, Vec<usize>)> = Vec::new();
+    for (i, (labels, ts, v)) in points.into_iter().enumerate() {
+        let canonical = labels.canonical();
+        let slot = match by_series.get(&canonical) {
+            Some(s) => *s,
+            None => {
+                by_series.insert(canonical.clone(), out.len());
+                out.push((
+                    SeriesWrite {
+                        id: key::series_id_of(&canonical),
+                        canonical,
+                        points: Vec::new(),
+                    },
+                    Vec::new(),
+                ));
+                out.len() - 1
+            }
+        };
+        out[slot].0.points.push((ts, v));
+        out[slot].1.push(i);
+    }
+    out
+}
+
 /// Writes series on the core that owns them; answers one result per
 /// series (a failed commit fails only its series).
 pub struct PutSeries(pub Vec<SeriesWrite>);

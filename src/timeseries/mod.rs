@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod http;
 pub mod ingest;
 pub mod key;
+pub mod lineproto;
 pub mod read;
 pub mod retention;
 pub mod settings;

@@ -486,3 +486,91 @@ fn hostile_input_gets_a_400_naming_the_item_and_stores_nothing_unreported() {
         json!([{"metric": "h", "series": 1}])
     );
 }
+
+/// Sends `body` to `POST /api/v2/write?{query}` with optional gzip.
+fn write_lines(s: &Server, query: &str, body: &[u8], gzip: bool) -> Resp {
+    let mut c = s.client();
+    let mut head = format!(
+        "POST /api/v2/write?{query} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if gzip {
+        head.push_str("Content-Encoding: gzip\r\n");
+    }
+    head.push_str("\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    c.send_raw(&req);
+    c.read_response(false)
+}
+
+#[test]
+fn line_protocol_plain_and_gzip_and_bad_lines() {
+    use std::io::Write;
+    let dir = tempdir();
+    let s = start_in(dir.path(), &ts_on(2));
+    let r = write_lines(
+        &s,
+        "org=o&bucket=b&precision=ns",
+        b"cpu,host=web1,dc=eu usage=1.5,idle=98i 1700000000001000000\ncpu,host=web2 usage=2 1700000000002000000\n",
+        false,
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let (_, v) = post(
+        &s,
+        "/ts/query",
+        &json!({"metric": "cpu.usage", "from_ms": 0, "to_ms": 1_800_000_000_000i64}),
+    );
+    assert_eq!(
+        v["series"],
+        json!([
+            {"metric": "cpu.usage", "entity": "web1", "tags": {"dc": "eu"}, "points": [[1_700_000_000_001i64, 1.5]]},
+            {"metric": "cpu.usage", "entity": "web2", "tags": {}, "points": [[1_700_000_000_002i64, 2.0]]},
+        ])
+    );
+    // 5,000 lines, gzip, ms precision.
+    let mut text = String::new();
+    for i in 0..5_000 {
+        text.push_str(&format!("mem,host=h{} used={i} {}\n", i % 10, 1_000 + i));
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).unwrap();
+    let r = write_lines(&s, "precision=ms", &gz.finish().unwrap(), true);
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let (_, v) = post(
+        &s,
+        "/ts/aggregate",
+        &json!({"metric": "mem.used", "from_ms": 0, "to_ms": 10_000, "aggregations": ["count", "sum"]}),
+    );
+    assert_eq!(v["groups"][0]["buckets"][0]["count"], 5_000);
+    assert_eq!(
+        v["groups"][0]["buckets"][0]["sum"],
+        (0..5_000).sum::<i64>() as f64
+    );
+    // A bad line: 400 naming it, nothing of the request stored.
+    let before = s.json("GET", "/ts/metrics", None).1;
+    for (query, body, needle) in [
+        (
+            "",
+            "ok v=1\nbad v=\"text\"\n",
+            "line 2: field \"v\": string values",
+        ),
+        ("", "ok v=1\nbad\n", "line 2: no fields"),
+        ("precision=h", "ok v=1\n", "precision"),
+        ("db=x", "ok v=1\n", "unknown query parameter"),
+        (
+            "precision=s",
+            "ok v=1 99999999999999999\n",
+            "line 1: timestamp",
+        ),
+    ] {
+        let r = write_lines(&s, query, body.as_bytes(), false);
+        assert_eq!(r.status, 400, "{query} {body}");
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{msg}");
+    }
+    let r = write_lines(&s, "", b"not gzip at all", true);
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().unwrap().contains("gzip"));
+    assert_eq!(s.json("GET", "/ts/metrics", None).1, before);
+}
