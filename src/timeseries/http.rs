@@ -709,6 +709,7 @@ pub async fn run_pass(
     local.pass_running.set(false);
     let report = result?;
     if !dry_run {
+        core.node().timeseries.record_pass(&report);
         *local.last_pass.borrow_mut() = Some(report.clone());
     }
     Ok(report)

@@ -28,9 +28,10 @@ use crate::storage::{Family, Storage, StorageError};
 use retention::{PassReport, Policies};
 use settings::TsSettings;
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Series ids a core remembers as existing before it starts over (a cache:
 /// forgetting costs one point read per series).
@@ -44,6 +45,11 @@ pub struct Timeseries {
     pub retention_enabled: bool,
     pub interval_hours: u32,
     pub policies_path: PathBuf,
+    /// Points deleted by retention since start, by policy (written once per
+    /// pass and core, read by `/metrics`: never on the request path).
+    deleted: Mutex<BTreeMap<String, u64>>,
+    /// When a pass last finished (ms since the epoch; 0: never).
+    last_run_ms: AtomicI64,
 }
 
 impl Timeseries {
@@ -71,6 +77,8 @@ impl Timeseries {
             retention_enabled: r.enabled,
             interval_hours: r.interval_hours,
             policies_path: r.policies_path.clone(),
+            deleted: Mutex::new(BTreeMap::new()),
+            last_run_ms: AtomicI64::new(0),
         })
     }
 
@@ -100,6 +108,29 @@ impl Timeseries {
                 tracing::error!("SIGHUP: retention policies not reloaded, the old ones stay: {e}")
             }
         }
+    }
+
+    /// Counts a finished (not dry) pass.
+    pub fn record_pass(&self, report: &PassReport) {
+        let mut d = self.deleted.lock().unwrap_or_else(PoisonError::into_inner);
+        for (p, n) in &report.deleted_by_policy {
+            *d.entry(p.clone()).or_default() += n;
+        }
+        self.last_run_ms
+            .fetch_max(report.finished_at_ms, Ordering::Relaxed);
+    }
+
+    /// Points deleted since start, by policy.
+    pub fn deleted_by_policy(&self) -> BTreeMap<String, u64> {
+        self.deleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// When a pass last finished, if one has.
+    pub fn last_run_ms(&self) -> Option<i64> {
+        Some(self.last_run_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
     /// Stores (synced) and publishes new settings.

@@ -308,6 +308,14 @@ fn retention_deletes_exactly_the_expired_points_and_a_dry_run_nothing() {
         "the last run deleted nothing"
     );
     assert!(v["last_run"]["finished_at_ms"].as_i64().unwrap() > 0);
+    let metrics = String::from_utf8(s.request("GET", "/metrics", None).body).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "themis_retention_deleted_total{{policy=\"old_hour\"}} {old}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("themis_retention_last_run_timestamp_seconds"));
 
     // A per-metric setting overrides the file; it survives a restart.
     let (st, _) = s.json(
@@ -573,4 +581,32 @@ fn line_protocol_plain_and_gzip_and_bad_lines() {
     assert_eq!(r.status, 400);
     assert!(r.json()["message"].as_str().unwrap().contains("gzip"));
     assert_eq!(s.json("GET", "/ts/metrics", None).1, before);
+}
+
+#[test]
+fn sighup_reloads_the_policies_and_a_bad_file_keeps_the_old_ones() {
+    let dir = tempdir();
+    let s = retention_server(dir.path(), None);
+    let name = |s: &Server| s.json("GET", "/ts/retention", None).1["policies"][0]["name"].clone();
+    assert_eq!(name(&s), "old_hour");
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        "policies:\n  - {name: x, metric: m, max_age: 1 day}\n",
+    )
+    .unwrap();
+    s.signal("HUP");
+    let out = s.wait_output("retention policies not reloaded", Duration::from_secs(10));
+    assert!(out.contains("policies[0].max_age"), "{out}");
+    assert_eq!(name(&s), "old_hour");
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        "policies:\n  - {name: new_one, metric: m, max_age: 2d}\n",
+    )
+    .unwrap();
+    s.signal("HUP");
+    let end = Instant::now() + Duration::from_secs(10);
+    while name(&s) != "new_one" {
+        assert!(Instant::now() < end, "not reloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
