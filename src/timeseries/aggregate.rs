@@ -68,7 +68,7 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn new(ts: i64, v: f64) -> Bucket {
+    pub fn new(ts: i64, v: f64) -> Bucket {
         Bucket {
             count: 1,
             sum: v,
@@ -79,7 +79,60 @@ impl Bucket {
         }
     }
 
-    fn add(&mut self, ts: i64, v: f64) {
+    /// Merges a summary of other points (a rollup).
+    pub fn merge(&mut self, o: &Bucket) {
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.first.0 < self.first.0 {
+            self.first = o.first;
+        }
+        if o.last.0 >= self.last.0 {
+            self.last = o.last;
+        }
+    }
+
+    /// The stored form of a rollup (64 bytes).
+    pub fn encode(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        let words = [
+            self.count,
+            self.sum.to_bits(),
+            self.min.to_bits(),
+            self.max.to_bits(),
+            self.first.0 as u64,
+            self.first.1.to_bits(),
+            self.last.0 as u64,
+            self.last.1.to_bits(),
+        ];
+        for (i, w) in words.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Bucket> {
+        if b.len() != 64 {
+            return None;
+        }
+        let w = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(x)
+        };
+        let f = |i: usize| f64::from_bits(w(i));
+        Some(Bucket {
+            count: w(0),
+            sum: f(1),
+            min: f(2),
+            max: f(3),
+            first: (w(4) as i64, f(5)),
+            last: (w(6) as i64, f(7)),
+        })
+    }
+
+    pub fn add(&mut self, ts: i64, v: f64) {
         self.count += 1;
         self.sum += v;
         self.min = self.min.min(v);
@@ -152,6 +205,15 @@ impl Buckets {
             .or_insert_with(|| Bucket::new(ts, v));
     }
 
+    /// Merges a rollup whose points all lie in the bucket holding `ts`.
+    pub fn merge(&mut self, ts: i64, b: &Bucket) {
+        let start = self.start_of(ts);
+        self.buckets
+            .entry(start)
+            .and_modify(|x| x.merge(b))
+            .or_insert(*b);
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&i64, &Bucket)> {
         self.buckets.iter()
     }
@@ -178,6 +240,22 @@ impl Buckets {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rollups_encode_and_merge_like_adding_points() {
+        let mut a = Bucket::new(5, 2.0);
+        a.add(9, -1.0);
+        assert_eq!(Bucket::decode(&a.encode()), Some(a));
+        let mut b = Bucket::new(-3, 7.0);
+        b.add(20, 4.0);
+        let mut merged = a;
+        merged.merge(&b);
+        let mut added = Bucket::new(-3, 7.0);
+        for (t, v) in [(5, 2.0), (9, -1.0), (20, 4.0)] {
+            added.add(t, v);
+        }
+        assert_eq!(merged, added);
+    }
 
     #[test]
     fn bucket_edges_and_negative_timestamps() {

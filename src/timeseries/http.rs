@@ -741,8 +741,30 @@ async fn pass_steps(core: &Core, dry_run: bool, background: bool) -> Result<Pass
             // This core owns these series: it is their only writer.
             let mut batch = node.storage.batch();
             for c in &cuts {
+                use crate::storage::Family::Timeseries;
                 let (lo, hi) = key::point_range(c.id, i64::MIN, c.cutoff);
-                batch.delete_range(crate::storage::Family::Timeseries, &lo, &hi)?;
+                batch.delete_range(Timeseries, &lo, &hi)?;
+                // Whole minutes before the cut lose their rollups; the
+                // minute the cut falls in is summarised again from the
+                // points it keeps (at most one minute of points).
+                let minute = key::minute_of(c.cutoff);
+                let (lo, hi) = key::rollup_range(c.id, i64::MIN, minute);
+                batch.delete_range(Timeseries, &lo, &hi)?;
+                if minute != c.cutoff {
+                    let end = minute + key::MINUTE_MS;
+                    let kept = ingest::minute_rollup(
+                        &node.storage,
+                        c.id,
+                        c.cutoff,
+                        end,
+                        &BTreeMap::new(),
+                    )?;
+                    let rkey = key::rollup_key(c.id, minute);
+                    match kept {
+                        Some(b) => batch.put(Timeseries, &rkey, &b.encode())?,
+                        None => batch.delete(Timeseries, &rkey)?,
+                    }
+                }
             }
             node.storage.commit(batch)?;
         }

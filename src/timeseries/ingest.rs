@@ -14,6 +14,7 @@
 //! timestamp written twice keeps the last value (in request order, then
 //! arrival order).
 
+use super::aggregate::Bucket;
 use super::key::{self, Labels};
 use crate::error::ApiError;
 use crate::mesh::{Rpc, Served};
@@ -244,12 +245,46 @@ pub fn write_here(core: &Core, series: Vec<SeriesWrite>) -> Vec<Result<(), Strin
         .collect()
 }
 
-/// One series' points (and its catalog entries if it is new) in one batch.
+/// The summary of a series' stored points in `[from, to)` (within one
+/// minute), overlaid with `new` points (which win on equal timestamps).
+/// A range read of at most one minute of points.
+pub fn minute_rollup(
+    storage: &crate::storage::Storage,
+    id: u64,
+    from: i64,
+    to: i64,
+    new: &BTreeMap<i64, f64>,
+) -> Result<Option<Bucket>, ApiError> {
+    let mut points: BTreeMap<i64, f64> = BTreeMap::new();
+    let (lo, hi) = key::point_range(id, from, to);
+    storage.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
+        if let (Some(ts), Some(val)) = (key::point_ts(k), key::decode_value(v)) {
+            points.insert(ts, val);
+        }
+        true
+    })?;
+    points.extend(new.iter().map(|(t, v)| (*t, *v)));
+    let mut it = points.into_iter();
+    let Some((t0, v0)) = it.next() else {
+        return Ok(None);
+    };
+    let mut b = Bucket::new(t0, v0);
+    for (t, v) in it {
+        b.add(t, v);
+    }
+    Ok(Some(b))
+}
+
+/// One series' points (and its catalog entries if it is new) in one batch,
+/// with the rollup of every minute they touch. A minute whose points are
+/// all new extends its rollup; a minute where a stored point is
+/// overwritten is summarised again from its points.
 fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Result<(), ApiError> {
     let storage = &core.node().storage;
     let local = core.timeseries();
     let mut batch = storage.batch();
     let known = local.is_known(w.id);
+    let mut existed = known;
     if !known {
         let skey = key::series_key(u64::from_be_bytes(*owned.key()));
         let existing = storage.get_with(Family::Timeseries, &skey, |v| v.map(<[u8]>::to_vec))?;
@@ -259,7 +294,7 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
                     "series id collision: another series has this id".into(),
                 ))
             }
-            Some(_) => {}
+            Some(_) => existed = true,
             None => {
                 batch.put(Family::Timeseries, &skey, &w.canonical)?;
                 batch.put(
@@ -270,12 +305,39 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
             }
         }
     }
-    for (ts, v) in &w.points {
-        batch.put(
-            Family::Timeseries,
-            &key::point_key(w.id, *ts),
-            &v.to_bits().to_be_bytes(),
-        )?;
+    // Last write wins within the request too.
+    let points: BTreeMap<i64, f64> = w.points.iter().copied().collect();
+    // minute → (its new points, whether one overwrites a stored point)
+    let mut minutes: BTreeMap<i64, (BTreeMap<i64, f64>, bool)> = BTreeMap::new();
+    for (ts, v) in &points {
+        let pkey = key::point_key(w.id, *ts);
+        let overwrites = existed && storage.get_with(Family::Timeseries, &pkey, |o| o.is_some())?;
+        let m = minutes.entry(key::minute_of(*ts)).or_default();
+        m.0.insert(*ts, *v);
+        m.1 |= overwrites;
+        batch.put(Family::Timeseries, &pkey, &v.to_bits().to_be_bytes())?;
+    }
+    for (minute, (new, overwrites)) in &minutes {
+        let rkey = key::rollup_key(w.id, *minute);
+        let rollup = if *overwrites {
+            minute_rollup(storage, w.id, *minute, minute + key::MINUTE_MS, new)?
+        } else {
+            let mut r = if existed {
+                storage.get_with(Family::Timeseries, &rkey, |v| v.and_then(Bucket::decode))?
+            } else {
+                None
+            };
+            for (ts, v) in new {
+                match &mut r {
+                    Some(b) => b.add(*ts, *v),
+                    None => r = Some(Bucket::new(*ts, *v)),
+                }
+            }
+            r
+        };
+        if let Some(b) = rollup {
+            batch.put(Family::Timeseries, &rkey, &b.encode())?;
+        }
     }
     storage.commit(batch)?;
     if !known {

@@ -9,6 +9,11 @@
 //! * **series** `[0x02][id u64 BE]` → the canonical labels (the catalog key
 //!   without its first byte): the reverse entry, which also detects the
 //!   (2⁻⁶⁴-unlikely) case of two label sets hashing to one id.
+//! * **rollup** `[0x04][id u64 BE][minute start, encoded as a timestamp]` →
+//!   count, sum, min, max, first and last of the series' points in that
+//!   minute (`aggregate::Bucket::encode`), kept in the same batch as the
+//!   points: aggregates over long buckets read one rollup per minute instead
+//!   of every point.
 //! * **point** `[0x03][id u64 BE][timestamp i64 BE, sign bit flipped]` →
 //!   the value (f64 bits, BE). Flipping the sign bit makes the byte order of
 //!   the key the numeric order of the timestamp, negative ones included, so
@@ -26,6 +31,10 @@ use std::collections::BTreeMap;
 pub const CATALOG: u8 = 0x01;
 pub const SERIES: u8 = 0x02;
 pub const POINT: u8 = 0x03;
+pub const ROLLUP: u8 = 0x04;
+
+/// The rollup granularity: one summary per series and minute.
+pub const MINUTE_MS: i64 = 60_000;
 
 /// Earliest accepted timestamp: 0001-01-01T00:00:00Z, in ms.
 pub const MIN_TIMESTAMP_MS: i64 = -62_135_596_800_000;
@@ -211,6 +220,47 @@ pub fn point_range(id: u64, from_ms: i64, to_ms: i64) -> ([u8; 17], Vec<u8>) {
         point_key(id, to_ms).to_vec()
     };
     (from, to)
+}
+
+/// The start of the minute holding `ts` (minutes are aligned to the epoch).
+#[inline]
+pub fn minute_of(ts: i64) -> i64 {
+    ts.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+/// The first minute start at or after `ts`.
+#[inline]
+pub fn minute_ceil(ts: i64) -> i64 {
+    let m = minute_of(ts);
+    if m == ts {
+        m
+    } else {
+        m.saturating_add(MINUTE_MS)
+    }
+}
+
+/// The key of a series' rollup of the minute starting at `minute`.
+#[inline]
+pub fn rollup_key(id: u64, minute: i64) -> [u8; 17] {
+    let mut k = point_key(id, minute);
+    k[0] = ROLLUP;
+    k
+}
+
+/// `[from, to)` of a series' rollup keys for minutes starting in `[from, to)`.
+pub fn rollup_range(id: u64, from: i64, to: i64) -> ([u8; 17], [u8; 17]) {
+    (rollup_key(id, from), rollup_key(id, to))
+}
+
+/// A rollup key's minute; `None` if the key is not a rollup key.
+#[inline]
+pub fn rollup_minute(key: &[u8]) -> Option<i64> {
+    if key.len() != 17 || key[0] != ROLLUP {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[9..]);
+    Some(decode_ts(b))
 }
 
 /// A point key's timestamp; `None` if the key is not a point key.

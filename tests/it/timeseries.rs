@@ -175,6 +175,37 @@ fn ingest_on_every_core_then_query_and_aggregate_equal_a_model() {
     assert_eq!(b["first"].as_f64().unwrap(), e3[0].1);
     assert_eq!(b["last"].as_f64().unwrap(), e3[e3.len() - 1].1);
 
+    // Over 4 whole minutes the aggregate reads per-minute rollups, kept
+    // up to date through the overwrites above: the same answer.
+    let (st, v) = post(
+        &s,
+        "/ts/aggregate",
+        &json!({"metric": "cpu.load", "from_ms": -120_000, "to_ms": 120_000,
+                "group_by": ["host"], "aggregations": ["min", "max", "sum", "count"]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["rollups_read"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["points_read"], 0, "{v}");
+    for g in v["groups"].as_array().unwrap() {
+        let host = g["tags"]["host"].as_str().unwrap();
+        let vals: Vec<f64> = model
+            .iter()
+            .filter(|((e, _), _)| format!("h{}", e[1..].parse::<u64>().unwrap() % 2) == host)
+            .map(|(_, v)| *v)
+            .collect();
+        let b = &g["buckets"][0];
+        assert_eq!(b["count"], vals.len());
+        assert_eq!(b["sum"].as_f64().unwrap(), vals.iter().sum::<f64>());
+        assert_eq!(
+            b["min"].as_f64().unwrap(),
+            vals.iter().cloned().fold(f64::MAX, f64::min)
+        );
+        assert_eq!(
+            b["max"].as_f64().unwrap(),
+            vals.iter().cloned().fold(f64::MIN, f64::max)
+        );
+    }
+
     // Tag filter.
     let (_, v) = post(
         &s,
@@ -608,5 +639,71 @@ fn sighup_reloads_the_policies_and_a_bad_file_keeps_the_old_ones() {
     while name(&s) != "new_one" {
         assert!(Instant::now() < end, "not reloaded");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rollups stay equal to the raw points through overwrites and a
+/// retention cut inside a minute.
+#[test]
+fn rollups_match_raw_points_after_overwrites_and_a_cut_mid_minute() {
+    let dir = tempdir();
+    let s = retention_server(dir.path(), None);
+    let cut = now_ms() - 3_600_000;
+    for round in 0..2 {
+        let points: Vec<Value> = (-400..400)
+            .filter(|k| round == 0 || k % 3 == 0)
+            .map(|k| {
+                json!({"metric": "old.dense", "entity": "e", "timestamp_ms": cut + k * 250,
+                            "value": (k * 7 + round * 1000) % 101})
+            })
+            .collect();
+        let (st, v) = post(&s, "/ts/put", &json!({"points": points}));
+        assert_eq!(st, 200, "{v}");
+    }
+    let (st, v) = post(&s, "/retention/run", &json!({}));
+    assert_eq!(st, 200, "{v}");
+    let deleted = v["deleted_total"].as_u64().unwrap();
+    assert!(deleted > 0 && deleted < 800, "{v}");
+    let raw = read_all(&s, "old.dense", cut - 200_000, cut + 200_000);
+    assert_eq!(raw.len() as u64, 800 - deleted);
+    let (from, to, interval) = (
+        cut - 200_000 - cut.rem_euclid(60_000),
+        cut + 200_000,
+        120_000,
+    );
+    let (st, v) = post(
+        &s,
+        "/ts/aggregate",
+        &json!({"metric": "old.dense", "from_ms": from, "to_ms": to,
+        "interval_ms": interval, "aggregations": ["count", "sum", "min", "max", "first", "last"]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["rollups_read"].as_u64().unwrap() > 0, "{v}");
+    let mut expect: BTreeMap<i64, Vec<(i64, f64)>> = BTreeMap::new();
+    for ((_, ts), val) in &raw {
+        expect
+            .entry(from + (ts - from).div_euclid(interval) * interval)
+            .or_default()
+            .push((*ts, *val));
+    }
+    let buckets = v["groups"][0]["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), expect.len(), "{v}");
+    for (b, (start, pts)) in buckets.iter().zip(expect) {
+        assert_eq!(b["start_ms"], start);
+        assert_eq!(b["count"], pts.len());
+        assert_eq!(
+            b["sum"].as_f64().unwrap(),
+            pts.iter().map(|p| p.1).sum::<f64>()
+        );
+        assert_eq!(
+            b["min"].as_f64().unwrap(),
+            pts.iter().map(|p| p.1).fold(f64::MAX, f64::min)
+        );
+        assert_eq!(
+            b["max"].as_f64().unwrap(),
+            pts.iter().map(|p| p.1).fold(f64::MIN, f64::max)
+        );
+        assert_eq!(b["first"].as_f64().unwrap(), pts[0].1);
+        assert_eq!(b["last"].as_f64().unwrap(), pts[pts.len() - 1].1);
     }
 }
