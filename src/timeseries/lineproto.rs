@@ -225,7 +225,9 @@ pub fn parse(
 mod tests {
     use super::*;
 
-    fn one(line: &str) -> Vec<(String, String, Vec<(String, String)>, i64, f64)> {
+    type Flat = (String, String, Vec<(String, String)>, i64, f64);
+
+    fn one(line: &str) -> Vec<Flat> {
         parse(line, Precision::Ns, "host", 42)
             .unwrap()
             .into_iter()
