@@ -149,32 +149,15 @@ fn json_resp(resp: &mut Response<'_>, status: u16, v: &Value) {
 /// `POST /ts/put`: one point, or `{"points": [...]}`.
 pub async fn put(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let obj = body_object(body)?;
-    let single = !obj.contains_key("points");
-    let points: Vec<Value> = if single {
-        vec![Value::Object(obj)]
+    let now = now_ms();
+    // A large body is parsed and grouped off the reactor.
+    let (single, grouped) = if body.len() > INLINE_PARSE_BYTES {
+        let body = body.to_vec();
+        core.blocking(Work::Scan, move || parse_put(&body, now))
+            .await??
     } else {
-        if obj.len() != 1 {
-            return Err(bad(
-                "a batch is {\"points\": [...]} with no other field".into()
-            ));
-        }
-        match obj.into_iter().next().map(|(_, v)| v) {
-            Some(Value::Array(a)) if a.is_empty() => {
-                return Err(bad("points: must not be empty".into()))
-            }
-            Some(Value::Array(a)) if a.len() > ingest::MAX_POINTS => {
-                return Err(bad(format!(
-                    "points: at most {} points per request, got {}",
-                    ingest::MAX_POINTS,
-                    a.len()
-                )))
-            }
-            Some(Value::Array(a)) => a,
-            _ => return Err(bad("points: must be an array of points".into())),
-        }
+        parse_put(body, now)?
     };
-    let grouped = ingest::group(&points, now_ms());
     let mut rejected = grouped.rejected;
     if single {
         if let Some((_, why)) = rejected.first() {
@@ -207,6 +190,36 @@ pub async fn put(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<()
         &json!({"stored": stored, "rejected": list.len(), "rejections": list}),
     );
     Ok(())
+}
+
+/// A `/ts/put` body: whether it is one point, and its points grouped.
+fn parse_put(body: &[u8], now: i64) -> Result<(bool, ingest::Grouped), ApiError> {
+    let obj = body_object(body)?;
+    let single = !obj.contains_key("points");
+    let points: Vec<Value> = if single {
+        vec![Value::Object(obj)]
+    } else {
+        if obj.len() != 1 {
+            return Err(bad(
+                "a batch is {\"points\": [...]} with no other field".into()
+            ));
+        }
+        match obj.into_iter().next().map(|(_, v)| v) {
+            Some(Value::Array(a)) if a.is_empty() => {
+                return Err(bad("points: must not be empty".into()))
+            }
+            Some(Value::Array(a)) if a.len() > ingest::MAX_POINTS => {
+                return Err(bad(format!(
+                    "points: at most {} points per request, got {}",
+                    ingest::MAX_POINTS,
+                    a.len()
+                )))
+            }
+            Some(Value::Array(a)) => a,
+            _ => return Err(bad("points: must be an array of points".into())),
+        }
+    };
+    Ok((single, ingest::group(&points, now)))
 }
 
 /// Writes each series on its owner, one call per owner core, all in

@@ -283,9 +283,11 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
     let storage = &core.node().storage;
     let local = core.timeseries();
     let mut batch = storage.batch();
-    let known = local.is_known(w.id);
-    let mut existed = known;
-    if !known {
+    let cached = local.latest(w.id);
+    let mut existed = cached.is_some();
+    // Upper bound of the stored timestamps.
+    let mut bound = cached.unwrap_or(i64::MIN);
+    if cached.is_none() {
         let skey = key::series_key(u64::from_be_bytes(*owned.key()));
         let existing = storage.get_with(Family::Timeseries, &skey, |v| v.map(<[u8]>::to_vec))?;
         match existing {
@@ -294,7 +296,15 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
                     "series id collision: another series has this id".into(),
                 ))
             }
-            Some(_) => existed = true,
+            Some(_) => {
+                existed = true;
+                // The series' last stored timestamp: one seek.
+                let (lo, hi) = key::point_range(w.id, i64::MIN, i64::MAX);
+                storage.scan(Family::Timeseries, &lo, &hi, true, |k, _| {
+                    bound = key::point_ts(k).unwrap_or(i64::MAX);
+                    false
+                })?;
+            }
             None => {
                 batch.put(Family::Timeseries, &skey, &w.canonical)?;
                 batch.put(
@@ -311,7 +321,9 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
     let mut minutes: BTreeMap<i64, (BTreeMap<i64, f64>, bool)> = BTreeMap::new();
     for (ts, v) in &points {
         let pkey = key::point_key(w.id, *ts);
-        let overwrites = existed && storage.get_with(Family::Timeseries, &pkey, |o| o.is_some())?;
+        let overwrites = existed
+            && *ts <= bound
+            && storage.get_with(Family::Timeseries, &pkey, |o| o.is_some())?;
         let m = minutes.entry(key::minute_of(*ts)).or_default();
         m.0.insert(*ts, *v);
         m.1 |= overwrites;
@@ -322,7 +334,8 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
         let rollup = if *overwrites {
             minute_rollup(storage, w.id, *minute, minute + key::MINUTE_MS, new)?
         } else {
-            let mut r = if existed {
+            // A minute after the bound has no stored point, so no rollup.
+            let mut r = if existed && *minute <= bound {
                 storage.get_with(Family::Timeseries, &rkey, |v| v.and_then(Bucket::decode))?
             } else {
                 None
@@ -340,9 +353,8 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
         }
     }
     storage.commit(batch)?;
-    if !known {
-        local.remember(w.id);
-    }
+    let newest = points.keys().next_back().copied().unwrap_or(i64::MIN);
+    local.remember(w.id, bound.max(newest));
     Ok(())
 }
 

@@ -28,7 +28,7 @@ use crate::storage::{Family, Storage, StorageError};
 use retention::{PassReport, Policies};
 use settings::TsSettings;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -147,8 +147,12 @@ impl Timeseries {
 /// One core's part.
 #[derive(Default)]
 pub struct Local {
-    /// Series (owned by this core) known to have their catalog entries.
-    known: RefCell<HashSet<u64>>,
+    /// Series (owned by this core) known to have their catalog entries,
+    /// each with an upper bound of its stored timestamps (`i64::MIN`: no
+    /// point). A point above the bound cannot overwrite one, so appends
+    /// skip the overwrite check; retention only lowers the true maximum,
+    /// so the bound stays safe.
+    known: RefCell<HashMap<u64, i64>>,
     /// This core's last retention pass.
     last_pass: RefCell<Option<PassReport>>,
     /// A pass is running on this core.
@@ -156,16 +160,16 @@ pub struct Local {
 }
 
 impl Local {
-    fn is_known(&self, id: u64) -> bool {
-        self.known.borrow().contains(&id)
+    fn latest(&self, id: u64) -> Option<i64> {
+        self.known.borrow().get(&id).copied()
     }
 
-    fn remember(&self, id: u64) {
+    fn remember(&self, id: u64, latest: i64) {
         let mut k = self.known.borrow_mut();
         if k.len() >= MAX_KNOWN_SERIES {
             k.clear();
         }
-        k.insert(id);
+        k.insert(id, latest);
     }
 
     pub fn last_pass(&self) -> Option<PassReport> {

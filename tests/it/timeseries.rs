@@ -249,6 +249,26 @@ fn acknowledged_points_survive_kill_9() {
         &json!({"metric": "crash", "entity": "e1", "value": 5}),
     );
     assert_eq!(st, 200);
+    // Overwriting a stored point after the restart keeps the rollups equal
+    // to the points.
+    let (st, _) = post(
+        &s,
+        "/ts/put",
+        &json!({"metric": "crash", "entity": "e1", "timestamp_ms": 1, "value": 1000}),
+    );
+    assert_eq!(st, 200);
+    acked.insert(("e1".into(), 1), 1000.0);
+    let (_, v) = post(
+        &s,
+        "/ts/aggregate",
+        &json!({"metric": "crash", "from_ms": -120_000, "to_ms": 120_000,
+        "aggregations": ["count", "sum", "max"]}),
+    );
+    assert_eq!(v["points_read"], 0, "{v}");
+    let b = &v["groups"][0]["buckets"][0];
+    assert_eq!(b["count"], acked.len());
+    assert_eq!(b["sum"].as_f64().unwrap(), acked.values().sum::<f64>());
+    assert_eq!(b["max"], 1000.0);
     assert_eq!(
         s.json("GET", "/ts/metrics", None).1["metrics"][0]["series"],
         7
