@@ -214,6 +214,15 @@ impl Buckets {
             .or_insert(*b);
     }
 
+    /// How many buckets hold points.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&i64, &Bucket)> {
         self.buckets.iter()
     }

@@ -22,6 +22,13 @@ use std::time::Instant;
 pub const MAX_SERIES: usize = 10_000;
 /// Most groups one aggregate may produce.
 pub const MAX_GROUPS: usize = 1_000;
+/// A `/ts/query` page ends (with `next_cursor`) once its answer is about
+/// this large, whatever its `limit`.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
+/// The estimated size of one point in an answer (`[ts,value],`).
+const POINT_BYTES: usize = 40;
+/// Most buckets of all groups of one aggregate together.
+pub const MAX_TOTAL_BUCKETS: usize = 200_000;
 /// The deadline is checked every this many keys.
 const DEADLINE_EVERY: u64 = 4_096;
 
@@ -147,6 +154,8 @@ pub fn query<V: ReadView>(view: &V, q: &QueryRange, deadline: Instant) -> Result
     let found = find_series(view, &q.sel, start.as_deref(), deadline)?;
     let mut series_out = Vec::new();
     let mut count = 0usize;
+    // An estimate of the answer's size: labels of each series, and points.
+    let mut bytes = 0usize;
     let mut next: Option<Cursor> = None;
     let mut seen = 0u64;
     let mut timed_out = false;
@@ -158,6 +167,7 @@ pub fn query<V: ReadView>(view: &V, q: &QueryRange, deadline: Instant) -> Result
         if from >= q.to {
             continue;
         }
+        bytes += 64 + f.labels.canonical().len();
         let (lo, hi) = key::point_range(f.id, from, q.to);
         let mut points: Vec<Value> = Vec::new();
         view.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
@@ -169,11 +179,12 @@ pub fn query<V: ReadView>(view: &V, q: &QueryRange, deadline: Instant) -> Result
             let (Some(ts), Some(val)) = (key::point_ts(k), key::decode_value(v)) else {
                 return true;
             };
-            if count == q.limit {
+            if count == q.limit || bytes >= MAX_PAGE_BYTES {
                 next = Some(Cursor { series: f.id, ts });
                 return false;
             }
             count += 1;
+            bytes += POINT_BYTES;
             points.push(json!([ts, val]));
             true
         })?;
@@ -246,6 +257,7 @@ pub fn aggregate<V: ReadView>(
         };
         if !use_rollups {
             reader.raw(a.from, a.to)?;
+            check_total(&groups)?;
             continue;
         }
         let mut b = a.from;
@@ -267,6 +279,7 @@ pub fn aggregate<V: ReadView>(
             }
             b = e;
         }
+        check_total(&groups)?;
     }
     let list: Vec<Value> = groups
         .into_iter()
@@ -285,6 +298,19 @@ pub fn aggregate<V: ReadView>(
         })
         .collect();
     Ok(json!({"groups": list, "points_read": seen, "rollups_read": rollups}))
+}
+
+/// Fails when the groups' buckets together exceed [`MAX_TOTAL_BUCKETS`]
+/// (checked after each series, so memory stays bounded).
+fn check_total(groups: &BTreeMap<Vec<Option<String>>, (u64, Buckets)>) -> Result<(), ApiError> {
+    let total: usize = groups.values().map(|(_, b)| b.len()).sum();
+    if total > MAX_TOTAL_BUCKETS {
+        return Err(ApiError::BadRequest(format!(
+            "the answer would hold more than {MAX_TOTAL_BUCKETS} buckets over all groups; \
+             use a longer interval_ms, fewer group_by tags or a narrower selection"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads one series into one group's buckets: raw points, or the
@@ -545,5 +571,55 @@ mod tests {
         );
         let m = metrics(&v, later()).unwrap();
         assert_eq!(m["metrics"], json!([{"metric": "m", "series": 3}]));
+    }
+
+    #[test]
+    fn a_page_ends_at_its_byte_budget_and_the_cursor_resumes_it() {
+        let mut v = MemView::default();
+        let long = "x".repeat(250);
+        for i in 0..9_000 {
+            let l = Labels {
+                metric: "wide".into(),
+                entity: format!("e{i:05}"),
+                tags: (0..4).map(|t| (format!("t{t}"), long.clone())).collect(),
+            };
+            put_series(&mut v, &l, &[(i, 1.0)]);
+        }
+        let mut q = QueryRange {
+            sel: Selector {
+                metric: "wide".into(),
+                entity: None,
+                tags: BTreeMap::new(),
+            },
+            from: 0,
+            to: 10_000,
+            limit: MAX_PAGE_BYTES,
+            cursor: None,
+        };
+        let first = query(&v, &q, later()).unwrap();
+        let n = first["count"].as_u64().unwrap();
+        assert!(n > 0 && n < 9_000, "{n}");
+        assert!(serde_json::to_vec(&first).unwrap().len() <= MAX_PAGE_BYTES + 4_096);
+        q.cursor = Cursor::parse(first["next_cursor"].as_str().unwrap());
+        let rest = query(&v, &q, later()).unwrap();
+        assert_eq!(n + rest["count"].as_u64().unwrap(), 9_000);
+        assert!(rest.get("next_cursor").is_none());
+    }
+
+    #[test]
+    fn too_many_buckets_over_all_groups_is_refused() {
+        let mut groups: BTreeMap<Vec<Option<String>>, (u64, Buckets)> = BTreeMap::new();
+        for g in 0..21 {
+            let mut b = Buckets::new(0, Some(1));
+            for t in 0..10_000 {
+                b.add(t, 1.0);
+            }
+            groups.insert(vec![Some(g.to_string())], (1, b));
+            if g < 19 {
+                assert!(check_total(&groups).is_ok());
+            }
+        }
+        let e = check_total(&groups).unwrap_err();
+        assert!(e.to_string().contains("more than 200000 buckets"), "{e}");
     }
 }
