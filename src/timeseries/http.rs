@@ -718,9 +718,15 @@ pub async fn run_pass(
             core.id()
         )));
     }
-    let result = pass_steps(core, dry_run, background).await;
-    local.pass_running.set(false);
-    let report = result?;
+    // Cleared however the pass ends, even if its future is dropped.
+    struct Running<'a>(&'a std::cell::Cell<bool>);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    let _running = Running(&local.pass_running);
+    let report = pass_steps(core, dry_run, background).await?;
     if !dry_run {
         core.node().timeseries.record_pass(&report);
         *local.last_pass.borrow_mut() = Some(report.clone());
