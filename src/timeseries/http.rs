@@ -797,6 +797,22 @@ async fn pass_steps(core: &Core, dry_run: bool, background: bool) -> Result<Pass
             None => break,
         }
     }
+    for p in &file.policies {
+        let (Some(table), Some(field)) = (&p.table, &p.timestamp_field) else {
+            continue;
+        };
+        let deleted = entity_policy(
+            core,
+            table,
+            field,
+            started - p.max_age_ms,
+            dry_run,
+            background,
+        )
+        .await?;
+        report.deleted_total += deleted;
+        *report.deleted_by_policy.entry(p.name.clone()).or_default() += deleted;
+    }
     report.finished_at_ms = now_ms();
     if report.deleted_total > 0 {
         tracing::info!(
@@ -809,6 +825,60 @@ async fn pass_steps(core: &Core, dry_run: bool, background: bool) -> Result<Pass
         );
     }
     Ok(report)
+}
+
+/// One entity policy on this core: entities of `table` it owns whose
+/// `field` is below `cutoff` are deleted one by one through the write
+/// pipeline (so their index entries go and each emits a change event).
+/// Each is checked again on the owner just before its delete, so an
+/// entity updated since the read is kept. Returns how many were deleted
+/// (or, for a dry run, would be).
+async fn entity_policy(
+    core: &Core,
+    table: &str,
+    field: &str,
+    cutoff: i64,
+    dry_run: bool,
+    background: bool,
+) -> Result<u64, ApiError> {
+    let node = core.node().clone();
+    let (me, cores) = (core.id(), core.cores());
+    let mut after: Option<Vec<u8>> = None;
+    let mut deleted = 0u64;
+    loop {
+        let (n, t, f, a) = (
+            node.clone(),
+            table.to_string(),
+            field.to_string(),
+            after.take(),
+        );
+        let job = move || {
+            retention::plan_entity_step(&n.storage, &t, &f, cutoff, a.as_deref(), me, cores)
+        };
+        let (keys, next) = if background {
+            core.blocking_background(Work::Admin, job).await??
+        } else {
+            core.blocking(Work::Admin, job).await??
+        };
+        for key in &keys {
+            let Some(owned) = core.own(key.as_str()) else {
+                continue;
+            };
+            let still = node.storage.with_entity(key.as_bytes(), |v| {
+                v.is_some_and(|v| retention::entity_expired(v, field, cutoff))
+            })?;
+            if !still {
+                continue;
+            }
+            if dry_run || crate::entity::write::apply(core, owned, None)? {
+                deleted += 1;
+            }
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(deleted),
+        }
+    }
 }
 
 /// Starts each core's background retention pass when

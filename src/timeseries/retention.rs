@@ -29,8 +29,17 @@ pub const STEP_SERIES: usize = 512;
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub name: String,
-    /// A metric name pattern; `*` matches any run of characters.
-    pub metric: String,
+    /// A metric name pattern; `*` matches any run of characters (a
+    /// time-series policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// A table (an entity policy): its entities whose `timestamp_field`
+    /// (a top-level number, ms since the epoch) is older than `max_age` are
+    /// deleted through the write pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_field: Option<String>,
     /// `<n><unit>` with unit `s`, `m`, `h`, `d` or `w` (`30d`).
     pub max_age: String,
     #[serde(skip_deserializing)]
@@ -111,8 +120,20 @@ impl Policies {
             if !names.insert(p.name.clone()) {
                 return Err(format!("policies[{i}].name: {:?} is used twice", p.name));
             }
-            if p.metric.is_empty() {
-                return Err(format!("policies[{i}].metric: must not be empty"));
+            match (&p.metric, &p.table, &p.timestamp_field) {
+                (Some(m), None, None) if !m.is_empty() => {}
+                (None, Some(t), Some(f)) if !t.is_empty() && !t.contains(':') && !f.is_empty() => {}
+                (None, Some(_), None) => {
+                    return Err(format!(
+                        "policies[{i}]: an entity policy needs timestamp_field"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "policies[{i}]: give either a non-empty metric pattern, or a table \
+                         (without ':') with its timestamp_field"
+                    ))
+                }
             }
             p.max_age_ms = parse_age(&p.max_age).map_err(|e| format!("policies[{i}].{e}"))?;
             policies.push(p);
@@ -133,7 +154,11 @@ pub fn resolve(metric: &str, file: &Policies, settings: &TsSettings) -> Option<(
     if let Some(h) = settings.metrics.get(metric).and_then(|m| m.retention_hours) {
         return Some((format!("config:{metric}"), i64::from(h) * 3_600_000));
     }
-    if let Some(p) = file.policies.iter().find(|p| matches(&p.metric, metric)) {
+    if let Some(p) = file
+        .policies
+        .iter()
+        .find(|p| p.metric.as_deref().is_some_and(|m| matches(m, metric)))
+    {
         return Some((p.name.clone(), p.max_age_ms));
     }
     settings
@@ -212,6 +237,53 @@ pub fn plan_step(
     Ok((cuts, next))
 }
 
+/// One step of an entity policy's pass: reads up to [`STEP_SERIES`]
+/// entities of `table` after `after` and returns the keys owned by `me`
+/// whose `field` is a number below `cutoff`, and where the next step
+/// starts. Blocking: a range read.
+pub fn plan_entity_step(
+    storage: &Storage,
+    table: &str,
+    field: &str,
+    cutoff: i64,
+    after: Option<&[u8]>,
+    me: usize,
+    cores: usize,
+) -> Result<(Vec<String>, Option<Vec<u8>>), StorageError> {
+    let mut from = format!("{table}:").into_bytes();
+    let to = format!("{table};").into_bytes();
+    if let Some(a) = after {
+        from = a.to_vec();
+        from.push(0);
+    }
+    let mut seen = 0usize;
+    let mut last = None;
+    let mut expired = Vec::new();
+    storage.scan(Family::Entities, &from, &to, false, |k, v| {
+        seen += 1;
+        last = Some(k.to_vec());
+        let owner = if cores == 1 {
+            0
+        } else {
+            crate::mesh::owner_of(k, cores)
+        };
+        if owner == me && entity_expired(v, field, cutoff) {
+            expired.push(String::from_utf8_lossy(k).into_owned());
+        }
+        seen < STEP_SERIES
+    })?;
+    Ok((expired, if seen == STEP_SERIES { last } else { None }))
+}
+
+/// Whether a stored entity's `field` is a number (ms since the epoch)
+/// below `cutoff`. Entities without it, or with another type, are kept.
+pub fn entity_expired(doc: &[u8], field: &str, cutoff: i64) -> bool {
+    serde_json::from_slice::<serde_json::Value>(doc)
+        .ok()
+        .and_then(|d| d.get(field).and_then(serde_json::Value::as_f64))
+        .is_some_and(|t| t < cutoff as f64)
+}
+
 /// What one pass on one core did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassReport {
@@ -257,7 +329,21 @@ mod tests {
         let e = Policies::parse("policies:\n  - {name: a, metric: x, max_age: 1d}\n  - {name: a, metric: y, max_age: 1d}\n").unwrap_err();
         assert!(e.contains("used twice"), "{e}");
         let e = Policies::parse("policies:\n  - {name: a, table: t, max_age: 1d}\n").unwrap_err();
-        assert!(e.contains("table"), "{e}");
+        assert!(e.contains("timestamp_field"), "{e}");
+        let e = Policies::parse("policies:\n  - {name: a, metric: m, table: t, max_age: 1d}\n")
+            .unwrap_err();
+        assert!(e.contains("either"), "{e}");
+        let e = Policies::parse("policies:\n  - {name: a, colour: t, max_age: 1d}\n").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let ok = Policies::parse(
+            "policies:\n  - {name: a, table: logs, timestamp_field: at, max_age: 1d}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.policies[0].table.as_deref(), Some("logs"));
+        assert!(entity_expired(br#"{"at": 5}"#, "at", 6));
+        assert!(!entity_expired(br#"{"at": 6}"#, "at", 6));
+        assert!(!entity_expired(br#"{"at": "5"}"#, "at", 6));
+        assert!(!entity_expired(br#"{"other": 5}"#, "at", 6));
     }
 
     #[test]

@@ -727,3 +727,94 @@ fn rollups_match_raw_points_after_overwrites_and_a_cut_mid_minute() {
         assert_eq!(b["last"].as_f64().unwrap(), pts[pts.len() - 1].1);
     }
 }
+
+/// An entity policy deletes through the write pipeline: no index entry is
+/// left behind and every delete is a change event.
+#[test]
+fn entity_policies_delete_through_the_write_pipeline() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("themis.yaml"),
+        "features:\n  cdc: true\n  timeseries: true\n  retention:\n    enabled: true\n    policies_path: ./policies.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        "policies:\n  - {name: old_logs, table: logs, timestamp_field: at, max_age: 1h}\n",
+    )
+    .unwrap();
+    let s = start_in(
+        dir.path(),
+        &Opts::threads(2).arg("--config").arg("themis.yaml"),
+    );
+    let (st, _) = s.json(
+        "POST",
+        "/index/create",
+        Some(r#"{"table":"logs","column":"level"}"#),
+    );
+    assert!(st == 200 || st == 202, "{st}");
+    wait_ready(&s);
+    let now = now_ms();
+    for i in 0..50 {
+        let at: Value = match i {
+            0..20 => (now - 7_200_000).into(),
+            20..45 => now.into(),
+            _ => "yesterday".into(), // not a number: kept
+        };
+        let doc = json!({"level": if i % 2 == 0 { "info" } else { "warn" }, "at": at});
+        let r = s.request(
+            "PUT",
+            &format!("/entities/logs:{i}"),
+            Some(&doc.to_string()),
+        );
+        assert!(r.status < 300);
+    }
+    s.request(
+        "PUT",
+        "/entities/other:1",
+        Some(&json!({"at": 0}).to_string()),
+    );
+    let latest = s.json("GET", "/changefeed/stats", None).1["latest_sequence"]
+        .as_u64()
+        .unwrap();
+
+    let (_, v) = post(&s, "/retention/run", &json!({"dry_run": true}));
+    assert_eq!(v["deleted_by_policy"], json!({"old_logs": 20}), "{v}");
+    assert_eq!(s.request("GET", "/entities/logs:0", None).status, 200);
+
+    let (_, v) = post(&s, "/retention/run", &json!({}));
+    assert_eq!(v["deleted_by_policy"], json!({"old_logs": 20}), "{v}");
+    for i in 0..50 {
+        let st = s
+            .request("GET", &format!("/entities/logs:{i}"), None)
+            .status;
+        assert_eq!(st, if i < 20 { 404 } else { 200 }, "logs:{i}");
+    }
+    assert_eq!(s.request("GET", "/entities/other:1", None).status, 200);
+    let (_, q) = post(
+        &s,
+        "/query",
+        &json!({"table": "logs", "predicates": [{"column": "level", "value": "info"}], "return": "count"}),
+    );
+    assert_eq!(q["count"], 15, "{q}");
+    // Each delete is a change event.
+    let feed = s
+        .json(
+            "GET",
+            &format!("/changefeed?from_seq={latest}&limit=100"),
+            None,
+        )
+        .1;
+    let deletes: Vec<&str> = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "DELETE")
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(deletes.len(), 20, "{feed}");
+    // Index entries equal the entities.
+    let (st, v) = post(&s, "/api/admin/verify", &json!({}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+}
