@@ -13,6 +13,10 @@
 //! writer) commits one batch of range deletes, one per series
 //! (`[start of the series, now - max_age)`). A dry run counts and deletes
 //! nothing.
+//!
+//! Entity policies (`table` + `timestamp_field`) are read the same way,
+//! per core over its own entities, and deleted one by one through the
+//! entity write pipeline (`timeseries::http::entity_policy`).
 
 use super::key::{self, Labels};
 use super::settings::TsSettings;
