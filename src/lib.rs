@@ -29,6 +29,7 @@ pub mod published;
 pub mod query;
 pub mod runtime;
 pub mod storage;
+pub mod timeseries;
 pub mod tls;
 pub mod vector;
 

@@ -714,7 +714,7 @@ mod tests {
     #[test]
     fn every_hot_key_is_checked_like_start_up() {
         let hot_rows: Vec<_> = KEYS.iter().filter(|r| r.hot).collect();
-        assert_eq!(hot_rows.len(), 14);
+        assert_eq!(hot_rows.len(), 17);
         for row in hot_rows {
             if matches!(row.rule, Check(_)) || row.path == "server.enable_auth" {
                 continue; // need other keys: checked by their own tests

@@ -28,6 +28,7 @@ pub static TABLE: Table = Table(&[
     crate::vector::http::ROUTES,
     super::ops::ROUTES,
     crate::backup::http::ROUTES,
+    crate::timeseries::http::ROUTES,
 ]);
 
 /// The latency label of each route id.
@@ -78,6 +79,19 @@ async fn run(
         RouteId::ConfigSet => done(ops::post_config(core, req.body, resp)),
         RouteId::Backup => done(crate::backup::http::backup(core, req.body, resp).await),
         RouteId::Verify => done(crate::backup::http::verify(core, req.body, resp).await),
+        RouteId::TsPut => done(crate::timeseries::http::put(core, req.body, resp).await),
+        RouteId::TsQuery => done(crate::timeseries::http::query(core, req.body, resp).await),
+        RouteId::TsAggregate => {
+            done(crate::timeseries::http::aggregate(core, req.body, resp).await)
+        }
+        RouteId::TsMetrics => done(crate::timeseries::http::metrics(core, resp).await),
+        RouteId::TsConfigGet => done(crate::timeseries::http::get_config(core, resp)),
+        RouteId::TsConfigSet => {
+            done(crate::timeseries::http::put_config(core, req.body, resp).await)
+        }
+        RouteId::TsRetention => done(crate::timeseries::http::retention(core, resp).await),
+        RouteId::RetentionRun => done(crate::timeseries::http::run(core, req.body, resp).await),
+        RouteId::TsWrite => done(crate::timeseries::http::write_lines(core, req, resp).await),
         RouteId::Other => Err(not_found(req)),
     }
 }
@@ -277,6 +291,18 @@ mod tests {
         ("GET", "/changefeed/stats", Role::Read),
         ("HEAD", "/changefeed/stats", Role::Read),
         ("POST", "/changefeed/retention", Role::Admin),
+        ("POST", "/vector/search", Role::Read),
+        ("POST", "/vector/batch_insert", Role::Write),
+        ("DELETE", "/vector/by-filter", Role::Write),
+        ("POST", "/vector/index/create", Role::Admin),
+        ("POST", "/vector/index/drop", Role::Admin),
+        ("GET", "/vector/index/stats", Role::Read),
+        ("HEAD", "/vector/index/stats", Role::Read),
+        ("GET", "/vector/index/config", Role::Read),
+        ("HEAD", "/vector/index/config", Role::Read),
+        ("PUT", "/vector/index/config", Role::Admin),
+        ("POST", "/vector/index/save", Role::Admin),
+        ("POST", "/vector/index/load", Role::Admin),
         ("GET", "/health", Role::Public),
         ("HEAD", "/health", Role::Public),
         ("GET", "/stats", Role::Read),
@@ -292,6 +318,18 @@ mod tests {
         ("POST", "/admin/backup", Role::Admin),
         ("POST", "/api/admin/verify", Role::Admin),
         ("POST", "/admin/verify", Role::Admin),
+        ("POST", "/ts/put", Role::Write),
+        ("POST", "/ts/query", Role::Read),
+        ("POST", "/ts/aggregate", Role::Read),
+        ("GET", "/ts/metrics", Role::Read),
+        ("HEAD", "/ts/metrics", Role::Read),
+        ("GET", "/ts/config", Role::Read),
+        ("HEAD", "/ts/config", Role::Read),
+        ("PUT", "/ts/config", Role::Admin),
+        ("GET", "/ts/retention", Role::Read),
+        ("HEAD", "/ts/retention", Role::Read),
+        ("POST", "/api/v2/write", Role::Write),
+        ("POST", "/retention/run", Role::Admin),
     ];
 
     fn routed_roles() -> Vec<(String, String, Role)> {

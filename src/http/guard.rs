@@ -10,7 +10,12 @@
 //! 3. A request with a body must say `Content-Type: application/json`
 //!    (415): a browser sends a cross-site request without asking the
 //!    server first only when its type is form or text, so no web page can
-//!    make a visitor's browser write to this server.
+//!    make a visitor's browser write to this server. The one exception is
+//!    InfluxDB line protocol (`POST /api/v2/write`), which its clients send
+//!    as `text/plain`: with auth off a web page could add time-series
+//!    points through it (never read or delete anything); with auth on the
+//!    key header it needs cannot be sent cross-site without the server's
+//!    consent (docs/security.md).
 //!
 //! With auth off and no allow-list, this is two branches and a header
 //! lookup for requests with a body.
@@ -29,6 +34,19 @@ fn is_json(content_type: Option<&[u8]>) -> bool {
     };
     let media = v.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
     media.eq_ignore_ascii_case(b"application/json")
+}
+
+/// Whether `route` takes a body of this type: JSON everywhere; line
+/// protocol (`text/plain`, or none) on `POST /api/v2/write`.
+fn accepts(route: &Route, content_type: Option<&[u8]>) -> bool {
+    if is_json(content_type) {
+        return true;
+    }
+    route.id == super::routes::RouteId::TsWrite
+        && content_type.is_none_or(|v| {
+            let media = v.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+            media.eq_ignore_ascii_case(b"text/plain")
+        })
 }
 
 /// Admits `req` to `route`, or says why not.
@@ -55,7 +73,7 @@ pub fn admit<'s>(
     } else {
         Grant::default()
     };
-    if !req.body.is_empty() && !is_json(req.header("content-type")) {
+    if !req.body.is_empty() && !accepts(route, req.header("content-type")) {
         return Err(ApiError::UnsupportedMediaType);
     }
     Ok(grant)

@@ -75,6 +75,15 @@ pub enum RouteId {
     ConfigSet,
     Backup,
     Verify,
+    TsPut,
+    TsQuery,
+    TsAggregate,
+    TsMetrics,
+    TsConfigGet,
+    TsConfigSet,
+    TsRetention,
+    RetentionRun,
+    TsWrite,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

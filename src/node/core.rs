@@ -44,6 +44,7 @@ pub struct Core {
     index: crate::index::Local,
     changefeed: crate::changefeed::Local,
     query: crate::query::Local,
+    timeseries: crate::timeseries::Local,
     /// Lanes of blocking work (one per kind, see [`super::blocking`]).
     lanes: super::blocking::Lanes,
     vector: crate::vector::Local,
@@ -81,6 +82,7 @@ impl Core {
             index,
             changefeed: Default::default(),
             query: Default::default(),
+            timeseries: Default::default(),
             lanes: Default::default(),
             vector,
         })
@@ -216,6 +218,10 @@ impl Core {
 
     pub fn vector(&self) -> &crate::vector::Local {
         &self.vector
+    }
+
+    pub fn timeseries(&self) -> &crate::timeseries::Local {
+        &self.timeseries
     }
 }
 

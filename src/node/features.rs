@@ -42,4 +42,5 @@ pub fn start(core: &Rc<Core>, shutdown: &themis_io::ShutdownSignal, faults: &sup
     crate::index::build::resume(core);
     crate::vector::load::resume(core);
     crate::changefeed::http::start(core, shutdown, faults);
+    crate::timeseries::http::start(core, shutdown, faults);
 }

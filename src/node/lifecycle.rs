@@ -108,6 +108,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("executor {shard} failed: {message}")]
     Executor { shard: usize, message: String },
+    #[error("{0}")]
+    Timeseries(String),
 }
 
 /// The CPUs this process may run on (its affinity mask, so taskset,
@@ -222,6 +224,8 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     let changefeed = crate::changefeed::ChangeFeed::open(&storage, n, faults.event_time_offset_ms)?;
     let index = Arc::new(crate::index::Indexes::open(&storage)?);
     let vector = Arc::new(crate::vector::Vectors::open(&storage)?);
+    let timeseries =
+        crate::timeseries::Timeseries::open(&config, &storage).map_err(ServerError::Timeseries)?;
     raise_limits();
 
     let node = Arc::new(Node {
@@ -240,6 +244,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         failures: Default::default(),
         backup: Default::default(),
         tls,
+        timeseries,
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),
@@ -415,6 +420,7 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Node>) {
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     reload_from_file(&shared);
+                    shared.timeseries.reload_policies();
                     continue;
                 }
                 // A second stop signal means "now" — but only when it comes

@@ -57,6 +57,8 @@ pub struct Node {
     /// The TLS certificate and key in use (`server.enable_tls`), reloaded
     /// by SIGHUP.
     pub tls: Option<crate::tls::TlsState>,
+    /// Time-series retention policies and per-metric settings.
+    pub timeseries: crate::timeseries::Timeseries,
 }
 
 impl Node {

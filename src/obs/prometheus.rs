@@ -450,10 +450,36 @@ pub fn render(
         MetricType::SUMMARY,
         summary_metrics,
     ));
+    fams.extend(retention_families(shared));
 
     let mut out = Vec::with_capacity(16 << 10);
     if let Err(e) = TextEncoder::new().encode(&fams, &mut out) {
         tracing::error!("encoding metrics: {e}");
     }
     out
+}
+
+/// Time-series retention: points deleted per policy, and when a pass last
+/// finished (absent until one has run).
+fn retention_families(shared: &Node) -> Vec<MetricFamily> {
+    let ts = &shared.timeseries;
+    let deleted: Vec<Metric> = ts
+        .deleted_by_policy()
+        .iter()
+        .map(|(p, n)| counter_m(*n as f64, &[("policy", p)]))
+        .collect();
+    let mut fams = vec![family(
+        "themis_retention_deleted_total",
+        "Time-series points deleted by retention, by policy.",
+        MetricType::COUNTER,
+        deleted,
+    )];
+    if let Some(ms) = ts.last_run_ms() {
+        fams.push(gauge(
+            "themis_retention_last_run_timestamp_seconds",
+            "When the last time-series retention pass finished on any core (Unix seconds).",
+            ms as f64 / 1000.0,
+        ));
+    }
+    fams
 }

@@ -22,7 +22,7 @@ pub enum Family {
     /// Vectors (`vector`): `[index id u32 BE][entity key]` → the vector as
     /// little-endian f32. The source of truth the graphs are built from.
     Vectors,
-    /// Time series points (reserved for time series).
+    /// Time series (`timeseries::key`): catalog, series and point keys.
     Timeseries,
     /// Small server metadata, by the prefixes below.
     Meta,
@@ -82,6 +82,8 @@ pub mod meta {
     pub const VECTOR_INDEX_DEF_PREFIX: &[u8] = b"vindex/";
     /// The next unused vector index id (u32 BE); ids are never reused.
     pub const VECTOR_INDEX_NEXT_ID: &[u8] = b"vindex.next_id";
+    /// Time-series per-metric settings (`/ts/config`, JSON; written synced).
+    pub const TIMESERIES_CONFIG: &[u8] = b"timeseries.config";
 }
 
 #[cfg(test)]
@@ -111,6 +113,7 @@ mod tests {
             meta::FORMAT_VERSION,
             meta::VECTOR_INDEX_DEF_PREFIX,
             meta::VECTOR_INDEX_NEXT_ID,
+            meta::TIMESERIES_CONFIG,
         ];
         for a in keys {
             for b in keys {

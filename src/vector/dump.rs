@@ -132,12 +132,14 @@ pub async fn save_here(core: &Core) -> Result<Vec<serde_json::Value>, ApiError> 
         let (node, def2, me, cores) = (core.node().clone(), def.clone(), core.id(), core.cores());
         let started = Instant::now();
         let n = ids.len();
-        core.blocking(crate::node::blocking::Work::Admin, move || write_dump(&node, &def2, me, cores, &graph, ids))
-            .await?
-            .map_err(|e| {
-                tracing::error!(index = def.id, "vector dump failed: {e}");
-                ApiError::Internal("writing the vector dump failed (see the server log)")
-            })?;
+        core.blocking(crate::node::blocking::Work::Admin, move || {
+            write_dump(&node, &def2, me, cores, &graph, ids)
+        })
+        .await?
+        .map_err(|e| {
+            tracing::error!(index = def.id, "vector dump failed: {e}");
+            ApiError::Internal("writing the vector dump failed (see the server log)")
+        })?;
         let ms = started.elapsed().as_millis() as u64;
         tracing::info!(
             index = def.id,
@@ -270,7 +272,9 @@ fn read_dump(
 pub async fn try_load(core: &Core, def: &Arc<VectorDef>, g: &CoreGraph) -> bool {
     let (node, d, me, cores) = (core.node().clone(), def.clone(), core.id(), core.cores());
     let loaded = core
-        .blocking_background(crate::node::blocking::Work::Build, move || read_dump(&node, &d, me, cores))
+        .blocking_background(crate::node::blocking::Work::Build, move || {
+            read_dump(&node, &d, me, cores)
+        })
         .await
         .ok()
         .flatten();

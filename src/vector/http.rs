@@ -17,7 +17,7 @@ use super::{
 };
 use crate::entity::write_json_str;
 use crate::error::ApiError;
-use crate::http::routes::{PathPattern, Role, Route, RouteId};
+use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::mesh::{Rpc, Served};
 use crate::node::Core;
 use crate::query::Filter;
@@ -27,12 +27,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use themis_io::{Method, Request, Response};
 
-const fn route(id: RouteId, methods: &'static [Method], path: &'static str, role: Role) -> Route {
+const fn route(
+    id: RouteId,
+    methods: &'static [Method],
+    path: &'static str,
+    role: Role,
+    tables: Tables,
+) -> Route {
     Route {
         id,
         methods,
         path: PathPattern::Exact(path),
         role,
+        tables,
         label: "/vector",
     }
 }
@@ -44,60 +51,70 @@ pub const ROUTES: &[Route] = &[
         &[Method::Post],
         "/vector/search",
         Role::Read,
+        Tables::BodyTable,
     ),
     route(
         RouteId::VectorBatchInsert,
         &[Method::Post],
         "/vector/batch_insert",
         Role::Write,
+        Tables::BodyTable,
     ),
     route(
         RouteId::VectorDeleteByFilter,
         &[Method::Delete],
         "/vector/by-filter",
         Role::Write,
+        Tables::BodyTable,
     ),
     route(
         RouteId::VectorIndexCreate,
         &[Method::Post],
         "/vector/index/create",
         Role::Admin,
+        Tables::BodyTable,
     ),
     route(
         RouteId::VectorIndexDrop,
         &[Method::Post],
         "/vector/index/drop",
         Role::Admin,
+        Tables::BodyTable,
     ),
     route(
         RouteId::VectorIndexStats,
         &[Method::Get, Method::Head],
         "/vector/index/stats",
-        Role::Admin,
+        Role::Read,
+        Tables::None,
     ),
     route(
         RouteId::VectorIndexConfigGet,
         &[Method::Get, Method::Head],
         "/vector/index/config",
-        Role::Admin,
+        Role::Read,
+        Tables::All,
     ),
     route(
         RouteId::VectorIndexConfigSet,
         &[Method::Put],
         "/vector/index/config",
         Role::Admin,
+        Tables::All,
     ),
     route(
         RouteId::VectorIndexSave,
         &[Method::Post],
         "/vector/index/save",
         Role::Admin,
+        Tables::All,
     ),
     route(
         RouteId::VectorIndexLoad,
         &[Method::Post],
         "/vector/index/load",
         Role::Admin,
+        Tables::All,
     ),
 ];
 
@@ -343,8 +360,10 @@ pub async fn drop(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(
     let table = table_of(&m)?;
     let def = find_index(core, &table, field_of(&m)?.as_deref())?;
     let (node, id) = (core.node().clone(), def.id);
-    core.blocking(crate::node::blocking::Work::Admin, move || node.vector.drop_def(&node.storage, id))
-        .await??;
+    core.blocking(crate::node::blocking::Work::Admin, move || {
+        node.vector.drop_def(&node.storage, id)
+    })
+    .await??;
     core.vector().forget(id);
     core.call_others(DropShare(id)).await?;
     let (node, from, to) = (core.node().clone(), def.prefix(), def.end());
@@ -533,7 +552,7 @@ pub async fn put_config(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Re
             node.vector.set_ef_search(&node.storage, def.id, ef)
         })
         .await??
-            .ok_or_else(|| ApiError::NotFound("the vector index was dropped".into()))?;
+        .ok_or_else(|| ApiError::NotFound("the vector index was dropped".into()))?;
     }
     reply(resp, 200, &config_json(core));
     Ok(())
@@ -987,30 +1006,30 @@ async fn delete_here(core: &Core, s: DeleteShare) -> Result<u64, ApiError> {
         _ => {
             let (node, def, sel) = (core.node().clone(), s.def.clone(), s.selector.clone());
             core.blocking(crate::node::blocking::Work::Scan, move || {
-                    let mut from = def.prefix().to_vec();
-                    if let Selector::Prefix(p) = &sel {
-                        from.extend_from_slice(def.table.as_bytes());
-                        from.push(b':');
-                        from.extend_from_slice(p.as_bytes());
-                    }
-                    let to = match &sel {
-                        Selector::Prefix(_) => prefix_end(&from),
-                        _ => def.end().to_vec(),
-                    };
-                    let mut keys = Vec::new();
-                    node.storage
-                        .scan(Family::Vectors, &from, &to, false, |k, _| {
-                            let key = &k[4..];
-                            if cores <= 1 || crate::mesh::owner_of(key, cores) == me {
-                                if let Ok(key) = std::str::from_utf8(key) {
-                                    keys.push(key.to_string());
-                                }
+                let mut from = def.prefix().to_vec();
+                if let Selector::Prefix(p) = &sel {
+                    from.extend_from_slice(def.table.as_bytes());
+                    from.push(b':');
+                    from.extend_from_slice(p.as_bytes());
+                }
+                let to = match &sel {
+                    Selector::Prefix(_) => prefix_end(&from),
+                    _ => def.end().to_vec(),
+                };
+                let mut keys = Vec::new();
+                node.storage
+                    .scan(Family::Vectors, &from, &to, false, |k, _| {
+                        let key = &k[4..];
+                        if cores <= 1 || crate::mesh::owner_of(key, cores) == me {
+                            if let Ok(key) = std::str::from_utf8(key) {
+                                keys.push(key.to_string());
                             }
-                            true
-                        })?;
-                    Ok::<_, crate::storage::StorageError>(keys)
-                })
-                .await??
+                        }
+                        true
+                    })?;
+                Ok::<_, crate::storage::StorageError>(keys)
+            })
+            .await??
         }
     };
     let mut deleted = 0u64;

@@ -100,7 +100,7 @@ async fn run(core: Rc<Core>, id: u32, backfill: bool) {
                     read_chunk(&node, &d, &start, &end, me, cores, backfill)
                 })
                 .await
-                .and_then(|r| r.map_err(ApiError::from));
+                .and_then(|r| r.map_err(crate::error::ApiError::from));
             let (items, bad, next) = match chunk {
                 Ok(c) => c,
                 Err(e) => {

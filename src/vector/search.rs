@@ -146,7 +146,9 @@ pub async fn search_here(core: &Core, s: SearchShare) -> Result<ShareAnswer, Api
         core.cores(),
     );
     let mut answer = core
-        .blocking(crate::node::blocking::Work::Scan, move || scan_exact(&node, &def, &query, k, &filter, me, n))
+        .blocking(crate::node::blocking::Work::Scan, move || {
+            scan_exact(&node, &def, &query, k, &filter, me, n)
+        })
         .await??;
     answer.checked += checked;
     Ok(answer)

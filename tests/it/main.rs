@@ -15,5 +15,6 @@ mod lifecycle;
 mod observability;
 mod query;
 mod security;
+mod timeseries;
 mod tls;
 mod vectors;

@@ -370,7 +370,7 @@ fn kill9_during_a_batch_insert_leaves_vectors_and_graph_in_agreement() {
             let body = json!({"table": "k", "items": items}).to_string();
             c.send_raw(
                 format!(
-                    "POST /vector/batch_insert HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST /vector/batch_insert HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 )
                 .as_bytes(),
