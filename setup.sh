@@ -3,7 +3,9 @@
 # already there: a C/C++ toolchain, clang/libclang (bindgen for RocksDB),
 # make, curl, and a Rust toolchain (rustup) when cargo is missing.
 # `./setup.sh test` also installs what the test suite uses: promtool
-# (Debian's prometheus package) to check /metrics and the shipped rules.
+# (Debian's prometheus package) to check /metrics and the shipped rules,
+# and the openssl command line (the TLS tests make their certificates with
+# it and talk to the server with `openssl s_client`).
 # Safe to run any number of times.
 set -euo pipefail
 
@@ -12,6 +14,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 pkgs=(build-essential clang libclang-dev pkg-config make curl ca-certificates)
 if [ "${1:-}" = "test" ]; then
   command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
+  pkgs+=(openssl)
 fi
 for pkg in "${pkgs[@]}"; do
   have_pkg "$pkg" || need+=("$pkg")
