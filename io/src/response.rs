@@ -166,6 +166,9 @@ impl<'a> Response<'a> {
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type.as_bytes());
         match len {
+            // RFC 9110 §8.6: no Content-Length on a 204 or a 304 (they
+            // never have a body).
+            Some(_) if status == 204 || status == 304 => {}
             Some(len) => {
                 out.extend_from_slice(b"\r\nContent-Length: ");
                 out.extend_from_slice(num.format(len).as_bytes());
@@ -187,9 +190,10 @@ impl<'a> Response<'a> {
         out.extend_from_slice(b"\r\n\r\n");
     }
 
-    /// Appends body bytes (dropped for HEAD requests).
+    /// Appends body bytes (dropped for HEAD requests, and for 204 and 304,
+    /// which never have a body).
     pub fn body(&mut self, bytes: &[u8]) {
-        if !self.head {
+        if !self.head && self.status != 204 && self.status != 304 {
             self.out.extend_from_slice(bytes);
         }
     }
@@ -239,6 +243,17 @@ mod tests {
         for status in 100..600 {
             assert_ne!(reason(status), "Unknown");
         }
+    }
+
+    #[test]
+    fn no_content_has_no_length() {
+        let mut buf = Vec::new();
+        let mut r = Response::new(&mut buf, true, false);
+        r.send(204, "text/plain", b"");
+        let s = String::from_utf8(buf).unwrap();
+        assert!(s.starts_with("HTTP/1.1 204 No Content\r\n"), "{s}");
+        assert!(!s.contains("Content-Length"), "{s}");
+        assert!(s.ends_with("\r\n\r\n"));
     }
 
     #[test]
