@@ -42,4 +42,18 @@ impl ShutdownSignal {
         // The semaphore never has units, so acquire only returns when closed.
         let _ = self.sem.acquire(1).await;
     }
+
+    /// Sleeps for `d`, or less if the signal fires first; true when it
+    /// fired (the periodic background loops' "wait for the next pass").
+    pub async fn sleep(&self, d: std::time::Duration) -> bool {
+        let stop = async {
+            self.wait().await;
+            true
+        };
+        let tick = async {
+            glommio::timer::sleep(d).await;
+            false
+        };
+        futures_lite::future::or(stop, tick).await
+    }
 }

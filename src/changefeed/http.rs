@@ -75,15 +75,7 @@ pub fn start(core: &Rc<Core>, shutdown: &ShutdownSignal, faults: &Faults) {
 /// every `interval`, on the blocking pool.
 async fn retention_loop(core: Rc<Core>, shutdown: ShutdownSignal, interval: Duration) {
     loop {
-        let stop = async {
-            shutdown.wait().await;
-            true
-        };
-        let tick = async {
-            glommio::timer::sleep(interval).await;
-            false
-        };
-        if futures_lite::future::or(stop, tick).await {
+        if shutdown.sleep(interval).await {
             return;
         }
         let hours = u64::from(core.settings().cdc_retention_hours);

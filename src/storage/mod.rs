@@ -81,6 +81,36 @@ pub struct Tickers {
     pub block_cache_miss: u64,
 }
 
+/// Calls `f(key, value)` for every entry of a bounded iterator, in key
+/// order (or reverse), until `f` returns false; then reports the
+/// iterator's error, if any.
+fn walk(
+    mut it: rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>,
+    reverse: bool,
+    mut f: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StorageError> {
+    if reverse {
+        it.seek_to_last();
+    } else {
+        it.seek_to_first();
+    }
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !f(k, v) {
+            break;
+        }
+        if reverse {
+            it.prev();
+        } else {
+            it.next();
+        }
+    }
+    it.status()?;
+    Ok(())
+}
+
 /// Entity ranges smaller than this (in SST bytes) are not split by size
 /// ([`Storage::split_entities`]).
 pub const SPLIT_MIN_BYTES: u64 = 8 << 20;
@@ -362,33 +392,13 @@ impl Storage {
         from: &[u8],
         to: &[u8],
         reverse: bool,
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+        f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let cf = self.cf(family)?;
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_lower_bound(from.to_vec());
         opts.set_iterate_upper_bound(to.to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
-        if reverse {
-            it.seek_to_last();
-        } else {
-            it.seek_to_first();
-        }
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !f(k, v) {
-                break;
-            }
-            if reverse {
-                it.prev();
-            } else {
-                it.next();
-            }
-        }
-        it.status()?;
-        Ok(())
+        walk(self.db.raw_iterator_cf_opt(cf, opts), reverse, f)
     }
 
     /// Approximate bytes of entities in `[from, to)`, from the SST files'
@@ -632,33 +642,13 @@ impl ReadView for VerifyingView<'_> {
         from: &[u8],
         to: &[u8],
         reverse: bool,
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+        f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let cf = self.storage.cf(family)?;
         let mut opts = self.read_opts();
         opts.set_iterate_lower_bound(from.to_vec());
         opts.set_iterate_upper_bound(to.to_vec());
-        let mut it = self.storage.db.raw_iterator_cf_opt(cf, opts);
-        if reverse {
-            it.seek_to_last();
-        } else {
-            it.seek_to_first();
-        }
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !f(k, v) {
-                break;
-            }
-            if reverse {
-                it.prev();
-            } else {
-                it.next();
-            }
-        }
-        it.status()?;
-        Ok(())
+        walk(self.storage.db.raw_iterator_cf_opt(cf, opts), reverse, f)
     }
 }
 

@@ -906,15 +906,7 @@ pub fn start(core: &Rc<Core>, shutdown: &ShutdownSignal, faults: &Faults) {
 
 async fn retention_loop(core: Rc<Core>, shutdown: ShutdownSignal, interval: Duration) {
     loop {
-        let stop = async {
-            shutdown.wait().await;
-            true
-        };
-        let tick = async {
-            glommio::timer::sleep(interval).await;
-            false
-        };
-        if futures_lite::future::or(stop, tick).await {
+        if shutdown.sleep(interval).await {
             return;
         }
         match run_pass(&core, false, true).await {
