@@ -202,23 +202,15 @@ pub struct Indexes {
 impl Indexes {
     /// Loads the definitions stored in `meta`.
     pub fn open(storage: &Storage) -> Result<Indexes, StorageError> {
-        let mut indexes = Vec::new();
-        let mut end = META_PREFIX.to_vec();
-        end.push(0xFF);
-        storage.scan(Family::Meta, META_PREFIX, &end, false, |_, v| {
-            match serde_json::from_slice::<IndexDef>(v) {
-                Ok(mut d) => {
-                    d.prepare();
-                    indexes.push(Arc::new(d));
-                }
-                Err(e) => tracing::error!("unreadable index definition skipped: {e}"),
-            }
-            true
-        })?;
-        let stored_next = storage
-            .meta_get(INDEX_NEXT_ID)?
-            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
-            .unwrap_or(1);
+        let (defs, stored_next) =
+            storage.load_definitions::<IndexDef>(META_PREFIX, INDEX_NEXT_ID, "index")?;
+        let indexes: Vec<Arc<IndexDef>> = defs
+            .into_iter()
+            .map(|mut d| {
+                d.prepare();
+                Arc::new(d)
+            })
+            .collect();
         let next_id = indexes
             .iter()
             .map(|d| d.id.saturating_add(1))

@@ -484,6 +484,33 @@ impl Storage {
         Ok(())
     }
 
+    /// The JSON definitions stored in `meta` under `prefix` (an unreadable
+    /// one is logged, naming `what`, and skipped), and the stored next id
+    /// (u32 BE under `next_id_key`; 1 when absent). Feature catalogs
+    /// (secondary and vector indexes) load themselves with this.
+    pub fn load_definitions<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        next_id_key: &[u8],
+        what: &str,
+    ) -> Result<(Vec<T>, u32), StorageError> {
+        let mut defs = Vec::new();
+        let mut end = prefix.to_vec();
+        end.push(0xFF);
+        self.scan(Family::Meta, prefix, &end, false, |_, v| {
+            match serde_json::from_slice::<T>(v) {
+                Ok(d) => defs.push(d),
+                Err(e) => tracing::error!("unreadable {what} definition skipped: {e}"),
+            }
+            true
+        })?;
+        let next = self
+            .meta_get(next_id_key)?
+            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(1);
+        Ok((defs, next))
+    }
+
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.get_with(Family::Meta, key, |v| v.map(<[u8]>::to_vec))
     }

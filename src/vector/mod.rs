@@ -206,23 +206,18 @@ pub struct Vectors {
 impl Vectors {
     /// Loads the definitions stored in `meta`.
     pub fn open(storage: &Storage) -> Result<Vectors, StorageError> {
-        let mut indexes = Vec::new();
-        let mut end = META_PREFIX.to_vec();
-        end.push(0xFF);
-        storage.scan(Family::Meta, META_PREFIX, &end, false, |_, v| {
-            match serde_json::from_slice::<VectorDef>(v) {
-                Ok(mut d) => {
-                    d.prepare();
-                    indexes.push(Arc::new(d));
-                }
-                Err(e) => tracing::error!("unreadable vector index definition skipped: {e}"),
-            }
-            true
-        })?;
-        let stored_next = storage
-            .meta_get(VECTOR_INDEX_NEXT_ID)?
-            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
-            .unwrap_or(1);
+        let (defs, stored_next) = storage.load_definitions::<VectorDef>(
+            META_PREFIX,
+            VECTOR_INDEX_NEXT_ID,
+            "vector index",
+        )?;
+        let indexes: Vec<Arc<VectorDef>> = defs
+            .into_iter()
+            .map(|mut d| {
+                d.prepare();
+                Arc::new(d)
+            })
+            .collect();
         let next_id = indexes
             .iter()
             .map(|d| d.id.saturating_add(1))
