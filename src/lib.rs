@@ -15,6 +15,7 @@
 //! * [`published`]: rarely changing values read through per-core copies.
 
 pub mod backup;
+pub mod cache;
 pub mod changefeed;
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod entity;
 pub mod error;
 pub mod http;
 pub mod index;
+pub mod llm;
 pub mod mesh;
 pub mod node;
 pub mod obs;

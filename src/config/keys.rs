@@ -167,7 +167,24 @@ pub const KEYS: &[KeyRule] = &[
     cold("backup.retention_days", Int(0, 36_500)),
     cold("backup.retention_count", Int(0, 100_000)),
     cold("backup.io_limit_mb_per_s", Int(0, 100_000)),
+    cold("semantic_cache.dimension", Int(1, 4096)),
+    hot(
+        "semantic_cache.similarity_threshold",
+        Check(similarity_threshold),
+    ),
+    hot("semantic_cache.default_ttl_seconds", Int(0, 315_360_000)),
+    hot("semantic_cache.max_entries", Int(1, 100_000_000)),
+    hot("semantic_cache.max_bytes", Int(1 << 20, 1 << 42)),
 ];
+
+fn similarity_threshold(c: &Config, e: &mut Vec<String>) {
+    let t = c.semantic_cache.similarity_threshold;
+    if !(t > 0.0 && t <= 1.0) {
+        e.push(format!(
+            "semantic_cache.similarity_threshold = {t} is out of range (allowed 0 < t <= 1)"
+        ));
+    }
+}
 
 fn range_error(key: &str, value: impl std::fmt::Display, min: i64, max: i64) -> String {
     format!("{key} = {value} is out of range (allowed {min}..={max})")
@@ -714,7 +731,7 @@ mod tests {
     #[test]
     fn every_hot_key_is_checked_like_start_up() {
         let hot_rows: Vec<_> = KEYS.iter().filter(|r| r.hot).collect();
-        assert_eq!(hot_rows.len(), 17);
+        assert_eq!(hot_rows.len(), 21);
         for row in hot_rows {
             if matches!(row.rule, Check(_)) || row.path == "server.enable_auth" {
                 continue; // need other keys: checked by their own tests

@@ -46,6 +46,7 @@ pub struct Config {
     pub tracing: TracingConfig,
     pub query: QueryConfig,
     pub backup: BackupConfig,
+    pub semantic_cache: SemanticCacheConfig,
     /// How long change-feed events are kept (hours, 1..=8760).
     pub cdc_retention_hours: u32,
 }
@@ -415,6 +416,37 @@ impl Default for BackupConfig {
     }
 }
 
+/// The semantic cache (`features.semantic_cache`, `/cache/*`): the
+/// embedding dimension, the similarity a semantic hit needs, and the
+/// bounds of what it keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SemanticCacheConfig {
+    /// Components of every embedding (restart to change).
+    pub dimension: usize,
+    /// Cosine similarity a semantic hit needs when a query gives no
+    /// `threshold` (0 < t <= 1).
+    pub similarity_threshold: f64,
+    /// Lifetime of an entry whose put gives no `ttl_seconds` (0: none).
+    pub default_ttl_seconds: u64,
+    /// Most entries kept; past it the least recently used go.
+    pub max_entries: u64,
+    /// Most bytes of stored entries kept; past it the least recently used go.
+    pub max_bytes: u64,
+}
+
+impl Default for SemanticCacheConfig {
+    fn default() -> Self {
+        SemanticCacheConfig {
+            dimension: 384,
+            similarity_threshold: 0.92,
+            default_ttl_seconds: 3600,
+            max_entries: 100_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -426,6 +458,7 @@ impl Default for Config {
             tracing: TracingConfig::default(),
             query: QueryConfig::default(),
             backup: BackupConfig::default(),
+            semantic_cache: SemanticCacheConfig::default(),
             cdc_retention_hours: 168,
         }
     }
@@ -500,6 +533,7 @@ pub fn parse_text(path: &Path, text: &str) -> Result<Value, ConfigError> {
 /// Sections a `THEMIS_<SECTION>_<KEY>` variable may name, longest first so
 /// `vector_index` wins over a shorter prefix.
 const ENV_SECTIONS: &[&str] = &[
+    "semantic_cache",
     "vector_index",
     "features",
     "logging",

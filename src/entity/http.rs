@@ -75,6 +75,24 @@ fn path_key<'r>(req: &Request<'r>) -> Result<std::borrow::Cow<'r, str>, ApiError
     Ok(key)
 }
 
+/// Tables whose entities only their feature writes (they are read, indexed,
+/// queried and streamed like any other).
+const RESERVED: &[(&str, &str)] = &[
+    (crate::cache::TABLE, "/cache/put and /cache/entry"),
+    (crate::llm::TABLE, "/llm/interaction"),
+];
+
+/// Refuses a write through `/entities` to a reserved table (403).
+fn refuse_reserved(key: &str) -> Result<(), ApiError> {
+    let table = super::table_of(key);
+    match RESERVED.iter().find(|(t, _)| *t == table) {
+        Some((t, via)) => Err(ApiError::Forbidden(format!(
+            "table {t} is reserved: it is written through {via}, not /entities"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Read an entity on its owner; answers the complete `GET` body.
 pub struct ReadEntity {
     pub key: String,
@@ -199,6 +217,7 @@ async fn store(
             (Some(k), None) => k,
             (None, None) => return Err(ApiError::Internal("POST body validated without a key")),
         };
+        refuse_reserved(&key)?;
         let catalog = core.index().catalog();
         let table = super::table_of(&key);
         let claims = if catalog.for_table(table).any(|d| d.unique) {
@@ -226,6 +245,39 @@ async fn store(
     let Some((key, value, claims)) = prepared else {
         return Ok(());
     };
+    let existed = write_claimed(core, key.clone(), value, claims).await?;
+    answer_put(core, resp, &key, existed);
+    Ok(())
+}
+
+/// Stores `value` (an already validated JSON object) as entity `key`,
+/// through its owner's write pipeline, with the table's unique claims;
+/// answers whether it existed. For features that keep their data as
+/// entities (the LLM store, the semantic cache).
+pub async fn write_document(core: &Core, key: String, value: Vec<u8>) -> Result<bool, ApiError> {
+    let catalog = core.index().catalog();
+    let table = super::table_of(&key);
+    let claims = if catalog.for_table(table).any(|d| d.unique) {
+        let mut copy = value.clone();
+        let claims = match simd_json::to_borrowed_value(&mut copy) {
+            Ok(doc) => unique::claims_for(&catalog, table, &doc),
+            Err(_) => Vec::new(),
+        };
+        claims
+    } else {
+        Vec::new()
+    };
+    write_claimed(core, key, value, claims).await
+}
+
+/// Claims each unique value on its arbiter, writes on the owner, and
+/// releases the claims after the write.
+async fn write_claimed(
+    core: &Core,
+    key: String,
+    value: Vec<u8>,
+    claims: Vec<Vec<u8>>,
+) -> Result<bool, ApiError> {
     let mut claimed = Vec::new();
     let mut result = Ok(false);
     for value in claims {
@@ -262,8 +314,23 @@ async fn store(
             tracing::warn!("releasing a unique claim failed (it expires): {e}");
         }
     }
-    answer_put(core, resp, &key, result?);
-    Ok(())
+    result
+}
+
+/// Deletes entity `key` on its owner; answers whether it existed.
+pub async fn delete_document(core: &Core, key: &str) -> Result<bool, ApiError> {
+    match core.own(key) {
+        Some(owned) => write::apply(core, owned, None),
+        None => {
+            bump(&core.counters().forwarded_out, 1);
+            let owner = core.owner_of(key.as_bytes());
+            let call = WriteEntity {
+                key: key.to_string(),
+                value: None,
+            };
+            core.call(owner, call).await
+        }
+    }
 }
 
 /// `DELETE /entities/{key}`.
@@ -273,18 +340,8 @@ pub async fn delete(
     resp: &mut Response<'_>,
 ) -> Result<(), ApiError> {
     let key = path_key(req)?;
-    let existed = match core.own(key.as_ref()) {
-        Some(owned) => write::apply(core, owned, None)?,
-        None => {
-            bump(&core.counters().forwarded_out, 1);
-            let owner = core.owner_of(key.as_bytes());
-            let call = WriteEntity {
-                key: key.to_string(),
-                value: None,
-            };
-            core.call(owner, call).await?
-        }
-    };
+    refuse_reserved(&key)?;
+    let existed = delete_document(core, &key).await?;
     with_scratch(core, |s| {
         s.body.clear();
         super::render_delete(&mut s.body, &key, existed);

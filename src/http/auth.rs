@@ -312,6 +312,7 @@ fn check_tables<'t>(
             one(table.to_string())
         }
         Tables::BodyTable => one(body_field(req.body, "table")?),
+        Tables::Fixed(t) => one(t.to_string()),
         Tables::QueryTable => {
             let mut named = false;
             for (name, value) in req.query_pairs() {

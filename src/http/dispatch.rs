@@ -29,6 +29,8 @@ pub static TABLE: Table = Table(&[
     super::ops::ROUTES,
     crate::backup::http::ROUTES,
     crate::timeseries::http::ROUTES,
+    crate::cache::http::ROUTES,
+    crate::llm::http::ROUTES,
 ]);
 
 /// The latency label of each route id.
@@ -44,6 +46,7 @@ async fn run(
 ) -> Result<Option<SseStream>, ApiError> {
     use super::ops;
     use crate::vector::http as vector;
+    use crate::{cache::http as cache, llm::http as llm};
     use crate::{changefeed::http as feed, entity::http as entity, index::http as index};
     let done = |r: Result<(), ApiError>| r.map(|()| None);
     match id {
@@ -92,6 +95,15 @@ async fn run(
         RouteId::TsRetention => done(crate::timeseries::http::retention(core, resp).await),
         RouteId::RetentionRun => done(crate::timeseries::http::run(core, req.body, resp).await),
         RouteId::TsWrite => done(crate::timeseries::http::write_lines(core, req, resp).await),
+        RouteId::CachePut => done(cache::put(core, req.body, resp).await),
+        RouteId::CacheQuery => done(cache::query(core, req.body, resp).await),
+        RouteId::CacheStats => done(cache::stats(core, resp)),
+        RouteId::CacheDeleteEntry => done(cache::delete_entry(core, req.body, resp).await),
+        RouteId::CacheClear => done(cache::clear(core, resp).await),
+        RouteId::LlmPut => done(llm::put(core, req.body, resp).await),
+        RouteId::LlmList => done(llm::list(core, req, resp).await),
+        RouteId::LlmGet => done(llm::get(core, req, resp).await),
+        RouteId::LlmDelete => done(llm::delete(core, req, resp).await),
         RouteId::Other => Err(not_found(req)),
     }
 }
@@ -330,6 +342,18 @@ mod tests {
         ("HEAD", "/ts/retention", Role::Read),
         ("POST", "/api/v2/write", Role::Write),
         ("POST", "/retention/run", Role::Admin),
+        ("POST", "/cache/put", Role::Write),
+        ("POST", "/cache/query", Role::Read),
+        ("GET", "/cache/stats", Role::Read),
+        ("HEAD", "/cache/stats", Role::Read),
+        ("DELETE", "/cache/entry", Role::Admin),
+        ("POST", "/cache/clear", Role::Admin),
+        ("POST", "/llm/interaction", Role::Write),
+        ("GET", "/llm/interaction", Role::Read),
+        ("HEAD", "/llm/interaction", Role::Read),
+        ("GET", "/llm/interaction/{key}", Role::Read),
+        ("HEAD", "/llm/interaction/{key}", Role::Read),
+        ("DELETE", "/llm/interaction/{key}", Role::Admin),
     ];
 
     fn routed_roles() -> Vec<(String, String, Role)> {

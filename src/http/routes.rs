@@ -39,6 +39,9 @@ pub enum Tables {
     /// The `table` query parameter; when absent, a key limited to one
     /// table reads that table (change feed, index stats).
     QueryTable,
+    /// Always this one table (a feature that keeps its data in a reserved
+    /// table: the semantic cache, the LLM store).
+    Fixed(&'static str),
 }
 
 /// Every route. Also the index of its latency histogram.
@@ -84,6 +87,15 @@ pub enum RouteId {
     TsRetention,
     RetentionRun,
     TsWrite,
+    CachePut,
+    CacheQuery,
+    CacheStats,
+    CacheDeleteEntry,
+    CacheClear,
+    LlmPut,
+    LlmList,
+    LlmGet,
+    LlmDelete,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

@@ -6,7 +6,8 @@
 //!   hot-reloadable settings;
 //! * what observability records on this core (latency histograms, spans);
 //! * one part per feature (`entity::Local`, `index::Local`,
-//!   `changefeed::Local`, `query::Local`, `vector::Local`), each with private fields: a
+//!   `changefeed::Local`, `query::Local`, `vector::Local`, `timeseries::Local`,
+//!   `cache::Local`, `llm::Local`), each with private fields: a
 //!   feature reads another feature only through that feature's own API.
 //!
 //! What all cores share is the [`Node`] (`Arc`, thread-safe, no lock on the
@@ -48,6 +49,8 @@ pub struct Core {
     /// Lanes of blocking work (one per kind, see [`super::blocking`]).
     lanes: super::blocking::Lanes,
     vector: crate::vector::Local,
+    cache: crate::cache::Local,
+    llm: crate::llm::Local,
 }
 
 /// Proof that the current core owns `key`: only [`Core::own`] makes one.
@@ -85,6 +88,8 @@ impl Core {
             timeseries: Default::default(),
             lanes: Default::default(),
             vector,
+            cache: Default::default(),
+            llm: crate::llm::Local::new(id),
         })
     }
 
@@ -222,6 +227,14 @@ impl Core {
 
     pub fn timeseries(&self) -> &crate::timeseries::Local {
         &self.timeseries
+    }
+
+    pub fn cache(&self) -> &crate::cache::Local {
+        &self.cache
+    }
+
+    pub fn llm(&self) -> &crate::llm::Local {
+        &self.llm
     }
 }
 

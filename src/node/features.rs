@@ -20,12 +20,16 @@ pub fn needs_old(core: &Core, table: &str) -> bool {
 /// The write hooks, in their fixed order:
 /// 1. indexes (`index::maintain`): old entries out, new entries in;
 /// 2. vectors (`vector::maintain`): the stored vector follows the field;
-///    the graph follows after the commit; (time series will come here);
-/// 3. the change feed (`changefeed::write`) — last, because it takes the
+///    the graph follows after the commit;
+/// 3. the semantic cache (`cache::maintain`): the owner's bookkeeping of
+///    its entries follows after the commit (time series are not entities
+///    and write their own batches);
+/// 4. the change feed (`changefeed::write`) — last, because it takes the
 ///    sequence: nothing after it may fail before the commit.
 pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError> {
     crate::index::maintain::on_write(core, change)?;
     crate::vector::maintain::on_write(core, change)?;
+    crate::cache::maintain::on_write(core, change)?;
     crate::changefeed::write::on_write(core, change)?;
     Ok(())
 }
@@ -33,6 +37,7 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
 /// After the batch was committed (or failed), in the same order.
 pub fn after_commit(core: &Core, committed: bool) {
     crate::vector::maintain::after_commit(core, committed);
+    crate::cache::maintain::after_commit(core, committed);
     crate::changefeed::write::after_commit(core, committed);
 }
 
@@ -43,4 +48,5 @@ pub fn start(core: &Rc<Core>, shutdown: &themis_io::ShutdownSignal, faults: &sup
     crate::vector::load::resume(core);
     crate::changefeed::http::start(core, shutdown, faults);
     crate::timeseries::http::start(core, shutdown, faults);
+    crate::cache::http::start(core, shutdown, faults);
 }

@@ -55,6 +55,8 @@ pub struct Faults {
     /// How many more `StartBuild` calls to refuse.
     pub refuse_start_build: Arc<std::sync::atomic::AtomicU32>,
     pub fail_build_reads: bool,
+    /// How often each core's semantic-cache sweeper runs.
+    pub cache_sweep_interval: Option<Duration>,
 }
 
 impl Faults {
@@ -85,6 +87,8 @@ impl Faults {
                     f.retention_interval = ms.parse().ok().map(Duration::from_millis);
                 } else if let Some(n) = item.strip_prefix("refuse_start_build=") {
                     f.refuse_start_build = Arc::new(n.parse().unwrap_or(0).into());
+                } else if let Some(ms) = item.strip_prefix("cache_sweep_ms=") {
+                    f.cache_sweep_interval = ms.parse().ok().map(Duration::from_millis);
                 } else if item == "fail_build_reads=1" {
                     f.fail_build_reads = true;
                 }

@@ -54,12 +54,32 @@ pub struct CoreCounters {
     /// handshake (garbage, plaintext, untrusted client, deadline).
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Semantic cache lookups (`/cache/query`) answered by an exact or a
+    /// semantic hit, or missed.
+    pub cache_hits_exact: AtomicU64,
+    pub cache_hits_semantic: AtomicU64,
+    pub cache_misses: AtomicU64,
+    /// Cache entries this core deleted past its cap, or past their TTL.
+    pub cache_evictions: AtomicU64,
+    pub cache_expirations: AtomicU64,
+    /// Gauges: cache entries this core owns, and their stored bytes.
+    pub cache_entries: AtomicU64,
+    pub cache_bytes: AtomicU64,
+    /// LLM interactions stored through this core, and their token counts.
+    pub llm_interactions: AtomicU64,
+    pub llm_tokens: AtomicU64,
 }
 
 /// Adds `n` to a counter that only the calling core writes.
 #[inline]
 pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Sets a gauge that only the calling core writes.
+#[inline]
+pub fn set(c: &AtomicU64, v: u64) {
+    c.store(v, Ordering::Relaxed);
 }
 
 /// Subtracts one from a single-writer gauge.
@@ -101,6 +121,15 @@ pub struct ShardSnapshot {
     pub auth_forbidden: u64,
     pub tls_handshakes: u64,
     pub tls_handshake_failures: u64,
+    pub cache_hits_exact: u64,
+    pub cache_hits_semantic: u64,
+    pub cache_misses: u64,
+    pub cache_evictions: u64,
+    pub cache_expirations: u64,
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
+    pub llm_interactions: u64,
+    pub llm_tokens: u64,
 }
 
 impl CoreCounters {
@@ -134,6 +163,15 @@ impl CoreCounters {
             auth_forbidden: r(&self.auth_forbidden),
             tls_handshakes: r(&self.tls_handshakes),
             tls_handshake_failures: r(&self.tls_handshake_failures),
+            cache_hits_exact: r(&self.cache_hits_exact),
+            cache_hits_semantic: r(&self.cache_hits_semantic),
+            cache_misses: r(&self.cache_misses),
+            cache_evictions: r(&self.cache_evictions),
+            cache_expirations: r(&self.cache_expirations),
+            cache_entries: r(&self.cache_entries),
+            cache_bytes: r(&self.cache_bytes),
+            llm_interactions: r(&self.llm_interactions),
+            llm_tokens: r(&self.llm_tokens),
         }
     }
 }

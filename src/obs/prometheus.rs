@@ -331,6 +331,50 @@ pub fn render(
             "Change events committed since start.",
             total(|s| s.feed_events),
         ),
+        family(
+            "themis_semantic_cache_hits_total",
+            "Semantic cache lookups answered by a hit, by match (exact: same normalised prompt and params; semantic: a similar embedding).",
+            MetricType::COUNTER,
+            vec![
+                counter_m(total(|s| s.cache_hits_exact), &[("match", "exact")]),
+                counter_m(total(|s| s.cache_hits_semantic), &[("match", "semantic")]),
+            ],
+        ),
+        counter(
+            "themis_semantic_cache_misses_total",
+            "Semantic cache lookups that missed.",
+            total(|s| s.cache_misses),
+        ),
+        counter(
+            "themis_semantic_cache_evictions_total",
+            "Semantic cache entries deleted because a core held more than its share of max_entries or max_bytes (least recently used first).",
+            total(|s| s.cache_evictions),
+        ),
+        counter(
+            "themis_semantic_cache_expirations_total",
+            "Semantic cache entries deleted by the sweeper after their TTL.",
+            total(|s| s.cache_expirations),
+        ),
+        gauge(
+            "themis_semantic_cache_entries",
+            "Semantic cache entries stored.",
+            total(|s| s.cache_entries),
+        ),
+        gauge(
+            "themis_semantic_cache_bytes",
+            "Bytes of the semantic cache entries stored.",
+            total(|s| s.cache_bytes),
+        ),
+        counter(
+            "themis_llm_interactions_total",
+            "LLM interactions stored since start.",
+            total(|s| s.llm_interactions),
+        ),
+        counter(
+            "themis_llm_tokens_total",
+            "Token counts of the LLM interactions stored since start.",
+            total(|s| s.llm_tokens),
+        ),
         gauge(
             "themis_changefeed_latest_sequence",
             "The change feed's latest visible sequence.",
@@ -387,33 +431,14 @@ pub fn render(
 
     let mut hist_metrics = Vec::new();
     let mut summary_metrics = Vec::new();
+    let mut cache_lookup = None;
     for (label, h, sum_us) in latency.by_label(route_labels) {
         let sum_s = sum_us as f64 / 1e6;
         let lbl = [("route", label)];
-        let mut hist = Histogram::default();
-        hist.set_sample_count(h.len());
-        hist.set_sample_sum(sum_s);
-        hist.set_bucket(
-            BUCKETS
-                .iter()
-                .map(|ub| {
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*ub);
-                    let limit_us = (ub * 1e6) as u64;
-                    let below = if h.is_empty() {
-                        0
-                    } else {
-                        h.count_between(0, limit_us)
-                    };
-                    b.set_cumulative_count(below);
-                    b
-                })
-                .collect(),
-        );
-        let mut m = Metric::default();
-        m.set_histogram(hist);
-        m.set_label(labels(&lbl));
-        hist_metrics.push(m);
+        if label == CACHE_LOOKUP_ROUTE {
+            cache_lookup = Some(hdr_histogram(&h, sum_s, &[]));
+        }
+        hist_metrics.push(hdr_histogram(&h, sum_s, &lbl));
 
         let mut sm = Summary::default();
         sm.set_sample_count(h.len());
@@ -438,6 +463,14 @@ pub fn render(
         m.set_label(labels(&lbl));
         summary_metrics.push(m);
     }
+    if let Some(m) = cache_lookup {
+        fams.push(family(
+            "themis_semantic_cache_lookup_seconds",
+            "Semantic cache lookup latency (POST /cache/query, server side; the same samples as its route's request histogram).",
+            MetricType::HISTOGRAM,
+            vec![m],
+        ));
+    }
     fams.push(family(
         "themis_http_request_duration_seconds",
         "Request latency by route (server side, from parsed request to response written to the buffer).",
@@ -457,6 +490,38 @@ pub fn render(
         tracing::error!("encoding metrics: {e}");
     }
     out
+}
+
+/// The route whose latency is the cache lookup histogram.
+const CACHE_LOOKUP_ROUTE: &str = "POST /cache/query";
+
+/// A Prometheus histogram (the [`BUCKETS`]) from an HDR histogram of
+/// microseconds.
+fn hdr_histogram(h: &hdrhistogram::Histogram<u64>, sum_s: f64, l: &[(&str, &str)]) -> Metric {
+    let mut hist = Histogram::default();
+    hist.set_sample_count(h.len());
+    hist.set_sample_sum(sum_s);
+    hist.set_bucket(
+        BUCKETS
+            .iter()
+            .map(|ub| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(*ub);
+                let limit_us = (ub * 1e6) as u64;
+                let below = if h.is_empty() {
+                    0
+                } else {
+                    h.count_between(0, limit_us)
+                };
+                b.set_cumulative_count(below);
+                b
+            })
+            .collect(),
+    );
+    let mut m = Metric::default();
+    m.set_histogram(hist);
+    m.set_label(labels(l));
+    m
 }
 
 /// Time-series retention: points deleted per policy, and when a pass last
