@@ -27,6 +27,7 @@ pub static TABLE: Table = Table(&[
     crate::changefeed::http::ROUTES,
     crate::vector::http::ROUTES,
     super::ops::ROUTES,
+    super::shards::ROUTES,
     crate::backup::http::ROUTES,
     crate::timeseries::http::ROUTES,
 ]);
@@ -92,6 +93,7 @@ async fn run(
         RouteId::TsRetention => done(crate::timeseries::http::retention(core, resp).await),
         RouteId::RetentionRun => done(crate::timeseries::http::run(core, req.body, resp).await),
         RouteId::TsWrite => done(crate::timeseries::http::write_lines(core, req, resp).await),
+        RouteId::Shards => done(super::shards::shards(core, req, resp)),
         RouteId::Other => Err(not_found(req)),
     }
 }
@@ -131,6 +133,12 @@ impl<T: Transport> Handler<T> for Core {
             Classified::NoSuchPath => {
                 if self.node().faults.panic_path.as_deref() == Some(req.path) {
                     panic!("injected fault: panic_path {}", req.path);
+                }
+                if let Some(d) = self.node().faults.block_reactor {
+                    if req.path == "/__block_reactor" {
+                        // Test fault: a blocking call on the reactor.
+                        std::thread::sleep(d);
+                    }
                 }
                 (RouteId::Other, Err(not_found(req)))
             }
@@ -314,6 +322,8 @@ mod tests {
         ("GET", "/config", Role::Admin),
         ("HEAD", "/config", Role::Admin),
         ("POST", "/config", Role::Admin),
+        ("GET", "/shards", Role::Read),
+        ("HEAD", "/shards", Role::Read),
         ("POST", "/api/admin/backup", Role::Admin),
         ("POST", "/admin/backup", Role::Admin),
         ("POST", "/api/admin/verify", Role::Admin),

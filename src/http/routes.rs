@@ -84,6 +84,7 @@ pub enum RouteId {
     TsRetention,
     RetentionRun,
     TsWrite,
+    Shards,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

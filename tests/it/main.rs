@@ -15,6 +15,7 @@ mod lifecycle;
 mod observability;
 mod query;
 mod security;
+mod sharding;
 mod timeseries;
 mod tls;
 mod vectors;
