@@ -253,3 +253,46 @@ fn a_blocked_reactor_is_counted_as_a_stall() {
         ) >= 0.25
     );
 }
+
+/// `--validate` checks each core's own port too.
+#[test]
+fn validate_checks_the_shard_ports() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "storage:\n  rocksdb_path: ./db\nserver:\n  host: 127.0.0.1\n  worker_threads: 1\n  shard_ports: true\n",
+    )
+    .unwrap();
+    // The shard port (base + 1) is taken; the base port is free.
+    let taken = (0..50)
+        .find_map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let p = l.local_addr().ok()?.port();
+            (p > 1024 && std::net::TcpListener::bind(("127.0.0.1", p - 1)).is_ok()).then_some(l)
+        })
+        .expect("a port whose neighbour below is free");
+    let shard_port = taken.local_addr().unwrap().port();
+    let base = (shard_port - 1).to_string();
+    let out = output_within(
+        command(dir.path()).args(["--config", "c.yaml", "--port", &base, "--validate"]),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("✗ Shard ports not available: {shard_port}")),
+        "{text}"
+    );
+    drop(taken);
+    let out = output_within(
+        command(dir.path()).args(["--config", "c.yaml", "--port", &base, "--validate"]),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "✓ Shard ports {shard_port}..={shard_port} available (one per core)"
+        )),
+        "{text}"
+    );
+}
