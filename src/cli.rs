@@ -156,6 +156,36 @@ pub fn validate(loaded: &Result<LoadedConfig, ConfigError>, explicit: Option<&Pa
             format!("Port {port} not available on {}: {e}", cfg.server.host),
         ),
     }
+    // `server.shard_ports`: each core's own port, for the cores it would
+    // start with here.
+    let cores = cfg.effective_threads(crate::node::usable_cpus().len());
+    match cfg.shard_ports(cores) {
+        Ok(Some(ports)) if port != 0 => {
+            let busy: Vec<String> = ports
+                .iter()
+                .filter(|p| {
+                    themis_io::listener::resolve(&cfg.server.host, **p)
+                        .and_then(themis_io::listener::port_available)
+                        .is_err()
+                })
+                .map(u16::to_string)
+                .collect();
+            line(
+                busy.is_empty(),
+                if busy.is_empty() {
+                    format!(
+                        "Shard ports {}..={} available (one per core)",
+                        ports[0],
+                        ports[ports.len() - 1]
+                    )
+                } else {
+                    format!("Shard ports not available: {}", busy.join(", "))
+                },
+            );
+        }
+        Ok(_) => {}
+        Err(why) => line(false, why),
+    }
     let all_interfaces = matches!(cfg.server.host.trim(), "0.0.0.0" | "::" | "[::]" | "");
     if all_interfaces && !cfg.server.enable_auth {
         println!(

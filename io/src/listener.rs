@@ -6,6 +6,9 @@
 //! thread, before any executor starts: a port in use or a bad address is a
 //! start-up error with a clear message, and `port: 0` resolves to one
 //! ephemeral port that every executor then shares.
+//!
+//! A core may also get a port of its own ([`bind_exclusive`]: no
+//! `SO_REUSEPORT`, so no other socket or process can share it).
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
@@ -47,7 +50,7 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
     })
 }
 
-fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<BoundListener> {
+fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<BoundListener> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -55,7 +58,7 @@ fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<BoundListener> {
     };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nodelay(true)?;
     socket.bind(&SockAddr::from(addr))?;
     socket.listen(backlog)?;
@@ -86,13 +89,23 @@ pub fn bind_reuseport(
         probe_with_grace(addr)?;
     }
     let mut out = Vec::with_capacity(count);
-    let first = bind_one(addr, backlog)?;
+    let first = bind_one(addr, backlog, true)?;
     let shared = first.addr;
     out.push(first);
     for _ in 1..count {
-        out.push(bind_one(shared, backlog)?);
+        out.push(bind_one(shared, backlog, true)?);
     }
     Ok(out)
+}
+
+/// Binds one listener on `addr` that no other socket may share (no
+/// `SO_REUSEPORT`): a core's own port, accepted by that core alone. Port 0
+/// picks an ephemeral port.
+pub fn bind_exclusive(addr: SocketAddr, backlog: i32) -> io::Result<BoundListener> {
+    if addr.port() != 0 {
+        probe_with_grace(addr)?;
+    }
+    bind_one(addr, backlog, false)
 }
 
 /// Probes the port, allowing a previous instance a moment to let go of it:
@@ -241,6 +254,20 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(head.contains("\r\nRetry-After: 1\r\n"));
         assert!(body.contains("\"status_code\":503"));
+    }
+
+    #[test]
+    fn an_exclusive_port_cannot_be_shared() {
+        let own = bind_exclusive("127.0.0.1:0".parse().unwrap(), 16).expect("bind");
+        let addr = own.local_addr();
+        assert_ne!(addr.port(), 0);
+        assert!(bind_one(addr, 16, false).is_err());
+        assert!(
+            bind_one(addr, 16, true).is_err(),
+            "SO_REUSEPORT cannot join it"
+        );
+        drop(own);
+        assert!(bind_exclusive(addr, 16).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod client;
 mod report;
 mod runner;
+mod shards;
 mod workload;
 
 use clap::Parser;
@@ -72,6 +73,11 @@ struct Args {
     /// Skip the preload phase.
     #[arg(long)]
     no_preload: bool,
+    /// Send each key to the core that owns it: reads `GET /shards`, and
+    /// with the server's `server.shard_ports` connects to each core's own
+    /// port (each connection serves one core and draws only its keys).
+    #[arg(long)]
+    shard_aware: bool,
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -110,6 +116,9 @@ fn build_workload(a: &Args) -> Result<Workload, String> {
     if a.no_preload {
         w.preload = false;
     }
+    if a.shard_aware {
+        w.shard_aware = true;
+    }
     w.validate()?;
     Ok(w)
 }
@@ -133,7 +142,25 @@ fn main() -> ExitCode {
     let result = (|| -> Result<(), String> {
         let w = build_workload(&args)?;
         let addr = parse_addr(&args.url)?;
-        let res = runner::run(&w, addr, args.cpus.clone())?;
+        let map = if w.shard_aware {
+            let map = shards::fetch(addr, &w.table, &w.key_prefix)?;
+            if !map.own_ports {
+                eprintln!(
+                    "themis-loadtest: the server has no shard ports (server.shard_ports); \
+                     keys still go to their owner's share of the connections, all on {addr}"
+                );
+            }
+            if w.connections < map.shards {
+                return Err(format!(
+                    "--shard-aware needs at least one connection per core ({} cores)",
+                    map.shards
+                ));
+            }
+            Some(map)
+        } else {
+            None
+        };
+        let res = runner::run(&w, addr, map, args.cpus.clone())?;
         if args.json {
             println!(
                 "{}",

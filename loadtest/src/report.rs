@@ -25,7 +25,8 @@ pub fn table(w: &Workload, url: &str, r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "themis-loadtest {url}  workload={} mix={:?} mode={:?}{} conns={} threads={} pipeline={} keys={} dist={:?} doc={}B  client cpus={:?}",
+        "themis-loadtest {url}{}  workload={} mix={:?} mode={:?}{} conns={} threads={} pipeline={} keys={} dist={:?} doc={}B  client cpus={:?}",
+        if w.shard_aware { " (shard-aware)" } else { "" },
         w.name,
         w.mix,
         w.mode,

@@ -2,10 +2,12 @@
 //! connections, preloads, warms up, measures, and merges the results.
 
 use crate::client::Conn;
+use crate::shards::ShardMap;
 use crate::workload::{Generator, LoopMode, Op, Workload};
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -64,6 +66,8 @@ impl Results {
 struct Shared {
     w: Workload,
     addr: SocketAddr,
+    /// `--shard-aware`: the server's key → core mapping.
+    map: Option<ShardMap>,
     doc: Vec<u8>,
     total_conns: usize,
     preloaded: AtomicUsize,
@@ -92,10 +96,16 @@ fn client_cpus(threads: usize, explicit: Option<Vec<usize>>) -> Vec<Option<usize
         .collect()
 }
 
-pub fn run(w: &Workload, addr: SocketAddr, cpus: Option<Vec<usize>>) -> Result<Results, String> {
+pub fn run(
+    w: &Workload,
+    addr: SocketAddr,
+    map: Option<ShardMap>,
+    cpus: Option<Vec<usize>>,
+) -> Result<Results, String> {
     let shared = Arc::new(Shared {
         w: w.clone(),
         addr,
+        map,
         doc: w.document(),
         total_conns: w.connections,
         preloaded: AtomicUsize::new(0),
@@ -162,9 +172,14 @@ async fn drive(
     results: Rc<RefCell<Results>>,
 ) -> Result<(), String> {
     let w = &shared.w;
-    let mut conn = Conn::connect(shared.addr)
+    // Shard-aware: this connection serves one core, on that core's port.
+    let (addr, core) = match &shared.map {
+        Some(m) => (m.addrs[index % m.shards], Some(index % m.shards)),
+        None => (shared.addr, None),
+    };
+    let mut conn = Conn::connect(addr)
         .await
-        .map_err(|e| format!("connect {}: {e}", shared.addr))?;
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     if w.preload {
         let mut key = index as u64;
         let mut pending = 0usize;
@@ -202,6 +217,23 @@ async fn drive(
         None
     };
     let mut gen = Generator::new(w, 0x5eed ^ (index as u64).wrapping_mul(0x9E37_79B9));
+    let mut key_text = String::new();
+    // The next key: any, or (shard-aware) one that this connection's core
+    // owns, drawn from the same distribution by rejection.
+    let mut next_key = |gen: &mut Generator| -> Result<u64, String> {
+        let (Some(map), Some(core)) = (&shared.map, core) else {
+            return Ok(gen.key());
+        };
+        for _ in 0..(1000 * map.shards) {
+            let k = gen.key();
+            key_text.clear();
+            let _ = write!(key_text, "{}:{}{k}", w.table, w.key_prefix);
+            if map.owner(key_text.as_bytes()) == core {
+                return Ok(k);
+            }
+        }
+        Err(format!("core {core} owns none of the {} keys", w.keys))
+    };
     let quota_reached =
         |shared: &Shared| w.requests > 0 && shared.measured.load(Ordering::Relaxed) >= w.requests;
     let mut last = measure_start;
@@ -218,7 +250,8 @@ async fn drive(
                 if !stopping {
                     while inflight.len() < w.pipeline {
                         let op = gen.op();
-                        conn.push_request(op, &w.table, &w.key_prefix, gen.key(), &shared.doc);
+                        let key = next_key(&mut gen)?;
+                        conn.push_request(op, &w.table, &w.key_prefix, key, &shared.doc);
                         inflight.push_back((op, Instant::now()));
                     }
                     if let Err(e) = conn.flush().await {
@@ -259,7 +292,8 @@ async fn drive(
                     glommio::timer::sleep(intended - now).await;
                 }
                 let op = gen.op();
-                conn.push_request(op, &w.table, &w.key_prefix, gen.key(), &shared.doc);
+                let key = next_key(&mut gen)?;
+                conn.push_request(op, &w.table, &w.key_prefix, key, &shared.doc);
                 if let Err(e) = conn.flush().await {
                     results.borrow_mut().io_errors += 1;
                     return Err(format!("write: {e}"));

@@ -88,6 +88,10 @@ pub struct Workload {
     pub doc_size: usize,
     /// PUT every key once before measuring.
     pub preload: bool,
+    /// Send each key to the core that owns it (`GET /shards`; its own port
+    /// with `server.shard_ports`): connection `i` serves core
+    /// `i % shards` and draws only keys that core owns.
+    pub shard_aware: bool,
 }
 
 impl Default for Workload {
@@ -111,6 +115,7 @@ impl Default for Workload {
             zipf_exponent: 0.99,
             doc_size: 1024,
             preload: true,
+            shard_aware: false,
         }
     }
 }

@@ -175,3 +175,46 @@ fn bad_arguments_and_unreachable_servers_fail_cleanly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect"));
 }
+
+/// `--shard-aware` against a 2-core server with shard ports: every
+/// measured request goes to its owner's port, so the server forwards
+/// nothing; the same run without the flag does take hops.
+#[test]
+fn shard_aware_runs_take_no_hop() {
+    let dir = tempdir();
+    let s = Server::start(
+        &workspace_bin("themis_server"),
+        dir.path(),
+        &Opts::threads(2).env("THEMIS_SERVER_SHARD_PORTS", "true"),
+    );
+    let forwarded = || s.json("GET", "/stats", None).1["server"]["forwarded_total"].as_u64();
+    let args = [
+        "--mix",
+        "put",
+        "-n",
+        "400",
+        "-d",
+        "0",
+        "-c",
+        "4",
+        "--warmup",
+        "0",
+        "--keys",
+        "500",
+        "--no-preload",
+    ];
+    let before = forwarded();
+    let mut with_flag = args.to_vec();
+    with_flag.push("--shard-aware");
+    let r = loadtest(s.addr, &with_flag);
+    assert_eq!(r["workload"]["shard_aware"], true, "{r}");
+    assert!(r["ops"]["PUT"]["count"].as_u64().unwrap() >= 400, "{r}");
+    assert_eq!(forwarded(), before, "a shard-aware run forwarded requests");
+
+    let r = loadtest(s.addr, &args);
+    assert!(r["ops"]["PUT"]["count"].as_u64().unwrap() >= 400, "{r}");
+    assert!(
+        forwarded() > before,
+        "the default path should take hops for about half the keys"
+    );
+}

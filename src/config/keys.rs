@@ -138,6 +138,8 @@ pub const KEYS: &[KeyRule] = &[
     cold("server.tls_key", Free),
     cold("server.tls_ca", Free),
     cold("server.tls_handshake_timeout_ms", Int(100, 300_000)),
+    cold("server.shard_ports", Check(shard_ports)),
+    cold("server.stall_threshold_ms", Int(0, 60_000)),
     hot("logging.level", OneOf(LOG_LEVELS)),
     hot("logging.format", OneOf(LOG_FORMATS)),
     cold("logging.file", Free),
@@ -311,6 +313,15 @@ fn tls_files(c: &Config, e: &mut Vec<String>) {
         }
     } else if s.tls_ca.is_some() {
         e.push("server.tls_ca (mutual TLS) needs server.enable_tls = true".into());
+    }
+}
+
+/// The per-core ports must fit below 65535: checked here for the
+/// configured `worker_threads` (one core when it is 0, "one per CPU"), and
+/// again at start-up for the real core count.
+fn shard_ports(c: &Config, e: &mut Vec<String>) {
+    if let Err(why) = c.shard_ports(c.server.worker_threads.max(1)) {
+        e.push(why);
     }
 }
 
@@ -1085,5 +1096,27 @@ mod tests {
             e.contains("needs server.tls_cert") && e.contains("needs server.tls_key"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn shard_ports_follow_the_base_port_and_must_fit() {
+        let mut c = Config::default();
+        assert_eq!(c.shard_ports(4), Ok(None));
+        c.server.shard_ports = true;
+        c.server.port = 9000;
+        assert_eq!(c.shard_ports(3), Ok(Some(vec![9001, 9002, 9003])));
+        c.server.port = 0;
+        assert_eq!(c.shard_ports(2), Ok(Some(vec![0, 0])));
+        c.server.port = 65_534;
+        assert_eq!(c.shard_ports(1), Ok(Some(vec![65_535])));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.server.worker_threads = 2;
+        let e = c.validate().join("; ");
+        assert!(
+            e.contains("server.shard_ports") && e.contains("65536"),
+            "{e}"
+        );
+        c.server.shard_ports = false;
+        assert!(c.validate().is_empty());
     }
 }

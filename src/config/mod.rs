@@ -211,6 +211,14 @@ pub struct ServerConfig {
     pub tls_ca: Option<PathBuf>,
     /// Longest a TLS handshake may take before the connection is dropped.
     pub tls_handshake_timeout_ms: u64,
+    /// Also give every core a port of its own, `port + 1 + core`, accepted
+    /// only by that core, so that a shard-aware client can send each key to
+    /// its owner (`GET /shards`, docs/sharding.md).
+    pub shard_ports: bool,
+    /// A core whose reactor does not get to its ready work for this long
+    /// has stalled (`themis_reactor_stalls_total`, `obs::stalls`); 0 turns
+    /// the probe off.
+    pub stall_threshold_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -235,6 +243,8 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_ca: None,
             tls_handshake_timeout_ms: 10_000,
+            shard_ports: false,
+            stall_threshold_ms: 10,
         }
     }
 }
@@ -726,6 +736,28 @@ impl Config {
             0 => cpus.max(1),
             n => n,
         }
+    }
+
+    /// Each core's own port (`server.shard_ports`) for `shards` cores:
+    /// `port + 1 + core`, or 0 for every core (an ephemeral port each) when
+    /// `port` is 0; `None` when shard ports are off. Refused when the last
+    /// one would pass 65535.
+    pub fn shard_ports(&self, shards: usize) -> Result<Option<Vec<u16>>, String> {
+        let s = &self.server;
+        if !s.shard_ports {
+            return Ok(None);
+        }
+        if s.port == 0 {
+            return Ok(Some(vec![0; shards]));
+        }
+        let last = u32::from(s.port) + shards as u32;
+        if last > u32::from(u16::MAX) {
+            return Err(format!(
+                "server.shard_ports = true: port {} + 1 + core for {shards} cores reaches {last}, past 65535 (lower server.port)",
+                s.port
+            ));
+        }
+        Ok(Some((1..=shards).map(|i| s.port + i as u16).collect()))
     }
 
     /// The request body limit in bytes.

@@ -27,6 +27,7 @@ pub static TABLE: Table = Table(&[
     crate::changefeed::http::ROUTES,
     crate::vector::http::ROUTES,
     super::ops::ROUTES,
+    super::shards::ROUTES,
     crate::backup::http::ROUTES,
     crate::timeseries::http::ROUTES,
     crate::cache::http::ROUTES,
@@ -104,6 +105,7 @@ async fn run(
         RouteId::LlmList => done(llm::list(core, req, resp).await),
         RouteId::LlmGet => done(llm::get(core, req, resp).await),
         RouteId::LlmDelete => done(llm::delete(core, req, resp).await),
+        RouteId::Shards => done(super::shards::shards(core, req, resp)),
         RouteId::Other => Err(not_found(req)),
     }
 }
@@ -143,6 +145,12 @@ impl<T: Transport> Handler<T> for Core {
             Classified::NoSuchPath => {
                 if self.node().faults.panic_path.as_deref() == Some(req.path) {
                     panic!("injected fault: panic_path {}", req.path);
+                }
+                if let Some(d) = self.node().faults.block_reactor {
+                    if req.path == "/__block_reactor" {
+                        // Test fault: a blocking call on the reactor.
+                        std::thread::sleep(d);
+                    }
                 }
                 (RouteId::Other, Err(not_found(req)))
             }
@@ -326,6 +334,8 @@ mod tests {
         ("GET", "/config", Role::Admin),
         ("HEAD", "/config", Role::Admin),
         ("POST", "/config", Role::Admin),
+        ("GET", "/shards", Role::Read),
+        ("HEAD", "/shards", Role::Read),
         ("POST", "/api/admin/backup", Role::Admin),
         ("POST", "/admin/backup", Role::Admin),
         ("POST", "/api/admin/verify", Role::Admin),

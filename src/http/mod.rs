@@ -9,6 +9,8 @@
 //! * [`guard`]: the checks before any route runs: `Host` allow-list,
 //!   auth, and `Content-Type` of bodies (cross-site protections).
 //! * [`ops`]: `/health`, `/stats`, `/metrics`, `/config`.
+//! * [`shards`]: `/shards`, the key → core mapping for shard-aware
+//!   clients.
 //!
 //! Errors are [`crate::error::ApiError`]s, turned into HTTP in one place.
 
@@ -17,3 +19,4 @@ pub mod dispatch;
 pub mod guard;
 pub mod ops;
 pub mod routes;
+pub mod shards;

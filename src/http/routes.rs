@@ -96,6 +96,7 @@ pub enum RouteId {
     LlmList,
     LlmGet,
     LlmDelete,
+    Shards,
     /// No route: unknown path, wrong method, or refused before routing.
     Other,
 }

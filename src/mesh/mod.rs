@@ -33,16 +33,14 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::hash::Hasher;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// The core that owns `key` among `cores`.
+/// The core that owns `key` among `cores`: the public mapping of
+/// `themis-shardmap` (shard-aware clients compute the same, docs/sharding.md).
+#[inline]
 pub fn owner_of(key: &[u8], cores: usize) -> usize {
-    let mut h = rustc_hash::FxHasher::default();
-    h.write(key);
-    // Multiply-shift maps the hash onto 0..cores without a division.
-    ((u128::from(h.finish()) * cores as u128) >> 64) as usize
+    themis_shardmap::owner_of(key, cores)
 }
 
 /// How a call is answered: at once (point operations), or by a future that

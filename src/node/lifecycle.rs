@@ -21,7 +21,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use themis_io::listener::{bind_reuseport, refuse, resolve, BoundListener, ConnectionSlots};
+use themis_io::listener::{
+    bind_exclusive, bind_reuseport, refuse, resolve, BoundListener, ConnectionSlots,
+};
 use themis_io::{serve_connection, ConnectionLimits, ShutdownSignal};
 
 /// What SIGHUP re-reads: the same file (or search) and flags as at start.
@@ -42,7 +44,10 @@ pub struct ReloadSource {
 /// `retention_interval_ms=N` runs the background retention pass every N ms
 /// instead of every minute; `refuse_start_build=N` makes the first N
 /// index-build starts sent to another core fail as if timed out;
-/// `fail_build_reads=1` makes every index build's table read fail.
+/// `fail_build_reads=1` makes every index build's table read fail;
+/// `block_reactor_ms=N` makes a request for the unrouted path
+/// `/__block_reactor` block its core's reactor for N ms (the stall
+/// metric's test).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Delays and failures of cross-core calls.
@@ -57,6 +62,8 @@ pub struct Faults {
     pub fail_build_reads: bool,
     /// How often each core's semantic-cache sweeper runs.
     pub cache_sweep_interval: Option<Duration>,
+    /// A request for `/__block_reactor` blocks its core this long.
+    pub block_reactor: Option<Duration>,
 }
 
 impl Faults {
@@ -91,6 +98,8 @@ impl Faults {
                     f.cache_sweep_interval = ms.parse().ok().map(Duration::from_millis);
                 } else if item == "fail_build_reads=1" {
                     f.fail_build_reads = true;
+                } else if let Some(ms) = item.strip_prefix("block_reactor_ms=") {
+                    f.block_reactor = ms.parse().ok().map(Duration::from_millis);
                 }
             }
         }
@@ -220,6 +229,31 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     let addr = resolve(&config.server.host, config.server.port).map_err(listen_err)?;
     let listeners = bind_reuseport(addr, n, config.server.listen_backlog).map_err(listen_err)?;
     let local = listeners[0].local_addr();
+    // `server.shard_ports`: each core's own port, bound now so that a busy
+    // one fails start-up like the shared port does.
+    let mut own_listeners: Vec<Option<BoundListener>> = (0..n).map(|_| None).collect();
+    if let Some(ports) = config.shard_ports(n).map_err(|why| ServerError::Listen {
+        addr: addr_text.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+    })? {
+        for (slot, port) in own_listeners.iter_mut().zip(ports) {
+            let at = std::net::SocketAddr::new(local.ip(), port);
+            let bound = bind_exclusive(at, config.server.listen_backlog).map_err(|source| {
+                ServerError::Listen {
+                    addr: at.to_string(),
+                    source,
+                }
+            })?;
+            *slot = Some(bound);
+        }
+    }
+    let ports = super::Ports {
+        shared: local.port(),
+        per_core: own_listeners
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.local_addr().port()))
+            .collect::<Option<Vec<u16>>>(),
+    };
 
     let storage = Storage::open(&config.storage)?;
     // Before anything writes: a database of another on-disk format is
@@ -249,6 +283,8 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         backup: Default::default(),
         tls,
         timeseries,
+        ports,
+        stalls: crate::obs::stalls::Stalls::new(n),
     });
     let coord = Arc::new(Coordination {
         stop: AtomicBool::new(false),
@@ -279,7 +315,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     let requests = MeshBuilder::<Request<Core>, _>::full(n, 1024);
     let replies = MeshBuilder::<Reply, _>::full(n, 1024);
     let mut handles = Vec::with_capacity(n);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, (listener, own_listener)) in listeners.into_iter().zip(own_listeners).enumerate() {
         let (node, coord) = (node.clone(), coord.clone());
         let (requests, replies, faults) = (requests.clone(), replies.clone(), faults.clone());
         let spans_tx = spans_tx.clone();
@@ -298,6 +334,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
                 core_main(CoreSetup {
                     id: i,
                     listener,
+                    own_listener,
                     node,
                     coord,
                     requests,
@@ -327,8 +364,12 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    tracing::info!(%local, shards = n, ?cpus, "THEMIS listening");
-    println!("THEMIS listening on {local} ({n} shards)");
+    let shard_ports = node.ports.per_core.clone();
+    tracing::info!(%local, shards = n, ?cpus, ?shard_ports, "THEMIS listening");
+    match shard_ports {
+        Some(p) => println!("THEMIS listening on {local} ({n} shards; shard ports {p:?})"),
+        None => println!("THEMIS listening on {local} ({n} shards)"),
+    }
 
     let mut failure = None;
     for (i, h) in handles.into_iter().enumerate() {
@@ -452,6 +493,8 @@ fn spawn_signal_thread(coord: Arc<Coordination>, shared: Arc<Node>) {
 struct CoreSetup {
     id: usize,
     listener: BoundListener,
+    /// This core's own port (`server.shard_ports`).
+    own_listener: Option<BoundListener>,
     node: Arc<Node>,
     coord: Arc<Coordination>,
     requests: MeshBuilder<Request<Core>, glommio::channels::channel_mesh::Full>,
@@ -464,6 +507,7 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
     let CoreSetup {
         id,
         listener,
+        own_listener,
         node,
         coord,
         requests,
@@ -516,6 +560,7 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
     };
 
     let listener = listener.into_glommio();
+    let own_listener = own_listener.map(BoundListener::into_glommio);
     let shutdown = ShutdownSignal::new();
     {
         let (coord, shutdown) = (coord.clone(), shutdown.clone());
@@ -528,85 +573,42 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
         .detach();
     }
     super::features::start(&core, &shutdown, &faults);
+    let stall_threshold = Duration::from_millis(node.config.server.stall_threshold_ms);
+    if !stall_threshold.is_zero() {
+        let (node, shutdown) = (node.clone(), shutdown.clone());
+        glommio::spawn_local(async move {
+            node.stalls
+                .core(id)
+                .probe(id, stall_threshold, &shutdown)
+                .await
+        })
+        .detach();
+    }
     coord.ready.fetch_add(1, Ordering::AcqRel);
 
-    let limits = ConnectionLimits {
-        max_body: node.config.max_body_bytes(),
-        idle_timeout: Duration::from_millis(node.config.server.idle_timeout_ms),
-        ..ConnectionLimits::default()
+    let acceptor = Acceptor {
+        core: core.clone(),
+        limits: ConnectionLimits {
+            max_body: node.config.max_body_bytes(),
+            idle_timeout: Duration::from_millis(node.config.server.idle_timeout_ms),
+            ..ConnectionLimits::default()
+        },
+        // This core's share of `server.max_connections`, for both its ports.
+        slots: ConnectionSlots::per_core(node.config.server.max_connections, n),
+        gate: glommio::sync::Gate::new(),
+        tls: node.tls.as_ref().map(|t| Rc::new(t.local())),
+        handshake_timeout: Duration::from_millis(node.config.server.tls_handshake_timeout_ms),
+        shutdown,
     };
-    // This core's share of `server.max_connections`.
-    let slots = ConnectionSlots::per_core(node.config.server.max_connections, n);
-    let gate = glommio::sync::Gate::new();
-    let tls = node.tls.as_ref().map(|t| Rc::new(t.local()));
-    let handshake_timeout = Duration::from_millis(node.config.server.tls_handshake_timeout_ms);
-    loop {
-        let accept = async { Some(listener.accept().await) };
-        let stop = async {
-            shutdown.wait().await;
-            None
-        };
-        match futures_lite::future::or(accept, stop).await {
-            None => break,
-            Some(Ok(stream)) => {
-                let Some(slot) = slots.try_acquire() else {
-                    bump(&core.counters().connections_refused, 1);
-                    refuse(stream, Duration::from_millis(200)).await;
-                    continue;
-                };
-                // The request and write deadlines follow the current
-                // (hot-reloadable) `server.request_timeout_ms`.
-                let limits = ConnectionLimits {
-                    request_timeout: core.request_timeout(),
-                    write_timeout: core.request_timeout(),
-                    ..limits
-                };
-                let (core, shutdown, tls) = (core.clone(), shutdown.clone(), tls.clone());
-                let spawned = gate.spawn(async move {
-                    let counters = core.counters();
-                    bump(&counters.connections_accepted, 1);
-                    bump(&counters.connections_active, 1);
-                    let _ = stream.set_nodelay(true);
-                    let served = match (tls, &core.node().tls) {
-                        (Some(local), Some(state)) => {
-                            let peer = stream.peer_addr().ok();
-                            let config = local.get(state);
-                            match crate::tls::accept(config, stream, handshake_timeout).await {
-                                Ok(conn) => {
-                                    bump(&counters.tls_handshakes, 1);
-                                    serve_connection(conn, &*core, &limits, &shutdown).await
-                                }
-                                Err(why) => {
-                                    bump(&counters.tls_handshake_failures, 1);
-                                    crate::tls::log_refusal(core.id(), peer, &why);
-                                    Ok(())
-                                }
-                            }
-                        }
-                        _ => serve_connection(stream, &*core, &limits, &shutdown).await,
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(shard = core.id(), "connection ended: {e}");
-                    }
-                    drop_one(&counters.connections_active);
-                    drop(slot);
-                });
-                match spawned {
-                    Ok(task) => {
-                        task.detach();
-                    }
-                    Err(e) => tracing::warn!(shard = id, "cannot spawn connection task: {e}"),
-                }
-            }
-            Some(Err(e)) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(shard = id, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+    futures_lite::future::zip(acceptor.accept_loop(&listener), async {
+        if let Some(own) = &own_listener {
+            acceptor.accept_loop(own).await;
         }
-    }
+    })
+    .await;
     drop(listener);
-    let _ = gate.close().await;
+    drop(own_listener);
+    let _ = acceptor.gate.close().await;
 
     // Calls from other cores may still need this core: wait until every
     // core has drained its connections.
@@ -619,4 +621,100 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
         t.await;
     }
     Ok(())
+}
+
+/// What a core's accept loops share: its connection slots and gate, the
+/// connection limits, TLS. One core may accept on two listeners (the
+/// shared port and, with `server.shard_ports`, its own); both serve
+/// connections the same way.
+struct Acceptor {
+    core: Rc<Core>,
+    limits: ConnectionLimits,
+    slots: ConnectionSlots,
+    gate: glommio::sync::Gate,
+    tls: Option<Rc<crate::tls::LocalTls>>,
+    handshake_timeout: Duration,
+    shutdown: ShutdownSignal,
+}
+
+impl Acceptor {
+    /// Accepts on `listener` until shutdown, serving each connection as a
+    /// task of the gate.
+    async fn accept_loop(&self, listener: &glommio::net::TcpListener) {
+        let Acceptor {
+            core,
+            limits,
+            slots,
+            gate,
+            tls,
+            handshake_timeout,
+            shutdown,
+        } = self;
+        let (id, limits, handshake_timeout) = (core.id(), *limits, *handshake_timeout);
+        loop {
+            let accept = async { Some(listener.accept().await) };
+            let stop = async {
+                shutdown.wait().await;
+                None
+            };
+            match futures_lite::future::or(accept, stop).await {
+                None => break,
+                Some(Ok(stream)) => {
+                    let Some(slot) = slots.try_acquire() else {
+                        bump(&core.counters().connections_refused, 1);
+                        refuse(stream, Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    // The request and write deadlines follow the current
+                    // (hot-reloadable) `server.request_timeout_ms`.
+                    let limits = ConnectionLimits {
+                        request_timeout: core.request_timeout(),
+                        write_timeout: core.request_timeout(),
+                        ..limits
+                    };
+                    let (core, shutdown, tls) = (core.clone(), shutdown.clone(), tls.clone());
+                    let spawned = gate.spawn(async move {
+                        let counters = core.counters();
+                        bump(&counters.connections_accepted, 1);
+                        bump(&counters.connections_active, 1);
+                        let _ = stream.set_nodelay(true);
+                        let served = match (tls, &core.node().tls) {
+                            (Some(local), Some(state)) => {
+                                let peer = stream.peer_addr().ok();
+                                let config = local.get(state);
+                                match crate::tls::accept(config, stream, handshake_timeout).await {
+                                    Ok(conn) => {
+                                        bump(&counters.tls_handshakes, 1);
+                                        serve_connection(conn, &*core, &limits, &shutdown).await
+                                    }
+                                    Err(why) => {
+                                        bump(&counters.tls_handshake_failures, 1);
+                                        crate::tls::log_refusal(core.id(), peer, &why);
+                                        Ok(())
+                                    }
+                                }
+                            }
+                            _ => serve_connection(stream, &*core, &limits, &shutdown).await,
+                        };
+                        if let Err(e) = served {
+                            tracing::debug!(shard = core.id(), "connection ended: {e}");
+                        }
+                        drop_one(&counters.connections_active);
+                        drop(slot);
+                    });
+                    match spawned {
+                        Ok(task) => {
+                            task.detach();
+                        }
+                        Err(e) => tracing::warn!(shard = id, "cannot spawn connection task: {e}"),
+                    }
+                }
+                Some(Err(e)) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(shard = id, "accept failed: {e}");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
 }

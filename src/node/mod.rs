@@ -59,6 +59,19 @@ pub struct Node {
     pub tls: Option<crate::tls::TlsState>,
     /// Time-series retention policies and per-metric settings.
     pub timeseries: crate::timeseries::Timeseries,
+    /// The ports the cores accept on, as bound.
+    pub ports: Ports,
+    /// Reactor stalls per core (`server.stall_threshold_ms`).
+    pub stalls: crate::obs::stalls::Stalls,
+}
+
+/// Where clients reach the cores: the port every core accepts on
+/// (`SO_REUSEPORT`), and with `server.shard_ports` each core's own port,
+/// indexed by core (`GET /shards`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    pub shared: u16,
+    pub per_core: Option<Vec<u16>>,
 }
 
 impl Node {

@@ -428,6 +428,19 @@ pub fn render(
     for (name, help, field) in shard_families {
         fams.push(family(name, help, MetricType::COUNTER, per_shard(field)));
     }
+    fams.push(family(
+        crate::obs::stalls::COUNT_NAME,
+        "Reactor stalls per shard: times a core did not get to its ready work for server.stall_threshold_ms or longer.",
+        MetricType::COUNTER,
+        shared
+            .stalls
+            .counts()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| counter_m(*n as f64, &[("shard", &i.to_string())]))
+            .collect(),
+    ));
+    fams.extend(shared.stalls.duration_family());
 
     let mut hist_metrics = Vec::new();
     let mut summary_metrics = Vec::new();

@@ -17,6 +17,7 @@ mod llm;
 mod observability;
 mod query;
 mod security;
+mod sharding;
 mod timeseries;
 mod tls;
 mod vectors;
