@@ -354,7 +354,12 @@ fn append_new(src: &Path, dest: &Path, from: u64) -> std::io::Result<(u64, u64)>
     if len <= from {
         return Ok((0, len));
     }
-    let mut out = OpenOptions::new().create(true).write(true).open(dest)?;
+    // Kept: its first `from` bytes are the archive so far.
+    let mut out = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(dest)?;
     out.set_len(from)?;
     out.seek(SeekFrom::Start(from))?;
     let mut buf = vec![0u8; 1 << 20];

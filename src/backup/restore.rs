@@ -233,10 +233,12 @@ pub fn run(
         ));
     }
     match cut {
-        Cut::Changefeed(n) if m.changefeed.sequence > n => return Err(format!(
+        Cut::Changefeed(n) if m.changefeed.sequence > n => {
+            return Err(format!(
             "the backup already holds change-feed sequence {} > {n}: restore from an older backup",
             m.changefeed.sequence
-        )),
+        ))
+        }
         Cut::Rocksdb(n) if m.rocksdb_sequence > n => {
             return Err(format!(
                 "the backup is at RocksDB sequence {} > {n}: restore from an older backup",
