@@ -34,7 +34,7 @@ use crate::node::blocking::Work;
 use crate::node::Core;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -240,13 +240,31 @@ impl WalArchive {
                     resume_point(src, &dest)?
                 }
             };
-            let (n, len) = append_new(&src.path, &dest, done)
-                .map_err(|e| format!("archive {}: {e}", src.path.display()))?;
+            let mut closed = src.closed;
+            let mut copy = append_new(&src.path, &dest, done);
+            if !closed
+                && copy
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == ErrorKind::NotFound)
+            {
+                // Retired by RocksDB since the listing: now in archive/.
+                closed = true;
+                let moved = db.join(ROCKSDB_ARCHIVE_DIR).join(wal_name(src.number));
+                copy = append_new(&moved, &dest, done);
+            }
+            let (n, len) = match copy {
+                Ok(c) => c,
+                // Deleted since the listing: the next pass sees it gone.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("archive {}: {e}", src.path.display())),
+            };
             pass.bytes += n;
-            if src.closed && done + n == len {
+            if closed && done + n == len {
                 // Copied whole: RocksDB will never touch it again.
-                std::fs::remove_file(&src.path)
-                    .map_err(|e| format!("remove {}: {e}", src.path.display()))?;
+                let retired = db.join(ROCKSDB_ARCHIVE_DIR).join(wal_name(src.number));
+                let path = if src.closed { &src.path } else { &retired };
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("remove {}: {e}", path.display()))?;
                 copied.remove(&src.number);
                 pass.files_completed += 1;
             } else {
@@ -291,11 +309,19 @@ impl WalArchive {
 
 /// The lowest WAL file number in a backup's checkpoint.
 pub fn first_wal(m: &Manifest) -> Option<u64> {
+    checkpoint_wal(m).min()
+}
+
+/// The highest WAL file number in a backup's checkpoint.
+pub fn last_wal(m: &Manifest) -> Option<u64> {
+    checkpoint_wal(m).max()
+}
+
+fn checkpoint_wal(m: &Manifest) -> impl Iterator<Item = u64> + '_ {
     m.files
         .iter()
         .filter_map(|f| f.path.strip_prefix(&format!("{}/", manifest::DATA_DIR)))
         .filter_map(wal_number)
-        .min()
 }
 
 /// Where to resume archiving `src` whose archive copy may already exist:
@@ -351,9 +377,10 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 fn append_new(src: &Path, dest: &Path, from: u64) -> std::io::Result<(u64, u64)> {
     let f = File::open(src)?;
     let len = f.metadata()?.len();
-    if len <= from {
+    if len <= from && (from > 0 || dest.exists()) {
         return Ok((0, len));
     }
+    // Created even empty (every WAL file of the history has its copy).
     // Kept: its first `from` bytes are the archive so far.
     let mut out = OpenOptions::new()
         .create(true)

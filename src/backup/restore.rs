@@ -26,7 +26,7 @@
 //! * The scratch copy is deleted at the end; TARGET is flushed, so it needs
 //!   no WAL of its own.
 
-use super::archive::{first_wal, wal_number};
+use super::archive::{first_wal, last_wal, wal_number};
 use super::manifest::{Manifest, DATA_DIR};
 use crate::changefeed::{record, store};
 use crate::config::StorageConfig;
@@ -125,7 +125,9 @@ fn io_err<'a>(what: &'a str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Stri
     move |e| format!("cannot {what} {}: {e}", p.display())
 }
 
-/// The archived WAL files a restore of `m` needs, in number order.
+/// The archived WAL files a restore of `m` needs, in number order. The
+/// archive must hold the checkpoint's last WAL file (the one being written
+/// when the backup was cut): else it does not continue this backup.
 fn archived_wal(archive: &Path, m: &Manifest) -> Result<Vec<PathBuf>, String> {
     let from = first_wal(m).unwrap_or(0);
     let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(archive)
@@ -137,6 +139,16 @@ fn archived_wal(archive: &Path, m: &Manifest) -> Result<Vec<PathBuf>, String> {
         })
         .collect();
     out.sort();
+    if let Some(last) = last_wal(m) {
+        if !out.iter().any(|(n, _)| *n == last) {
+            return Err(format!(
+                "the WAL archive {} does not continue this backup: it lacks WAL file {last:06}.log, \
+                 the one the backup was cut in (archiving started after the backup, or the \
+                 archive belongs to another database)",
+                archive.display()
+            ));
+        }
+    }
     Ok(out.into_iter().map(|(_, p)| p).collect())
 }
 

@@ -794,6 +794,19 @@ fn continuous_wal_archive_restores_acknowledged_writes_and_cuts_at_a_sequence() 
         .arg("--restore")
         .arg(&bk));
     assert!(!ok && err.contains("not empty"), "{err}");
+    // An archive that does not continue the backup (here: empty).
+    let other = d4.path().join("other-archive");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut cmd = command(d4.path());
+    cmd.arg("--db")
+        .arg(d4.path().join("data"))
+        .arg("--restore")
+        .arg(&bk);
+    let (ok, _, err) = run(cmd.arg("--wal-archive").arg(&other));
+    assert!(
+        !ok && err.contains("does not continue this backup"),
+        "{err}"
+    );
 }
 
 #[test]
