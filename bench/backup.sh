@@ -51,7 +51,7 @@ now_ms() { date +%s%3N; }
 
 start() { # db archive(dir or "") [extra env...]
   local db=$1 arch=$2; shift 2
-  (cd "$WORK" && env THEMIS_FEATURES_CDC=true THEMIS_STORAGE_MEMTABLE_SIZE_MB=64 \
+  (cd "$WORK" && exec env THEMIS_FEATURES_CDC=true THEMIS_STORAGE_MEMTABLE_SIZE_MB=64 \
     ${arch:+THEMIS_STORAGE_WAL_ARCHIVE_PATH=$arch THEMIS_STORAGE_WAL_ARCHIVE_INTERVAL_S=$INTERVAL} "$@" \
     THEMIS_BACKUP_ROOT="$WORK/backups" \
     taskset -c "0-$((SERVER_CPUS - 1))" "$BIN/themis_server" --host 127.0.0.1 --port $PORT \
@@ -73,7 +73,8 @@ load() { # name args...
     --threads "$CLIENT_CPUS" --json "$@" > "$WORK/$name.json"
 }
 backup() { # name
-  curl -fsS -X POST "http://127.0.0.1:$PORT/api/admin/backup" -d '{"label":"bench"}' > "$WORK/$1.json"
+  curl -fsS -X POST -H 'Content-Type: application/json' "http://127.0.0.1:$PORT/api/admin/backup" \
+    -d '{"label":"bench"}' > "$WORK/$1.json"
 }
 
 echo "machine: $NCPU CPUs (shared); server CPUs 0-$((SERVER_CPUS - 1)), client CPUs $CLIENT_LIST"
@@ -130,7 +131,7 @@ c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
 lo, hi = 0, 10**7
 def has(i):
     c.request("GET", f"/entities/rpo:{i:08d}"); r = c.getresponse(); b = r.read()
-    return json.loads(b)["t"] if r.status == 200 else None
+    return json.loads(b)["entity"]["t"] if r.status == 200 else None
 # Writes are sequential: find the last one present by bisection.
 if has(0) is None:
     print(json.dumps({"last": None})); sys.exit()
@@ -181,8 +182,8 @@ put = {m: [j(f"put_{m}_{r}")["total"]["throughput_rps"] for r in range(1, rounds
 mean = lambda xs: sum(xs) / len(xs)
 res = dict(cpus=ncpu, server_cpus=scpu, keys=keys, doc_size=doc, interval_s=interval,
            backup_alone=alone, backup_under_load_ms=under["duration_ms"],
-           p99=dict(get_plain=p99(plain, "get"), get_backup=p99(during, "get"),
-                    put_plain=p99(plain, "put"), put_backup=p99(during, "put")),
+           p99=dict(get_plain=p99(plain, "GET"), get_backup=p99(during, "GET"),
+                    put_plain=p99(plain, "PUT"), put_backup=p99(during, "PUT")),
            throughput=dict(plain=plain["total"]["throughput_rps"], backup=during["total"]["throughput_rps"]),
            rpo=dict(writes=writes, recovered=rec, rpo_ms=rpo_ms, writes_lost=lost, kill_ms=kill_ms),
            restore_wal=rw, rto_wal_ms=rto_wal, rto_checkpoint_ms=rto_cp, archive_bytes=archive_bytes,
@@ -195,9 +196,9 @@ print("| --- | ---: |")
 print(f"| Backup alone (flush + hard links + SHA-256 of every file at 256 MiB/s) | {alone['duration_ms']/1000:.1f} s |")
 print(f"| Backup under mixed load | {under['duration_ms']/1000:.1f} s |")
 print(f"| Mixed load throughput without / with a backup ({window} s windows) | {plain['total']['throughput_rps']:,.0f} / {during['total']['throughput_rps']:,.0f} req/s |")
-for op in ("get", "put"):
+for op in ("GET", "PUT"):
     a, b = p99(plain, op), p99(during, op)
-    print(f"| {op.upper()} p99 without / with a backup | {a:.2f} / {b:.2f} ms ({b/a:.2f}x) |")
+    print(f"| {op} p99 without / with a backup | {a:.2f} / {b:.2f} ms ({b/a:.2f}x) |")
 print(f"| RTO, checkpoint only (restore.sh copy + start until /health) | {rto_cp/1000:.1f} s |")
 print(f"| RTO, checkpoint + archived WAL replay ({rw['wal_files']} files, {archive_bytes/2**20:,.0f} MiB archive) | {rto_wal/1000:.1f} s |")
 if rpo_ms is not None:

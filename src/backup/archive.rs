@@ -478,6 +478,49 @@ mod tests {
     }
 
     #[test]
+    fn the_archive_is_pruned_below_the_oldest_backups_first_wal() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, arch) = (t.path().join("bk"), t.path().join("arch"));
+        for (ms, wal) in [(1000u64, 10u64), (2000, 14)] {
+            let b = root.join(format!("{}{ms}", super::super::checkpoint::PREFIX));
+            std::fs::create_dir_all(&b).unwrap();
+            let m = serde_json::json!({
+                "timestamp": ms, "backup_time": "", "db_path": "/db", "backup_type": "checkpoint",
+                "checkpoint_size_bytes": 0, "wal_file_count": 1, "retention_days": 7,
+                "themis_version": "", "format_version": 1, "rocksdb_sequence": 0,
+                "changefeed": {"first_sequence": 1, "sequence": 0, "in_flight": []},
+                "column_families": [], "duration_ms": 0,
+                "files": [{"path": format!(".rocksdb/{}", wal_name(wal)), "size": 0, "sha256": ""}],
+            });
+            std::fs::write(b.join(manifest::FILE), m.to_string()).unwrap();
+        }
+        std::fs::create_dir_all(&arch).unwrap();
+        for n in [5, 9, 10, 14, 15] {
+            std::fs::write(arch.join(wal_name(n)), b"x").unwrap();
+        }
+        std::fs::write(arch.join("000003.log.superseded-1"), b"x").unwrap();
+        let a = WalArchive::new(Some(arch.clone()));
+        assert_eq!(a.prune_for(&root), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&arch)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "000003.log.superseded-1",
+                "000010.log",
+                "000014.log",
+                "000015.log"
+            ]
+        );
+        // No backup: nothing is deleted.
+        assert_eq!(a.prune_for(&t.path().join("none")), 0);
+    }
+
+    #[test]
     fn wal_numbers() {
         assert_eq!(wal_number("000123.log"), Some(123));
         assert_eq!(wal_number("12345678.log"), Some(12_345_678));
