@@ -11,7 +11,10 @@
 #   4. copy the checkpoint into the database path
 #   5. --with-wal: copy the backup's archived WAL (wal_archive/*.log) next to
 #      it, so that the server replays it on start (see docs/backup.md for
-#      exactly what this recovers)
+#      exactly what this recovers); or --wal-archive DIR [--until CUT]: the
+#      continuous WAL archive (storage.wal_archive_path) replayed by
+#      `themis_server --restore` (steps 4 and 5 together), to the latest
+#      archived state or up to CUT (point-in-time restore)
 #   6. start again what step 2 stopped and check /health (--api-url)
 #
 # Works without systemd and without a running server: it only stops and
@@ -20,12 +23,16 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: restore.sh --backup-path DIR --db-path DIR [--with-wal] [--force] [--verify]
-                  [--service NAME] [--pid-file FILE] [--api-url URL] [--themis-bin PATH]
+Usage: restore.sh --backup-path DIR --db-path DIR [--with-wal | --wal-archive DIR [--until CUT]]
+                  [--force] [--verify] [--service NAME] [--pid-file FILE] [--api-url URL]
+                  [--themis-bin PATH]
 
   --backup-path DIR   a backup: DIR/manifest.json and DIR/.rocksdb/
   --db-path DIR       the database directory to restore into
   --with-wal          also restore the backup's archived WAL (DIR/wal_archive/)
+  --wal-archive DIR   replay the continuous WAL archive (storage.wal_archive_path)
+  --until CUT         stop the replay at CUT: seq:N (change-feed sequence), an
+                      RFC 3339 time (2026-11-25T14:00:00Z), ms:N or rocksdb:N
   --force             overwrite a non-empty database directory
   --verify            verify the backup (checksums and database) before restoring
   --service NAME      systemd unit to stop and start (default: themisdb)
@@ -36,13 +43,15 @@ Usage: restore.sh --backup-path DIR --db-path DIR [--with-wal] [--force] [--veri
 USAGE
 }
 
-BACKUP_PATH="" DB_PATH="" WITH_WAL=0 FORCE=0 VERIFY=0
+BACKUP_PATH="" DB_PATH="" WITH_WAL=0 FORCE=0 VERIFY=0 WAL_ARCHIVE="" UNTIL=""
 SERVICE="themisdb" PID_FILE="" API_URL="http://localhost:8765" THEMIS_BIN="${THEMIS_BIN:-}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --backup-path) BACKUP_PATH="${2:?--backup-path needs a value}"; shift 2 ;;
     --db-path) DB_PATH="${2:?--db-path needs a value}"; shift 2 ;;
     --with-wal) WITH_WAL=1; shift ;;
+    --wal-archive) WAL_ARCHIVE="${2:?--wal-archive needs a value}"; shift 2 ;;
+    --until) UNTIL="${2:?--until needs a value}"; shift 2 ;;
     --force) FORCE=1; shift ;;
     --verify) VERIFY=1; shift ;;
     --service) SERVICE="${2:?--service needs a value}"; shift 2 ;;
@@ -54,6 +63,10 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -n "$BACKUP_PATH" && -n "$DB_PATH" ]] || { usage >&2; exit 1; }
+if [[ "$WITH_WAL" == 1 && -n "$WAL_ARCHIVE$UNTIL" ]]; then
+  echo "Error: --with-wal (the backup's own wal_archive/) and --wal-archive/--until exclude each other" >&2
+  exit 1
+fi
 
 log() { echo "[restore] $*"; }
 die() { echo "Error: $*" >&2; exit 1; }
@@ -78,6 +91,9 @@ if [[ "$VERIFY" == 1 ]]; then
     die "Backup verification failed: $BACKUP_PATH (nothing was changed)"
   fi
   log "backup verified"
+fi
+if [[ -n "$WAL_ARCHIVE" && ! -d "$WAL_ARCHIVE" ]]; then
+  die "--wal-archive: $WAL_ARCHIVE is not a directory"
 fi
 if [[ "$WITH_WAL" == 1 ]]; then
   shopt -s nullglob
@@ -119,10 +135,22 @@ if [[ -n "$(ls -A "$DB_PATH")" ]]; then
 fi
 
 # 4. Copy the checkpoint (a copy, not links: the restored database must not
-# share files with the backup).
-log "copying checkpoint $BACKUP_PATH/.rocksdb into $DB_PATH"
-cp -a "$BACKUP_PATH/.rocksdb/." "$DB_PATH/"
-rm -f "$DB_PATH/LOCK" "$DB_PATH"/LOG "$DB_PATH"/LOG.old.*
+# share files with the backup). With --wal-archive/--until, themis_server
+# --restore copies it and replays the archive (4 and 5 together).
+if [[ -n "$WAL_ARCHIVE$UNTIL" ]]; then
+  bin="$(find_bin)"
+  args=(--db "$DB_PATH" --restore "$BACKUP_PATH")
+  [[ -n "$WAL_ARCHIVE" ]] && args+=(--wal-archive "$WAL_ARCHIVE")
+  [[ -n "$UNTIL" ]] && args+=(--until "$UNTIL")
+  log "restoring with $bin ${args[*]}"
+  if ! "$bin" "${args[@]}"; then
+    die "point-in-time restore into $DB_PATH failed (see above); $DB_PATH is not a usable database"
+  fi
+else
+  log "copying checkpoint $BACKUP_PATH/.rocksdb into $DB_PATH"
+  cp -a "$BACKUP_PATH/.rocksdb/." "$DB_PATH/"
+  rm -f "$DB_PATH/LOCK" "$DB_PATH"/LOG "$DB_PATH"/LOG.old.*
+fi
 
 # 5. Archived WAL: RocksDB replays every WAL file in the directory that is
 # newer than the checkpoint's on the next start, up to the first damaged

@@ -1,5 +1,5 @@
 //! The command line: flags, `--version` and `--validate` (`--backup` and
-//! `--verify` are `backup::offline`).
+//! `--verify` are `backup::offline`, `--restore` is `backup::restore`).
 
 use crate::config::{CliOverrides, ConfigError, LoadedConfig};
 use clap::Parser;
@@ -36,6 +36,19 @@ pub struct Cli {
     /// report and exit 0 when intact, 1 otherwise.
     #[arg(long, value_name = "DIR", conflicts_with = "validate")]
     pub verify: Option<PathBuf>,
+    /// Restore the backup BACKUP (a `checkpoint_<ms>` directory) into the
+    /// database directory (`--db` / storage.rocksdb_path, absent or empty),
+    /// replaying `--wal-archive` up to `--until`; print a JSON report and
+    /// exit 0, or 1 when the archive could not be read to its end.
+    #[arg(long, value_name = "BACKUP", conflicts_with_all = ["validate", "verify", "backup"])]
+    pub restore: Option<PathBuf>,
+    /// With --restore: the WAL archive (storage.wal_archive_path) to replay.
+    #[arg(long, value_name = "DIR", requires = "restore")]
+    pub wal_archive: Option<PathBuf>,
+    /// With --restore: where to stop: seq:N (change-feed sequence), an RFC
+    /// 3339 time, ms:N (Unix ms) or rocksdb:N. Default: all archived.
+    #[arg(long, value_name = "CUT", requires = "restore")]
+    pub until: Option<String>,
     /// Print name, version, build date and commit, and exit.
     #[arg(long, short = 'V')]
     pub version: bool,

@@ -44,6 +44,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    if let Some(from) = &args.restore {
+        let cut = match args.until.as_deref().map(backup::restore::parse_until) {
+            None => backup::restore::Cut::Latest,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                eprintln!("themis_server: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let target = &loaded.config.storage.rocksdb_path;
+        return match backup::restore::run(from, target, args.wal_archive.as_deref(), cut) {
+            Ok(r) => {
+                print_json(&r);
+                match &r.wal_read_error {
+                    None => ExitCode::SUCCESS,
+                    Some(e) => {
+                        eprintln!("themis_server: restore incomplete: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("themis_server: restore failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(root) = &args.backup {
         return match backup::offline::backup(&loaded.config, root) {
             Ok(v) => {

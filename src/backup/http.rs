@@ -197,7 +197,16 @@ pub async fn backup(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result
             // Every sequence up to here is committed (or failed) before
             // the checkpoint is cut.
             plan.visible_before = Some(shared.changefeed.latest());
-            checkpoint::create(&shared.storage, &plan)
+            let done = checkpoint::create(&shared.storage, &plan);
+            // The WAL archive follows the retention of the default root
+            // (a backup elsewhere says nothing about what it needs).
+            if done.is_ok() && plan.root == shared.config.backup.root {
+                let pruned = shared.wal_archive.prune_for(&plan.root);
+                if pruned > 0 {
+                    tracing::info!(files = pruned, "WAL archive: files no backup needs deleted");
+                }
+            }
+            done
         })
         .await?
         .map_err(|e| match e {

@@ -12,6 +12,9 @@
 //!   over any [`ReadView`](crate::storage::ReadView).
 //! * [`offline`]: `themis_server --backup DIR` and `--verify DIR`.
 //! * [`http`]: `POST /api/admin/backup` and `POST /api/admin/verify`.
+//! * [`archive`]: continuous WAL archiving (`storage.wal_archive_path`).
+//! * [`restore`]: `themis_server --restore`: a backup plus archived WAL,
+//!   to the latest archived state or cut at a time or sequence.
 //!
 //! Invariants:
 //! * Backups and verifications never run on a reactor (the admin lane of
@@ -24,11 +27,13 @@
 //!   `backup.io_limit_mb_per_s`, so a backup or a verification does not
 //!   take the disk away from requests.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod http;
 pub mod manifest;
 pub mod migrate;
 pub mod offline;
+pub mod restore;
 pub mod verify;
 
 use std::sync::atomic::{AtomicBool, Ordering};

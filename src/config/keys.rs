@@ -121,6 +121,8 @@ pub const KEYS: &[KeyRule] = &[
     cold("storage.bloom_bits_per_key", Int(1, 64)),
     cold("storage.max_background_compactions", Int(1, 256)),
     cold("storage.sync_writes", Bool),
+    cold("storage.wal_archive_path", Check(wal_archive_path)),
+    cold("storage.wal_archive_interval_s", Int(1, 60)),
     cold("server.host", NonEmpty),
     cold("server.port", Int(0, 65_535)),
     cold("server.worker_threads", Int(0, 1024)).aka(&["server.threads"]),
@@ -322,6 +324,26 @@ fn tls_files(c: &Config, e: &mut Vec<String>) {
 fn shard_ports(c: &Config, e: &mut Vec<String>) {
     if let Err(why) = c.shard_ports(c.server.worker_threads.max(1)) {
         e.push(why);
+    }
+}
+
+/// The WAL archive is a directory of its own: not the database directory
+/// nor inside it (RocksDB owns those files), not blank.
+fn wal_archive_path(c: &Config, e: &mut Vec<String>) {
+    let Some(p) = &c.storage.wal_archive_path else {
+        return;
+    };
+    if p.as_os_str().is_empty() || p.to_string_lossy().trim().is_empty() {
+        e.push(
+            "storage.wal_archive_path must not be empty (leave it out to turn archiving off)"
+                .into(),
+        );
+    } else if p.starts_with(&c.storage.rocksdb_path) {
+        e.push(format!(
+            "storage.wal_archive_path = {} must be outside storage.rocksdb_path ({})",
+            p.display(),
+            c.storage.rocksdb_path.display()
+        ));
     }
 }
 

@@ -70,6 +70,12 @@ pub struct StorageConfig {
     pub max_background_compactions: i32,
     /// fsync the write-ahead log before a write is acknowledged.
     pub sync_writes: bool,
+    /// Continuous WAL archiving into this directory (off when absent):
+    /// see `backup::archive`. Turns WAL recycling off.
+    pub wal_archive_path: Option<PathBuf>,
+    /// How often the archiver copies new WAL bytes, in seconds (the RPO of
+    /// a restore from the archive is about this).
+    pub wal_archive_interval_s: u32,
 }
 
 impl StorageConfig {
@@ -103,6 +109,8 @@ impl Default for StorageConfig {
             bloom_bits_per_key: 10,
             max_background_compactions: 4,
             sync_writes: false,
+            wal_archive_path: None,
+            wal_archive_interval_s: 10,
         }
     }
 }

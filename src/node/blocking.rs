@@ -36,15 +36,19 @@ pub enum Work {
     /// Backups and verifications (seconds to hours): their own lane, so a
     /// verification never holds up an index create.
     Backup,
+    /// WAL archiving passes (`backup::archive`, core 0 only): never queued
+    /// behind a backup, which would stretch the archive's RPO.
+    Archive,
 }
 
 impl Work {
-    const ALL: [Work; 5] = [
+    const ALL: [Work; 6] = [
         Work::Scan,
         Work::Build,
         Work::Feed,
         Work::Admin,
         Work::Backup,
+        Work::Archive,
     ];
 
     /// (running, queued) bounds of the kind's lane on one core.
@@ -55,6 +59,7 @@ impl Work {
             Work::Feed => (1, 1024),
             Work::Admin => (1, 64),
             Work::Backup => (1, 8),
+            Work::Archive => (1, 1),
         }
     }
 
@@ -65,6 +70,7 @@ impl Work {
             Work::Feed => "feed",
             Work::Admin => "admin",
             Work::Backup => "backup",
+            Work::Archive => "archive",
         }
     }
 }
@@ -88,7 +94,7 @@ struct Lane {
 
 /// One core's lanes (lives in its `Core`; not shared between threads).
 pub struct Lanes {
-    lanes: [Lane; 5],
+    lanes: [Lane; 6],
 }
 
 impl Default for Lanes {
@@ -141,6 +147,7 @@ impl Lanes {
                 Work::Feed => "too many queued change-feed reads on this core; retry later",
                 Work::Admin => "too many queued admin operations on this core; retry later",
                 Work::Backup => "too many queued backup operations on this core; retry later",
+                Work::Archive => "a WAL archiving pass is already queued on this core",
             }));
         }
         lane.waiting.set(lane.waiting.get() + 1);
@@ -171,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_thread_for_every_running_slot() {
-        assert_eq!(POOL_THREADS, 6);
+        assert_eq!(POOL_THREADS, 7);
     }
 
     #[test]

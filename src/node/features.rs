@@ -49,4 +49,5 @@ pub fn start(core: &Rc<Core>, shutdown: &themis_io::ShutdownSignal, faults: &sup
     crate::changefeed::http::start(core, shutdown, faults);
     crate::timeseries::http::start(core, shutdown, faults);
     crate::cache::http::start(core, shutdown, faults);
+    crate::backup::archive::start(core, shutdown);
 }

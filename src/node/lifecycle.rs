@@ -266,6 +266,8 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         crate::timeseries::Timeseries::open(&config, &storage).map_err(ServerError::Timeseries)?;
     raise_limits();
 
+    let wal_archive =
+        crate::backup::archive::WalArchive::new(config.storage.wal_archive_path.clone());
     let node = Arc::new(Node {
         counters: (0..n).map(|_| CoreCounters::default()).collect(),
         cpus: cpus.clone(),
@@ -281,6 +283,7 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         faults: faults.clone(),
         failures: Default::default(),
         backup: Default::default(),
+        wal_archive,
         tls,
         timeseries,
         ports,
@@ -394,6 +397,12 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
         node.changefeed.close(&node.storage)?;
     }
     node.storage.flush()?;
+    // The last WAL bytes (and the file the flush retired) into the archive.
+    if node.wal_archive.dir().is_some() {
+        if let Err(e) = node.wal_archive.pass(node.storage.path()) {
+            tracing::error!("final WAL archiving pass failed: {e}");
+        }
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -54,6 +54,8 @@ pub struct Node {
     pub failures: health::Failures,
     /// Which backup and verification are running.
     pub backup: crate::backup::Backups,
+    /// Continuous WAL archiving (`storage.wal_archive_path`).
+    pub wal_archive: crate::backup::archive::WalArchive,
     /// The TLS certificate and key in use (`server.enable_tls`), reloaded
     /// by SIGHUP.
     pub tls: Option<crate::tls::TlsState>,

@@ -391,6 +391,52 @@ pub fn render(
             shared.changefeed.gaps() as f64,
         ),
     ];
+    if shared.wal_archive.dir().is_some() {
+        let a = shared.wal_archive.stats();
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        let through = load(&a.archived_through_ms);
+        fams.extend([
+            gauge(
+                "themis_wal_archive_archived_through_seconds",
+                "Unix time of the start of the last complete WAL archiving pass: every write acknowledged before it is in the archive (0 before the first pass).",
+                through as f64 / 1000.0,
+            ),
+            gauge(
+                "themis_wal_archive_lag_seconds",
+                "Seconds since archived_through: the recovery point a restore from the archive would lose now.",
+                if through == 0 {
+                    0.0
+                } else {
+                    crate::backup::now_ms().saturating_sub(through) as f64 / 1000.0
+                },
+            ),
+            counter(
+                "themis_wal_archive_bytes_total",
+                "WAL bytes copied into the archive since start.",
+                load(&a.bytes_total) as f64,
+            ),
+            counter(
+                "themis_wal_archive_files_total",
+                "WAL files archived whole (closed by RocksDB) since start.",
+                load(&a.files_total) as f64,
+            ),
+            counter(
+                "themis_wal_archive_passes_total",
+                "Completed WAL archiving passes since start.",
+                load(&a.passes_total) as f64,
+            ),
+            counter(
+                "themis_wal_archive_failures_total",
+                "WAL archiving passes that failed (I/O errors; /health has the message).",
+                load(&a.failures_total) as f64,
+            ),
+            counter(
+                "themis_wal_archive_gaps_total",
+                "WAL files that disappeared before they were archived whole: the archive cannot restore past them.",
+                load(&a.gaps_total) as f64,
+            ),
+        ]);
+    }
     let per_shard = |f: fn(&crate::obs::counters::ShardSnapshot) -> u64| -> Vec<Metric> {
         snaps
             .iter()

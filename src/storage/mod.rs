@@ -25,6 +25,7 @@ pub mod batch;
 pub mod format;
 pub mod keyspace;
 pub mod read;
+pub mod wal;
 
 pub use batch::ChangeBatch;
 pub use keyspace::Family;
@@ -111,9 +112,23 @@ fn walk(
     Ok(())
 }
 
+/// With WAL archiving on, how long RocksDB keeps an obsolete WAL file in
+/// `<db>/archive/` for the archiver (which deletes it once copied) before
+/// deleting it itself: an hour of archiver outage.
+pub const WAL_KEEP_S: u64 = 3600;
+
 /// Entity ranges smaller than this (in SST bytes) are not split by size
 /// ([`Storage::split_entities`]).
 pub const SPLIT_MIN_BYTES: u64 = 8 << 20;
+
+/// How a database is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ReadWrite,
+    ReadOnly,
+    /// Read-write, keeping every WAL file readable (`wal::open_wal_source`).
+    WalSource,
+}
 
 /// The database.
 pub struct Storage {
@@ -183,7 +198,7 @@ fn cf_options(cfg: &StorageConfig, cache: &Cache, usage: CfUse) -> Options {
 impl Storage {
     /// Opens (or creates) the database described by `cfg`.
     pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
-        Storage::open_with(cfg, false)
+        Storage::open_with(cfg, Mode::ReadWrite)
     }
 
     /// Opens an existing database (a backup's checkpoint, a stopped
@@ -196,10 +211,11 @@ impl Storage {
             block_cache_size_mb: 16,
             ..StorageConfig::default()
         };
-        Storage::open_with(&cfg, true)
+        Storage::open_with(&cfg, Mode::ReadOnly)
     }
 
-    fn open_with(cfg: &StorageConfig, read_only: bool) -> Result<Storage, StorageError> {
+    fn open_with(cfg: &StorageConfig, mode: Mode) -> Result<Storage, StorageError> {
+        let read_only = mode == Mode::ReadOnly;
         let path = cfg.rocksdb_path.clone();
         let open_err = |message: String| StorageError::Open {
             path: path.clone(),
@@ -235,15 +251,36 @@ impl Storage {
         // thread (an executor) for milliseconds.
         db_opts.set_wal_bytes_per_sync(1 << 20);
         db_opts.set_bytes_per_sync(1 << 20);
-        // Reuse old WAL files instead of creating new ones: overwriting
-        // allocated blocks skips the filesystem's block allocation on every
-        // append (measured: the WAL write is the largest part of a PUT's
-        // storage cost).
-        db_opts.set_recycle_log_file_num(4);
+        if cfg.wal_archive_path.is_some() {
+            // WAL archiving (`backup::archive`) copies each WAL file as it
+            // grows and needs every file to stay an append-only record
+            // until it is copied whole: no recycling (a recycled file is
+            // overwritten in place), and an obsolete file is moved into
+            // `<db>/archive/` instead of being deleted. The archiver
+            // deletes it from there once copied; RocksDB deletes it after
+            // `WAL_KEEP_S` if the archiver cannot (a gap the archiver
+            // reports). RocksDB also forces recycling off once a TTL is set.
+            db_opts.set_recycle_log_file_num(0);
+            db_opts.set_wal_ttl_seconds(WAL_KEEP_S);
+        } else {
+            // Reuse old WAL files instead of creating new ones: overwriting
+            // allocated blocks skips the filesystem's block allocation on
+            // every append (measured: the WAL write is the largest part of
+            // a PUT's storage cost; bench/RESULTS.md has its cost).
+            db_opts.set_recycle_log_file_num(4);
+        }
         // Recovery replays the WAL up to its first damaged record and stops
         // there (a consistent prefix), the mode a checkpoint restore and a
         // crash both rely on.
         db_opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        if mode == Mode::WalSource {
+            // A scratch copy opened only to read its WAL back
+            // (`Storage::wal_since`): the WAL files that recovery's flush
+            // retires must stay readable, so they are moved to `archive/`
+            // (where the reader finds them) instead of being deleted.
+            db_opts.set_wal_ttl_seconds(WAL_KEEP_S);
+            db_opts.set_recycle_log_file_num(0);
+        }
         // Total memtable memory across all column families: a full budget
         // (`memtable_size_mb` x `max_write_buffer_number`) for each family
         // that writes fill — entities and the change feed — so turning CDC

@@ -611,3 +611,209 @@ fn the_backup_cronjob_and_systemd_units_are_well_formed() {
         assert!(!err.contains("themisdb-backup"), "{err}");
     }
 }
+
+/// A gauge or counter of `/metrics` (0 when absent).
+fn metric(s: &Server, name: &str) -> f64 {
+    let m = String::from_utf8(s.request("GET", "/metrics", None).body).unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `recycle_log_file_num` in the database's newest OPTIONS file (the
+/// options RocksDB actually runs with).
+fn recycle_log_file_num(data: &Path) -> u64 {
+    let newest = std::fs::read_dir(data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("OPTIONS-")
+        })
+        .max()
+        .expect("an OPTIONS file");
+    let text = std::fs::read_to_string(newest).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("recycle_log_file_num="))
+        .expect("recycle_log_file_num in OPTIONS")
+        .parse()
+        .unwrap()
+}
+
+/// `themis_server --db TARGET --restore BACKUP --wal-archive A [--until U]`.
+fn pitr(cwd: &Path, target: &Path, bk: &Path, archive: &Path, until: Option<&str>) -> Value {
+    let mut cmd = command(cwd);
+    cmd.arg("--db")
+        .arg(target)
+        .arg("--restore")
+        .arg(bk)
+        .arg("--wal-archive")
+        .arg(archive);
+    if let Some(u) = until {
+        cmd.args(["--until", u]);
+    }
+    let (ok, out, err) = run(&mut cmd);
+    assert!(ok, "{out}\n{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn continuous_wal_archive_restores_acknowledged_writes_and_cuts_at_a_sequence() {
+    let dir = tempdir();
+    let arch = dir.path().join("wal-archive");
+    // Small memtables: the writes below roll and retire WAL files, so the
+    // archive is made of closed files and the live one's prefix.
+    let opts = cdc(2)
+        .env("THEMIS_STORAGE_WAL_ARCHIVE_PATH", arch.to_str().unwrap())
+        .env("THEMIS_STORAGE_WAL_ARCHIVE_INTERVAL_S", "1")
+        .env("THEMIS_STORAGE_MEMTABLE_SIZE_MB", "1");
+    let s = start_in(dir.path(), &opts);
+    let put = |s: &Server, i: u64, pad: usize| {
+        let body = json!({ "i": i, "pad": filler(i, pad) }).to_string();
+        assert_eq!(
+            s.request("PUT", &format!("/entities/w:{i}"), Some(&body))
+                .status,
+            201
+        );
+    };
+    for i in 0..40 {
+        put(&s, i, 100);
+    }
+    let bk = PathBuf::from(backup(&s, &dir.path().join("bk"))["path"].as_str().unwrap());
+    for i in 40..160 {
+        put(&s, i, 20_000);
+    }
+    assert_eq!(s.request("DELETE", "/entities/w:3", None).status, 200);
+    let events = all_events(&s);
+    assert_eq!(events.len(), 161);
+    // Wait for a pass that started after the last acknowledged write.
+    let acked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&s, "themis_wal_archive_archived_through_seconds") <= acked {
+        assert!(Instant::now() < deadline, "no archiving pass");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&s, "themis_wal_archive_bytes_total") > 2e6);
+    assert!(
+        metric(&s, "themis_wal_archive_files_total") >= 1.0,
+        "a retired WAL was archived whole"
+    );
+    assert_eq!(metric(&s, "themis_wal_archive_gaps_total"), 0.0);
+    s.kill9();
+    assert_eq!(recycle_log_file_num(&dir.path().join("data")), 0);
+
+    // Latest: everything acknowledged before the pass.
+    let d2 = tempdir();
+    let r = pitr(d2.path(), &d2.path().join("data"), &bk, &arch, None);
+    assert_eq!(r["changefeed_sequence"], events[160]["sequence"], "{r}");
+    let s2 = start_in(d2.path(), &cdc(1));
+    assert_eq!(all_events(&s2), events);
+    for i in 0..160 {
+        let want = if i == 3 { 404 } else { 200 };
+        assert_eq!(
+            s2.request("GET", &format!("/entities/w:{i}"), None).status,
+            want,
+            "w:{i}"
+        );
+    }
+    assert_eq!(verify_live(&s2)["ok"], true);
+    drop(s2);
+
+    // Cut at the event of w:99: exactly the events up to it, nothing after.
+    let cut = events[99]["sequence"].as_u64().unwrap();
+    let d3 = tempdir();
+    let r = pitr(
+        d3.path(),
+        &d3.path().join("data"),
+        &bk,
+        &arch,
+        Some(&format!("seq:{cut}")),
+    );
+    assert_eq!(r["changefeed_sequence"], cut, "{r}");
+    assert!(r["batches_dropped"].as_u64().unwrap() >= 61, "{r}");
+    let s3 = start_in(d3.path(), &cdc(1));
+    let got = all_events(&s3);
+    let want: Vec<Value> = events
+        .iter()
+        .filter(|e| e["sequence"].as_u64().unwrap() <= cut)
+        .cloned()
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(s3.request("GET", "/entities/w:99", None).status, 200);
+    assert_eq!(s3.request("GET", "/entities/w:100", None).status, 404);
+    assert_eq!(s3.request("GET", "/entities/w:3", None).status, 200);
+    assert_eq!(verify_live(&s3)["ok"], true);
+    drop(s3);
+
+    // Cut at a time, through restore.sh: the events stamped up to it.
+    let t = events[120]["timestamp_ms"].as_u64().unwrap();
+    let d5 = tempdir();
+    let until = format!("ms:{t}");
+    let (ok, out, err) = restore(
+        &bk,
+        &d5.path().join("data"),
+        &["--wal-archive", arch.to_str().unwrap(), "--until", &until],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("\"batches_dropped\""), "{out}");
+    let s5 = start_in(d5.path(), &cdc(1));
+    let want: Vec<Value> = events
+        .iter()
+        .filter(|e| e["timestamp_ms"].as_u64().unwrap() <= t)
+        .cloned()
+        .collect();
+    assert_eq!(all_events(&s5), want);
+    drop(s5);
+
+    // A cut before the backup, bad cuts and a non-empty target are refused.
+    let d4 = tempdir();
+    let mut cmd = command(d4.path());
+    cmd.arg("--db")
+        .arg(d4.path().join("data"))
+        .arg("--restore")
+        .arg(&bk);
+    let (ok, _, err) = run(cmd.args(["--until", "seq:1"]));
+    assert!(!ok && err.contains("older backup"), "{err}");
+    let mut cmd = command(d4.path());
+    cmd.arg("--db")
+        .arg(d4.path().join("data"))
+        .arg("--restore")
+        .arg(&bk);
+    let (ok, _, err) = run(cmd.args(["--until", "yesterday"]));
+    assert!(!ok && err.contains("RFC 3339"), "{err}");
+    let mut cmd = command(d4.path());
+    let (ok, _, err) = run(cmd
+        .arg("--db")
+        .arg(d3.path().join("data"))
+        .arg("--restore")
+        .arg(&bk));
+    assert!(!ok && err.contains("not empty"), "{err}");
+    // An archive that does not continue the backup (here: empty).
+    let other = d4.path().join("other-archive");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut cmd = command(d4.path());
+    cmd.arg("--db")
+        .arg(d4.path().join("data"))
+        .arg("--restore")
+        .arg(&bk);
+    let (ok, _, err) = run(cmd.arg("--wal-archive").arg(&other));
+    assert!(
+        !ok && err.contains("does not continue this backup"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_archiving_wal_files_are_recycled() {
+    let dir = tempdir();
+    let s = start_in(dir.path(), &Opts::threads(1));
+    assert_eq!(s.request("PUT", "/entities/a:1", Some("{}")).status, 201);
+    assert!(s.stop().success());
+    assert_eq!(recycle_log_file_num(&dir.path().join("data")), 4);
+}
