@@ -69,6 +69,14 @@ pub struct StorageConfig {
     pub max_background_compactions: i32,
     /// fsync the write-ahead log before a write is acknowledged.
     pub sync_writes: bool,
+    /// Commit each core's entity writes in groups, off the reactor
+    /// (`entity::group`); `false` commits each write on the reactor.
+    pub group_commit: bool,
+    /// Entity writes in one group at most.
+    pub group_commit_max_writes: u32,
+    /// Batch bytes in one group at most (a single larger write still
+    /// commits, alone).
+    pub group_commit_max_bytes: u64,
 }
 
 impl StorageConfig {
@@ -102,6 +110,9 @@ impl Default for StorageConfig {
             bloom_bits_per_key: 10,
             max_background_compactions: 4,
             sync_writes: false,
+            group_commit: true,
+            group_commit_max_writes: 1024,
+            group_commit_max_bytes: 4 << 20,
         }
     }
 }

@@ -36,15 +36,20 @@ pub enum Work {
     /// Backups and verifications (seconds to hours): their own lane, so a
     /// verification never holds up an index create.
     Backup,
+    /// Group commits of entity writes (`entity::group`): one at a time per
+    /// core, on a thread of their own, so a write's fsync never waits
+    /// behind a scan.
+    Commit,
 }
 
 impl Work {
-    const ALL: [Work; 5] = [
+    const ALL: [Work; 6] = [
         Work::Scan,
         Work::Build,
         Work::Feed,
         Work::Admin,
         Work::Backup,
+        Work::Commit,
     ];
 
     /// (running, queued) bounds of the kind's lane on one core.
@@ -55,6 +60,7 @@ impl Work {
             Work::Feed => (1, 1024),
             Work::Admin => (1, 64),
             Work::Backup => (1, 8),
+            Work::Commit => (1, 1),
         }
     }
 
@@ -65,6 +71,7 @@ impl Work {
             Work::Feed => "feed",
             Work::Admin => "admin",
             Work::Backup => "backup",
+            Work::Commit => "commit",
         }
     }
 }
@@ -88,7 +95,7 @@ struct Lane {
 
 /// One core's lanes (lives in its `Core`; not shared between threads).
 pub struct Lanes {
-    lanes: [Lane; 5],
+    lanes: [Lane; 6],
 }
 
 impl Default for Lanes {
@@ -141,6 +148,7 @@ impl Lanes {
                 Work::Feed => "too many queued change-feed reads on this core; retry later",
                 Work::Admin => "too many queued admin operations on this core; retry later",
                 Work::Backup => "too many queued backup operations on this core; retry later",
+                Work::Commit => "too many queued group commits on this core; retry later",
             }));
         }
         lane.waiting.set(lane.waiting.get() + 1);
@@ -171,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_thread_for_every_running_slot() {
-        assert_eq!(POOL_THREADS, 6);
+        assert_eq!(POOL_THREADS, 7);
     }
 
     #[test]

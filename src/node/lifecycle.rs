@@ -42,7 +42,10 @@ pub struct ReloadSource {
 /// `retention_interval_ms=N` runs the background retention pass every N ms
 /// instead of every minute; `refuse_start_build=N` makes the first N
 /// index-build starts sent to another core fail as if timed out;
-/// `fail_build_reads=1` makes every index build's table read fail.
+/// `fail_build_reads=1` makes every index build's table read fail;
+/// `fail_group_commit=1` makes every group commit fail;
+/// `group_commit_delay_ms=N` holds each group commit N ms on its helper
+/// thread before writing (a slow disk: groups gather, writes stay pending).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Delays and failures of cross-core calls.
@@ -55,6 +58,8 @@ pub struct Faults {
     /// How many more `StartBuild` calls to refuse.
     pub refuse_start_build: Arc<std::sync::atomic::AtomicU32>,
     pub fail_build_reads: bool,
+    pub fail_group_commit: bool,
+    pub group_commit_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -87,6 +92,10 @@ impl Faults {
                     f.refuse_start_build = Arc::new(n.parse().unwrap_or(0).into());
                 } else if item == "fail_build_reads=1" {
                     f.fail_build_reads = true;
+                } else if item == "fail_group_commit=1" {
+                    f.fail_group_commit = true;
+                } else if let Some(ms) = item.strip_prefix("group_commit_delay_ms=") {
+                    f.group_commit_delay = ms.parse().ok().map(Duration::from_millis);
                 }
             }
         }

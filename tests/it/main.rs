@@ -10,6 +10,7 @@ mod api;
 mod architecture;
 mod backup;
 mod changefeed;
+mod groupcommit;
 mod hostile;
 mod lifecycle;
 mod observability;
