@@ -71,9 +71,11 @@ use std::task::{Context, Poll, Waker};
 /// Closed groups that may wait behind the one being committed.
 pub const MAX_CLOSED: usize = 4;
 
-/// Buffers kept for reuse (overlay values), so that the steady state
-/// allocates no value copy per write.
-const SPARE_BUFFERS: usize = 1024;
+/// Buffers kept for reuse (overlay keys and values), so that the steady
+/// state allocates no copy per write; each at most [`SPARE_BUFFER_BYTES`]
+/// (at most 4 MiB kept per core).
+const SPARE_BUFFERS: usize = 256;
+const SPARE_BUFFER_BYTES: usize = 16 << 10;
 
 /// How a group ended, shared by its writers.
 #[derive(Default)]
@@ -366,7 +368,7 @@ fn full(core: &Core, group: &Group, more: usize) -> bool {
 
 fn recycle(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
     // Oversized buffers are dropped: a 10 MB document once must not stay.
-    if spare.len() < SPARE_BUFFERS && buf.capacity() <= 64 << 10 {
+    if spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_BUFFER_BYTES {
         buf.clear();
         spare.push(buf);
     }

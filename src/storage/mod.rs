@@ -793,4 +793,73 @@ mod tests {
         assert!(s.entity_exists(b"t:3").unwrap());
         assert!(s.entity_exists(b"t:1").unwrap());
     }
+
+    /// One write of the property below: put (`Some`) or delete a key of
+    /// one of two families.
+    type Op = (bool, u8, Option<u8>);
+
+    fn apply_op(b: &mut ChangeBatch<'_>, (ix, k, v): &Op) {
+        let family = if *ix {
+            Family::Indexes
+        } else {
+            Family::Entities
+        };
+        let key = [b't', b':', *k];
+        match v {
+            Some(v) => b.put(family, &key, &[*v]).unwrap(),
+            None => b.delete(family, &key).unwrap(),
+        }
+    }
+
+    fn state(s: &Storage) -> Vec<(bool, u8, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for ix in [false, true] {
+            let family = if ix {
+                Family::Indexes
+            } else {
+                Family::Entities
+            };
+            for k in 0..8u8 {
+                let v = s.get_with(family, &[b't', b':', k], |v| v.map(<[u8]>::to_vec));
+                out.push((ix, k, v.unwrap()));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+        /// Changes committed as groups (any split into groups, any number
+        /// of writes per change) leave the same state as the same changes
+        /// committed one by one.
+        #[test]
+        fn groups_equal_one_by_one_commits(
+            changes in proptest::collection::vec(
+                proptest::collection::vec(
+                    (proptest::bool::ANY, 0u8..8, proptest::option::of(proptest::num::u8::ANY)),
+                    0..4,
+                ),
+                1..24,
+            ),
+            cuts in proptest::collection::vec(proptest::bool::ANY, 24),
+        ) {
+            let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (one, grouped) = (open(d1.path()), open(d2.path()));
+            let mut g = GroupBatch::default();
+            for (i, change) in changes.iter().enumerate() {
+                let mut b = one.batch();
+                change.iter().for_each(|op| apply_op(&mut b, op));
+                one.commit(b).unwrap();
+                let mut b = grouped.batch();
+                change.iter().for_each(|op| apply_op(&mut b, op));
+                g.append(&b);
+                if cuts[i] {
+                    grouped.commit_group(&mut g).unwrap();
+                    g.clear();
+                }
+            }
+            grouped.commit_group(&mut g).unwrap();
+            proptest::prop_assert_eq!(state(&one), state(&grouped));
+        }
+    }
 }
