@@ -424,49 +424,64 @@ async fn commit_loop(core: Rc<Core>) {
 /// fails every group staged after it.
 fn finish(core: &Core, group: Group, result: Result<(), String>) {
     let local = &core.entity().group;
-    let mut done = vec![group];
+    if let Err(m) = result {
+        return fail(core, group, m);
+    }
     let next_first = {
         let mut st = local.state.borrow_mut();
-        let st = &mut *st;
-        if result.is_ok() {
-            let gen = done[0].gen;
-            let gone: Vec<_> = st.overlay.extract_if(|_, s| s.gen <= gen).collect();
-            for (k, s) in gone {
-                recycle(&mut st.spare, k);
-                if let Some(v) = s.value {
-                    recycle(&mut st.spare, v);
-                }
+        let State {
+            overlay,
+            spare,
+            committing,
+            committing_seq,
+            ..
+        } = &mut *st;
+        let gen = group.gen;
+        for (k, s) in overlay.extract_if(|_, s| s.gen <= gen) {
+            recycle(spare, k);
+            if let Some(v) = s.value {
+                recycle(spare, v);
             }
-        } else {
-            done.extend(st.closed.drain(..));
-            if st.open.writes > 0 {
-                let next = Group::new(st.open.gen + 1, GroupBatch::default());
-                done.push(std::mem::replace(&mut st.open, next));
-            }
-            st.overlay.clear();
         }
+        *committing = None;
+        *committing_seq = 0;
+        first_seq(&st)
+    };
+    crate::node::features::after_commit(core, true, group.after, next_first);
+    group.outcome.settle(Ok(()));
+}
+
+/// A failed commit: `group` and every group staged after it fail (their
+/// writes may have read `group`'s values from the overlay); the overlay is
+/// emptied, storage is the truth again.
+fn fail(core: &Core, group: Group, message: String) {
+    let local = &core.entity().group;
+    let mut done = vec![group];
+    {
+        let mut st = local.state.borrow_mut();
+        let st = &mut *st;
+        done.extend(st.closed.drain(..));
+        if st.open.writes > 0 {
+            let next = Group::new(st.open.gen + 1, GroupBatch::default());
+            done.push(std::mem::replace(&mut st.open, next));
+        }
+        st.overlay.clear();
         st.committing = None;
         st.committing_seq = 0;
-        first_seq(st)
-    };
-    let failed = result.err();
-    if let Some(m) = &failed {
-        tracing::error!(groups = done.len(), "group commit failed: {m}");
     }
+    tracing::error!(groups = done.len(), "group commit failed: {message}");
     // Each group's after-commit moves the core's sequencer slot to the
-    // first sequence of the next group still holding one.
+    // first sequence of the next failed group still holding one (then 0:
+    // nothing is left).
     let firsts: Vec<u64> = done.iter().map(|g| g.after.first_seq()).collect();
     for (i, g) in done.into_iter().enumerate() {
         let next = firsts[i + 1..]
             .iter()
             .copied()
             .find(|s| *s != 0)
-            .unwrap_or(next_first);
-        crate::node::features::after_commit(core, failed.is_none(), g.after, next);
-        g.outcome.settle(match &failed {
-            None => Ok(()),
-            Some(m) => Err(m.clone()),
-        });
+            .unwrap_or(0);
+        crate::node::features::after_commit(core, false, g.after, next);
+        g.outcome.settle(Err(message.clone()));
     }
 }
 

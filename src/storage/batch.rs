@@ -124,7 +124,7 @@ impl GroupBatch {
     }
 
     /// The group as one RocksDB batch.
-    pub(super) fn to_write_batch(&mut self) -> WriteBatch {
+    pub(super) fn seal(&mut self) -> WriteBatch {
         self.rep[8..HEADER].copy_from_slice(&self.count.to_le_bytes());
         WriteBatch::from_data(&self.rep)
     }

@@ -351,8 +351,7 @@ impl Storage {
     /// the group commit calls it on a helper thread. Every change in the
     /// group has reached the WAL (and the disk) when this returns Ok.
     pub fn commit_group(&self, group: &mut GroupBatch) -> Result<(), StorageError> {
-        self.db
-            .write_opt(group.to_write_batch(), &self.write_opts)?;
+        self.db.write_opt(group.seal(), &self.write_opts)?;
         Ok(())
     }
 
