@@ -617,7 +617,7 @@ async fn clear_here(core: &Core) -> Result<u64, ApiError> {
         }
         for (i, (key, ..)) in chunk.iter().enumerate() {
             if let Some(owned) = core.own(key.as_str()) {
-                if crate::entity::write::apply(core, owned, None)? {
+                if crate::entity::write::apply(core, owned, None).await? {
                     deleted += 1;
                 }
             }
@@ -695,7 +695,7 @@ pub fn evict(core: &Core) {
                 break;
             };
             match me.own(&*key) {
-                Some(owned) => match crate::entity::write::apply(&me, owned, None) {
+                Some(owned) => match crate::entity::write::apply(&me, owned, None).await {
                     Ok(true) => bump(&me.counters().cache_evictions, 1),
                     // Already gone (a load-time ghost): forget it.
                     Ok(false) => {
@@ -729,7 +729,7 @@ async fn sweep_step(core: &Core, now: u64) -> Result<usize, ApiError> {
             continue;
         }
         if let Some(owned) = core.own(&**key) {
-            if crate::entity::write::apply(core, owned, None)? {
+            if crate::entity::write::apply(core, owned, None).await? {
                 bump(&core.counters().cache_expirations, 1);
             } else {
                 core.cache().lru.borrow_mut().removed(key);

@@ -2,8 +2,9 @@
 //! table updates the owner's bookkeeping ([`super::lru::Lru`]), whoever
 //! made it (a put, an eviction, expiry, `DELETE /entities`, retention).
 //!
-//! `on_write` only stages what changed; `after_commit` applies it if the
-//! batch committed, then starts an eviction task when the core holds more
+//! `on_write` only records what changed in the write's [`Held`] (which
+//! joins its group's, in write order); `after_commit` applies it if the
+//! group committed, then starts an eviction task when the core holds more
 //! than its share of `max_entries`/`max_bytes`.
 
 use super::TABLE;
@@ -12,10 +13,25 @@ use crate::error::ApiError;
 use crate::node::Core;
 
 /// A change of an entry, waiting for its commit.
-pub struct Staged {
+struct Staged {
     key: String,
     /// `(bytes, expires_ms)` of the new document; `None`: deleted.
     stored: Option<(u64, u64)>,
+}
+
+/// The entry changes of a write, or of a group of writes (in order).
+#[derive(Default)]
+pub struct Held(Vec<Staged>);
+
+impl Held {
+    /// Adds a later write's changes after these.
+    pub fn absorb(&mut self, mut later: Held) {
+        if self.0.is_empty() {
+            self.0 = later.0;
+        } else {
+            self.0.append(&mut later.0);
+        }
+    }
 }
 
 /// `expires_ms` of a stored entry ([`super::NEVER`] when it has none).
@@ -30,31 +46,29 @@ pub fn expires_of(doc: &[u8]) -> u64 {
         .unwrap_or(super::NEVER)
 }
 
-pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError> {
+pub fn on_write(_core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError> {
     if change.table != TABLE {
         return Ok(());
     }
     let stored = change.new.map(|doc| (doc.len() as u64, expires_of(doc)));
-    *core.cache().staged.borrow_mut() = Some(Staged {
+    change.after.cache.0.push(Staged {
         key: change.key.to_string(),
         stored,
     });
     Ok(())
 }
 
-pub fn after_commit(core: &Core, committed: bool) {
-    let local = core.cache();
-    let Some(staged) = local.staged.borrow_mut().take() else {
-        return;
-    };
-    if !committed {
+pub fn after_commit(core: &Core, committed: bool, held: Held) {
+    if !committed || held.0.is_empty() {
         return;
     }
     {
-        let mut lru = local.lru.borrow_mut();
-        match staged.stored {
-            Some((bytes, expires)) => lru.stored(&staged.key, bytes, expires),
-            None => lru.removed(&staged.key),
+        let mut lru = core.cache().lru.borrow_mut();
+        for s in held.0 {
+            match s.stored {
+                Some((bytes, expires)) => lru.stored(&s.key, bytes, expires),
+                None => lru.removed(&s.key),
+            }
         }
     }
     super::http::publish_gauges(core);

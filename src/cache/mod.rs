@@ -55,8 +55,6 @@ pub const MAX_TTL_SECONDS: u64 = 315_360_000;
 #[derive(Default)]
 pub struct Local {
     lru: RefCell<lru::Lru>,
-    /// Graph changes of the write being committed (see [`maintain`]).
-    staged: RefCell<Option<maintain::Staged>>,
     /// Whether an eviction task runs on this core.
     evicting: Cell<bool>,
     /// Whether this core has loaded its entries' bookkeeping from storage.

@@ -227,8 +227,8 @@ impl ChangeFeed {
     }
 
     /// Counts a sequence taken by a write that then failed.
-    pub(crate) fn count_gap(&self) {
-        self.gaps.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_gaps(&self, n: u64) {
+        self.gaps.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Checks that events after `after` are still available; returns where
@@ -366,7 +366,7 @@ mod tests {
             // Half a block handed out: a refill grows the mark by a block.
             for _ in 0..RESERVE_BLOCK / 2 + 1 {
                 let seq = feed.sequencer.take(0);
-                feed.sequencer.release(0);
+                feed.sequencer.release(0, 0);
                 assert!(seq <= feed.reserved());
                 if seq + RESERVE_BLOCK / 2 > feed.reserved() {
                     feed.reserve_through(&s, seq).unwrap();
@@ -379,7 +379,7 @@ mod tests {
         let s = storage(dir.path());
         let feed = ChangeFeed::open(&s, 1, 0).unwrap();
         let next = feed.sequencer.take(0);
-        feed.sequencer.release(0);
+        feed.sequencer.release(0, 0);
         assert!(next > last_handed_out, "{next} reuses a sequence");
         assert_eq!(feed.gaps(), next - 1, "nothing was stored: all skipped");
         // A clean shutdown: the next start skips nothing.

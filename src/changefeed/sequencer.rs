@@ -10,23 +10,38 @@
 //! it.
 //!
 //! Protocol (all operations `SeqCst`, so they sit in one total order):
-//! * A writer first stores a lower bound of the sequence it is about to take
-//!   (`counter + 1`) in its own core's slot, then takes `seq` with
-//!   `fetch_add` (so `seq >= slot`), writes its batch, and clears the slot.
+//! * Each core has one slot: 0, or a lower bound of every sequence the core
+//!   has taken and not yet committed (or abandoned).
+//! * A writer whose slot is 0 first stores a lower bound of the sequence it
+//!   is about to take (`counter + 1`) in its slot, then takes `seq` with
+//!   `fetch_add` (so `seq >= slot`). A writer whose slot is already set
+//!   takes `seq` without touching it: the counter only grows, so the slot is
+//!   still below `seq`.
+//! * A core's changes commit in groups (`entity::group`), in the order their
+//!   sequences were taken on that core. When a group has committed, the
+//!   core stores in its slot the first sequence of its oldest group still
+//!   uncommitted, or 0 when it holds none ([`Sequencer::release`]). That
+//!   value is one the core took earlier, so it is below every sequence the
+//!   core still holds.
 //! * A reader loads the counter `c`, then every slot; the watermark is `c`,
 //!   lowered to `slot - 1` for every occupied slot.
 //!
 //! Why no event is missed: let `k <= v` be a sequence a reader considers
 //! visible. The reader's counter load saw `c >= k`, so it came after the
-//! `fetch_add` that produced `k`, and therefore after the writer stored its
-//! slot bound `L <= k`. When the reader then loads that slot it finds either
-//! `L` (and lowers `v` below `k`: contradiction) or a cleared or later value,
-//! which the writer stores only after its batch for `k` committed.
+//! `fetch_add` that produced `k`, and therefore after the writer's slot held
+//! a bound `L <= k` (stored before that `fetch_add`, or earlier while the
+//! core already held a smaller sequence). Until the group carrying `k`
+//! commits, every value the writer stores in its slot is the first sequence
+//! of a group not after `k`'s, hence `<= k`. So when the reader then loads
+//! that slot it finds a value `<= k` (and lowers `v` below `k`:
+//! contradiction) or a value stored after `k`'s group committed.
 //!
-//! Each core commits one change at a time (the write is synchronous on the
-//! core's only thread), so one slot per core is enough. Cost on the write
-//! path: one `fetch_add` on a shared cache line and two stores to the
-//! core's own line; no lock.
+//! One slot per core is enough because a core's groups commit one at a time
+//! and in order (`entity::group`: one committer per core, groups FIFO), and
+//! sequences are taken in staging order, so the oldest uncommitted group
+//! holds the core's smallest uncommitted sequence. Cost on the write path:
+//! one `fetch_add` on a shared cache line and at most one store to the
+//! core's own line per write, one store per group; no lock.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
@@ -49,7 +64,8 @@ pub struct Sequencer {
 }
 
 /// A sequence being committed; the slot is released on drop (after the
-/// write, whether or not it succeeded).
+/// write, whether or not it succeeded). For a core that holds one sequence
+/// at a time (tests, the start-up probe).
 pub struct Ticket<'a> {
     pub seq: u64,
     slot: &'a AtomicU64,
@@ -82,19 +98,24 @@ impl Sequencer {
     }
 
     /// The protocol's first half: marks core `core`'s slot with a lower
-    /// bound, then takes the next sequence. The caller must call
-    /// [`Sequencer::release`] once the write carrying it has returned
-    /// (whether or not it succeeded); [`Ticket`] does that on drop.
+    /// bound unless it holds one already, then takes the next sequence. The
+    /// caller must call [`Sequencer::release`] once the write carrying it
+    /// has returned (whether or not it succeeded); [`Ticket`] does that on
+    /// drop.
     pub fn take(&self, core: usize) -> u64 {
         let slot = &self.slots[core].0;
-        debug_assert_eq!(slot.load(SeqCst), 0, "one change per core at a time");
-        slot.store(self.last.0.load(SeqCst) + 1, SeqCst);
+        // Only this core stores its slot: load-then-store is no race.
+        if slot.load(SeqCst) == 0 {
+            slot.store(self.last.0.load(SeqCst) + 1, SeqCst);
+        }
         self.last.0.fetch_add(1, SeqCst) + 1
     }
 
-    /// The protocol's second half: clears core `core`'s slot.
-    pub fn release(&self, core: usize) {
-        self.slots[core].0.store(0, SeqCst);
+    /// The protocol's second half, after a group of core `core` committed
+    /// (or failed): `next` is the first sequence of the core's oldest group
+    /// still uncommitted, 0 when it holds none.
+    pub fn release(&self, core: usize, next: u64) {
+        self.slots[core].0.store(next, SeqCst);
     }
 
     /// Every sequence up to this one has committed (or was abandoned).
@@ -172,6 +193,72 @@ mod tests {
                     for _ in 0..PER_CORE {
                         let t = seq.begin(core);
                         done[t.seq as usize].store(true, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, SeqCst);
+        reader.join().unwrap();
+        assert_eq!(seq.visible(), total);
+    }
+
+    /// Cores that hold several groups at once (one committing, more
+    /// gathering), as the group commit does: each writer takes sequences
+    /// for groups of random sizes, keeps up to three groups open, commits
+    /// them oldest first and releases to the next group's first sequence.
+    /// The reader checks the watermark never passes an uncommitted one.
+    #[test]
+    fn watermark_holds_with_several_groups_in_flight_per_core() {
+        use std::collections::VecDeque;
+        const CORES: usize = 3;
+        const PER_CORE: u64 = 20_000;
+        let total = CORES as u64 * PER_CORE;
+        let seq = Arc::new(Sequencer::new(CORES, 0));
+        let done: Arc<Vec<AtomicBool>> =
+            Arc::new((0..=total).map(|_| AtomicBool::new(false)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (seq, done, stop) = (seq.clone(), done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0;
+                while !stop.load(SeqCst) {
+                    let v = seq.visible();
+                    for s in checked + 1..=v {
+                        assert!(done[s as usize].load(SeqCst), "{s} visible before commit");
+                    }
+                    checked = checked.max(v);
+                }
+            })
+        };
+        let writers: Vec<_> = (0..CORES)
+            .map(|core| {
+                let (seq, done) = (seq.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ core as u64;
+                    let mut next = || {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng
+                    };
+                    let mut groups: VecDeque<Vec<u64>> = VecDeque::new();
+                    let mut taken = 0;
+                    while taken < PER_CORE || !groups.is_empty() {
+                        if taken < PER_CORE && (groups.len() < 3 && next() % 3 != 0) {
+                            let n = (next() % 8 + 1).min(PER_CORE - taken);
+                            let g: Vec<u64> = (0..n).map(|_| seq.take(core)).collect();
+                            taken += n;
+                            groups.push_back(g);
+                        } else if let Some(g) = groups.pop_front() {
+                            for s in g {
+                                done[s as usize].store(true, SeqCst);
+                            }
+                            let first = groups.front().map_or(0, |g| g[0]);
+                            seq.release(core, first);
+                        }
                     }
                 })
             })

@@ -76,6 +76,14 @@ pub struct StorageConfig {
     /// How often the archiver copies new WAL bytes, in seconds (the RPO of
     /// a restore from the archive is about this).
     pub wal_archive_interval_s: u32,
+    /// Commit each core's entity writes in groups, off the reactor
+    /// (`entity::group`); `false` commits each write on the reactor.
+    pub group_commit: bool,
+    /// Entity writes in one group at most.
+    pub group_commit_max_writes: u32,
+    /// Batch bytes in one group at most (a single larger write still
+    /// commits, alone).
+    pub group_commit_max_bytes: u64,
 }
 
 impl StorageConfig {
@@ -111,6 +119,9 @@ impl Default for StorageConfig {
             sync_writes: false,
             wal_archive_path: None,
             wal_archive_interval_s: 10,
+            group_commit: true,
+            group_commit_max_writes: 1024,
+            group_commit_max_bytes: 4 << 20,
         }
     }
 }

@@ -125,14 +125,23 @@ pub struct WriteEntity {
 
 impl Rpc<Core> for WriteEntity {
     type Answer = bool;
+    /// The wait for durability runs as its own task, so the next call from
+    /// the same core is staged (in arrival order) meanwhile and can join
+    /// the same group.
+    const SPAWN: bool = true;
     fn serve(self, core: &Rc<Core>) -> Served<bool> {
         bump(&core.counters().forwarded_in, 1);
-        Served::Now(match core.own(self.key.as_str()) {
-            Some(owned) => write::apply(core, owned, self.value.as_deref()),
+        // Staged here, synchronously, in the order the calls arrive.
+        let staged = match core.own(self.key.as_str()) {
+            Some(owned) => write::stage(core, owned, self.value.as_deref()),
             None => Err(ApiError::Internal(
                 "entity write sent to a core that does not own the key",
             )),
-        })
+        };
+        match staged {
+            Ok(pending) => Served::Later(Box::pin(pending.durable())),
+            Err(e) => Served::Now(Err(e)),
+        }
     }
 }
 
@@ -198,6 +207,13 @@ fn answer_put(core: &Core, resp: &mut Response<'_>, key: &str, existed: bool) {
     });
 }
 
+/// A validated PUT/POST: staged on this core (its owner, no claims), or
+/// (key, document, unique claims) to claim and write on the owner.
+enum Prepared {
+    Staged(String, write::Pending),
+    Remote(String, Vec<u8>, Vec<Vec<u8>>),
+}
+
 /// Validates the document here, then writes it on the owner. A table with
 /// unique indexes first claims each unique value on its arbiter
 /// ([`unique`]), and releases the claims after the write.
@@ -233,17 +249,19 @@ async fn store(
         if claims.is_empty() {
             if let Some(owned) = core.own(key.as_str()) {
                 // The common case: no claims, this core owns the key.
-                let existed = write::apply(core, owned, Some(&s.value))?;
-                s.body.clear();
-                super::render_put(&mut s.body, &key, !existed);
-                resp.json(if existed { 200 } else { 201 }, &s.body);
-                return Ok(None);
+                let pending = write::stage(core, owned, Some(&s.value))?;
+                return Ok(Prepared::Staged(key, pending));
             }
         }
-        Ok(Some((key, s.value.clone(), claims)))
+        Ok(Prepared::Remote(key, s.value.clone(), claims))
     })?;
-    let Some((key, value, claims)) = prepared else {
-        return Ok(());
+    let (key, value, claims) = match prepared {
+        Prepared::Staged(key, pending) => {
+            let existed = pending.durable().await?;
+            answer_put(core, resp, &key, existed);
+            return Ok(());
+        }
+        Prepared::Remote(key, value, claims) => (key, value, claims),
     };
     let existed = write_claimed(core, key.clone(), value, claims).await?;
     answer_put(core, resp, &key, existed);
@@ -291,7 +309,7 @@ async fn write_claimed(
     }
     if result.is_ok() {
         result = match core.own(key.as_str()) {
-            Some(owned) => write::apply(core, owned, Some(&value)),
+            Some(owned) => write::apply(core, owned, Some(&value)).await,
             None => {
                 bump(&core.counters().forwarded_out, 1);
                 let owner = core.owner_of(key.as_bytes());
@@ -320,7 +338,7 @@ async fn write_claimed(
 /// Deletes entity `key` on its owner; answers whether it existed.
 pub async fn delete_document(core: &Core, key: &str) -> Result<bool, ApiError> {
     match core.own(key) {
-        Some(owned) => write::apply(core, owned, None),
+        Some(owned) => write::apply(core, owned, None).await,
         None => {
             bump(&core.counters().forwarded_out, 1);
             let owner = core.owner_of(key.as_bytes());

@@ -5,10 +5,13 @@
 //!   response body (no re-encoding).
 //! * [`write`]: the write pipeline every entity change runs through on its
 //!   owner, and the order in which features add to it.
+//! * [`group`]: the group commit: a core's staged writes gathered into one
+//!   batch, committed off the reactor, answered once durable.
 //! * [`http`]: `/entities` routes, and the calls that carry them to the
 //!   key's owner.
 
 pub mod document;
+pub mod group;
 pub mod http;
 pub mod key;
 pub mod write;
@@ -26,6 +29,8 @@ pub struct Local {
     old: std::cell::RefCell<Vec<u8>>,
     /// Request bodies being validated, response bodies being built.
     http: std::cell::RefCell<http::Scratch>,
+    /// Writes staged and not yet durable, and their groups.
+    group: group::Local,
 }
 
 /// The table of a key (`table:pk` → `table`).

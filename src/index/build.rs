@@ -8,16 +8,20 @@
 //! and keeps the keys it owns. Either way the entries are made by the
 //! owner of each entity:
 //!
-//! 1. It refreshes its catalog copy, so every write it runs from now on
-//!    maintains the new index itself.
+//! 1. It refreshes its catalog copy, so every write it stages from now on
+//!    maintains the new index itself, and waits until every write staged
+//!    before (with the older catalog) has committed (group commit).
 //! 2. On the blocking pool it reads the table in chunks (key and value),
 //!    keeps the keys this core owns, and computes their entries.
 //! 3. Back on the core, for each entity it checks the stored value is still
 //!    the one the entry was computed from (a point read and a compare). If
 //!    it is, the entry is written; if not, a write changed the entity after
-//!    step 1 and already wrote the right entry. Writes to a key run only on
-//!    its owner, so nothing can change between that check and the entry's
-//!    write.
+//!    step 1 and already wrote the right entry. A key with a staged write
+//!    not yet committed is skipped too: that write was staged after step 1
+//!    and commits the right entry itself (while it is in flight on the
+//!    commit thread, storage could change between the check and the
+//!    entry's write). Otherwise writes to a key run only on its owner, so
+//!    nothing can change between that check and the entry's write.
 //!
 //! The last core to finish verifies a unique index has no duplicate values
 //! (two cores could each have added one) and marks the index ready or
@@ -317,6 +321,7 @@ async fn build_keys(core: &Core, id: u32, keys: Vec<String>) -> Result<u64, ApiE
     let Some(def) = core.index().catalog().by_id(id).cloned() else {
         return Ok(0);
     };
+    crate::entity::write::settled(core).await;
     let node = core.node().clone();
     let items = core
         .blocking_background(Work::Build, move || entries_of(&node, &def, &keys))
@@ -334,6 +339,7 @@ async fn run_owned(core: &Rc<Core>, id: u32) -> Option<Arc<IndexDef>> {
     if def.state != IndexState::Building {
         return None;
     }
+    crate::entity::write::settled(&core).await;
     let progress = core.node().index.builds.get_or_start(id);
     let me = core.id();
     let shards = core.cores();
@@ -396,6 +402,12 @@ fn write_unchanged(
     let mut batch = storage.batch();
     let mut n = 0u64;
     for (key, value, entry) in items {
+        let Some(owned) = core.own(key.as_str()) else {
+            continue;
+        };
+        if crate::entity::write::is_pending(core, &owned) {
+            continue;
+        }
         let same = storage
             .with_entity(key.as_bytes(), |cur| cur == Some(&value[..]))
             .unwrap_or(false);

@@ -39,16 +39,21 @@ pub enum Work {
     /// WAL archiving passes (`backup::archive`, core 0 only): never queued
     /// behind a backup, which would stretch the archive's RPO.
     Archive,
+    /// Group commits of entity writes (`entity::group`): one at a time per
+    /// core, on a thread of their own, so a write's fsync never waits
+    /// behind a scan.
+    Commit,
 }
 
 impl Work {
-    const ALL: [Work; 6] = [
+    const ALL: [Work; 7] = [
         Work::Scan,
         Work::Build,
         Work::Feed,
         Work::Admin,
         Work::Backup,
         Work::Archive,
+        Work::Commit,
     ];
 
     /// (running, queued) bounds of the kind's lane on one core.
@@ -60,6 +65,7 @@ impl Work {
             Work::Admin => (1, 64),
             Work::Backup => (1, 8),
             Work::Archive => (1, 1),
+            Work::Commit => (1, 1),
         }
     }
 
@@ -71,6 +77,7 @@ impl Work {
             Work::Admin => "admin",
             Work::Backup => "backup",
             Work::Archive => "archive",
+            Work::Commit => "commit",
         }
     }
 }
@@ -94,7 +101,7 @@ struct Lane {
 
 /// One core's lanes (lives in its `Core`; not shared between threads).
 pub struct Lanes {
-    lanes: [Lane; 6],
+    lanes: [Lane; 7],
 }
 
 impl Default for Lanes {
@@ -148,6 +155,7 @@ impl Lanes {
                 Work::Admin => "too many queued admin operations on this core; retry later",
                 Work::Backup => "too many queued backup operations on this core; retry later",
                 Work::Archive => "a WAL archiving pass is already queued on this core",
+                Work::Commit => "too many queued group commits on this core; retry later",
             }));
         }
         lane.waiting.set(lane.waiting.get() + 1);
@@ -178,7 +186,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_thread_for_every_running_slot() {
-        assert_eq!(POOL_THREADS, 7);
+        assert_eq!(POOL_THREADS, 8);
     }
 
     #[test]

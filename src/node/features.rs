@@ -34,11 +34,45 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
     Ok(())
 }
 
-/// After the batch was committed (or failed), in the same order.
-pub fn after_commit(core: &Core, committed: bool) {
-    crate::vector::maintain::after_commit(core, committed);
-    crate::cache::maintain::after_commit(core, committed);
-    crate::changefeed::write::after_commit(core, committed);
+/// What the features do once a write's batch (or the group it joined)
+/// committed or failed: each feature's part, filled by its write hook.
+#[derive(Default)]
+pub struct AfterCommit {
+    pub(crate) vector: crate::vector::maintain::Held,
+    pub(crate) cache: crate::cache::maintain::Held,
+    pub(crate) changefeed: crate::changefeed::write::Held,
+}
+
+impl AfterCommit {
+    /// Adds a later write's part (both become one group's).
+    pub fn absorb(&mut self, later: AfterCommit) {
+        self.vector.absorb(later.vector);
+        self.cache.absorb(later.cache);
+        self.changefeed.absorb(later.changefeed);
+    }
+
+    /// A staged write whose hooks failed: it joins no group. Anything it
+    /// staged is dropped; a change-feed sequence it took is a gap (counted
+    /// when it was abandoned). `holds_others`: the core's groups hold other
+    /// sequences (then their commits move the sequencer slot; otherwise it
+    /// is cleared now).
+    pub fn abandon(self, core: &Core, holds_others: bool) {
+        crate::changefeed::write::abandon(core, self.changefeed, holds_others);
+    }
+
+    /// The first change-feed sequence held (0: none).
+    pub fn first_seq(&self) -> u64 {
+        self.changefeed.first()
+    }
+}
+
+/// After the batch (or group) was committed or failed, in the hooks'
+/// order. `next_seq` is the first change-feed sequence of the core's next
+/// group still waiting (0: none).
+pub fn after_commit(core: &Core, committed: bool, after: AfterCommit, next_seq: u64) {
+    crate::vector::maintain::after_commit(core, committed, after.vector);
+    crate::cache::maintain::after_commit(core, committed, after.cache);
+    crate::changefeed::write::after_commit(core, committed, after.changefeed, next_seq);
 }
 
 /// Starts each feature's background tasks on a core that has just joined

@@ -48,6 +48,9 @@ pub struct ReloadSource {
 /// `block_reactor_ms=N` makes a request for the unrouted path
 /// `/__block_reactor` block its core's reactor for N ms (the stall
 /// metric's test).
+/// `fail_group_commit=1` makes every group commit fail;
+/// `group_commit_delay_ms=N` holds each group commit N ms on its helper
+/// thread before writing (a slow disk: groups gather, writes stay pending).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Delays and failures of cross-core calls.
@@ -64,6 +67,8 @@ pub struct Faults {
     pub cache_sweep_interval: Option<Duration>,
     /// A request for `/__block_reactor` blocks its core this long.
     pub block_reactor: Option<Duration>,
+    pub fail_group_commit: bool,
+    pub group_commit_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -100,6 +105,10 @@ impl Faults {
                     f.fail_build_reads = true;
                 } else if let Some(ms) = item.strip_prefix("block_reactor_ms=") {
                     f.block_reactor = ms.parse().ok().map(Duration::from_millis);
+                } else if item == "fail_group_commit=1" {
+                    f.fail_group_commit = true;
+                } else if let Some(ms) = item.strip_prefix("group_commit_delay_ms=") {
+                    f.group_commit_delay = ms.parse().ok().map(Duration::from_millis);
                 }
             }
         }

@@ -68,6 +68,52 @@ pub struct CoreCounters {
     /// LLM interactions stored through this core, and their token counts.
     pub llm_interactions: AtomicU64,
     pub llm_tokens: AtomicU64,
+    /// Sizes of the group commits made on this shard.
+    pub groups: GroupSizes,
+}
+
+/// Upper bounds of the group-size buckets, in writes.
+pub const GROUP_WRITE_BOUNDS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+/// Upper bounds of the group-size buckets, in batch bytes.
+pub const GROUP_BYTE_BOUNDS: [u64; 10] = [
+    1 << 10,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    64 << 20,
+    256 << 20,
+];
+
+/// One shard's histograms of committed group sizes (count of groups per
+/// bucket, not cumulative; larger than the last bound: only in `count`).
+/// Single writer, merged across shards when `/metrics` is read.
+#[derive(Default)]
+pub struct GroupSizes {
+    pub count: AtomicU64,
+    pub writes_sum: AtomicU64,
+    pub bytes_sum: AtomicU64,
+    pub writes: [AtomicU64; GROUP_WRITE_BOUNDS.len()],
+    pub bytes: [AtomicU64; GROUP_BYTE_BOUNDS.len()],
+}
+
+/// Records a committed group of `writes` entity writes and `bytes` batch
+/// bytes on the calling core.
+pub fn record_group(c: &CoreCounters, writes: usize, bytes: usize) {
+    let g = &c.groups;
+    let (w, b) = (writes as u64, bytes as u64);
+    bump(&g.count, 1);
+    bump(&g.writes_sum, w);
+    bump(&g.bytes_sum, b);
+    if let Some(i) = GROUP_WRITE_BOUNDS.iter().position(|ub| w <= *ub) {
+        bump(&g.writes[i], 1);
+    }
+    if let Some(i) = GROUP_BYTE_BOUNDS.iter().position(|ub| b <= *ub) {
+        bump(&g.bytes[i], 1);
+    }
 }
 
 /// Adds `n` to a counter that only the calling core writes.

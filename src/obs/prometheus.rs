@@ -542,7 +542,11 @@ pub fn render(
         MetricType::SUMMARY,
         summary_metrics,
     ));
+    fams.extend(group_families(shared));
     fams.extend(retention_families(shared));
+    // The encoder refuses a family without samples (and drops every family
+    // after it): leave those out.
+    fams.retain(|f| !f.get_metric().is_empty());
 
     let mut out = Vec::with_capacity(16 << 10);
     if let Err(e) = TextEncoder::new().encode(&fams, &mut out) {
@@ -581,6 +585,64 @@ fn hdr_histogram(h: &hdrhistogram::Histogram<u64>, sum_s: f64, l: &[(&str, &str)
     m.set_histogram(hist);
     m.set_label(labels(l));
     m
+}
+
+/// Group commit sizes (writes and bytes per committed group), merged over
+/// the shards.
+fn group_families(shared: &Node) -> Vec<MetricFamily> {
+    use crate::obs::counters::{GROUP_BYTE_BOUNDS, GROUP_WRITE_BOUNDS};
+    use std::sync::atomic::Ordering::Relaxed;
+    let shards = &shared.counters;
+    let sum = |f: &dyn Fn(&crate::obs::counters::GroupSizes) -> u64| -> u64 {
+        shards.iter().map(|c| f(&c.groups)).sum()
+    };
+    let count = sum(&|g| g.count.load(Relaxed));
+    let hist = |bounds: &[u64],
+                bucket: &dyn Fn(&crate::obs::counters::GroupSizes, usize) -> u64,
+                total: u64| {
+        let mut h = Histogram::default();
+        h.set_sample_count(count);
+        h.set_sample_sum(total as f64);
+        let mut cumulative = 0;
+        h.set_bucket(
+            bounds
+                .iter()
+                .enumerate()
+                .map(|(i, ub)| {
+                    cumulative += sum(&|g| bucket(g, i));
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*ub as f64);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = Metric::default();
+        m.set_histogram(h);
+        vec![m]
+    };
+    vec![
+        family(
+            "themis_group_commit_writes",
+            "Entity writes per group commit (one WAL write, and one fsync with sync_writes).",
+            MetricType::HISTOGRAM,
+            hist(
+                &GROUP_WRITE_BOUNDS,
+                &|g, i| g.writes[i].load(Relaxed),
+                sum(&|g| g.writes_sum.load(Relaxed)),
+            ),
+        ),
+        family(
+            "themis_group_commit_bytes",
+            "Batch bytes per group commit.",
+            MetricType::HISTOGRAM,
+            hist(
+                &GROUP_BYTE_BOUNDS,
+                &|g, i| g.bytes[i].load(Relaxed),
+                sum(&|g| g.bytes_sum.load(Relaxed)),
+            ),
+        ),
+    ]
 }
 
 /// Time-series retention: points deleted per policy, and when a pass last

@@ -5,6 +5,10 @@
 //! from it (index entries, its change event, later vectors and points) are
 //! appended to the same batch by the write pipeline (`entity::write`), so
 //! after any crash they are all there or none is.
+//!
+//! [`GroupBatch`] gathers the changes of several writes (a core's group
+//! commit, `entity::group`) into one batch, committed with one WAL write:
+//! each change is appended whole, so a group is also all or nothing.
 
 use super::{Family, Storage, StorageError};
 use rocksdb::WriteBatch;
@@ -45,6 +49,11 @@ impl<'s> ChangeBatch<'s> {
         Ok(())
     }
 
+    /// Bytes of the batch's records.
+    pub fn bytes(&self) -> usize {
+        self.batch.size_in_bytes().saturating_sub(HEADER)
+    }
+
     /// Writes queued so far.
     pub fn len(&self) -> usize {
         self.batch.len()
@@ -56,5 +65,67 @@ impl<'s> ChangeBatch<'s> {
 
     pub(super) fn into_inner(self) -> WriteBatch {
         self.batch
+    }
+}
+
+/// Bytes of a RocksDB `WriteBatch` header: an 8-byte sequence number, then
+/// the 4-byte little-endian count of records. The records follow, each
+/// self-delimiting, so batches are joined by concatenating their records and
+/// adding the counts (what RocksDB's own `WriteBatchInternal::Append` does).
+const HEADER: usize = 12;
+
+/// The changes of several writes, in the order they were appended, to be
+/// committed as one `WriteBatch` ([`Storage::commit_group`]). It owns its
+/// bytes (no borrow of the storage), so it can be handed to a helper
+/// thread; [`GroupBatch::clear`] keeps the buffer for the next group.
+pub struct GroupBatch {
+    rep: Vec<u8>,
+    count: u32,
+}
+
+impl Default for GroupBatch {
+    fn default() -> Self {
+        GroupBatch {
+            rep: vec![0; HEADER],
+            count: 0,
+        }
+    }
+}
+
+impl GroupBatch {
+    /// Appends every write of `change`, after those already in the group.
+    pub fn append(&mut self, change: &ChangeBatch<'_>) {
+        let data = change.batch.data();
+        if data.len() > HEADER {
+            self.rep.extend_from_slice(&data[HEADER..]);
+            self.count = self.count.saturating_add(change.batch.len() as u32);
+        }
+    }
+
+    /// Writes (puts, deletes, range deletes) in the group.
+    pub fn writes(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Bytes of the group's records.
+    pub fn bytes(&self) -> usize {
+        self.rep.len() - HEADER
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Empties the group, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.rep.truncate(HEADER);
+        self.rep[..HEADER].fill(0);
+        self.count = 0;
+    }
+
+    /// The group as one RocksDB batch.
+    pub(super) fn seal(&mut self) -> WriteBatch {
+        self.rep[8..HEADER].copy_from_slice(&self.count.to_le_bytes());
+        WriteBatch::from_data(&self.rep)
     }
 }

@@ -873,13 +873,14 @@ async fn entity_policy(
             let Some(owned) = core.own(key.as_str()) else {
                 continue;
             };
-            let still = node.storage.with_entity(key.as_bytes(), |v| {
+            // The current value: a staged write may have renewed it.
+            let still = crate::entity::write::read_current(core, &owned, |v| {
                 v.is_some_and(|v| retention::entity_expired(v, field, cutoff))
             })?;
             if !still {
                 continue;
             }
-            if dry_run || crate::entity::write::apply(core, owned, None)? {
+            if dry_run || crate::entity::write::apply(core, owned, None).await? {
                 deleted += 1;
             }
         }

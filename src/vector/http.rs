@@ -578,21 +578,32 @@ impl Rpc<Core> for WriteShare {
 }
 
 async fn write_here(core: &Core, items: Vec<(usize, String, Vec<u8>)>) -> Vec<(usize, String)> {
+    // Staged 64 at a time (they join the same groups), then each waited
+    // for: every item is answered only once durable.
     let mut failed = Vec::new();
-    for (n, (i, key, doc)) in items.into_iter().enumerate() {
-        let r = match core.own(key.as_str()) {
-            Some(owned) => crate::entity::write::apply(core, owned, Some(&doc)),
-            None => Err(ApiError::Internal(
-                "write sent to a core that does not own the key",
-            )),
-        };
-        if let Err(e) = r {
-            failed.push((i, e.to_string()));
+    let mut staged = Vec::with_capacity(64);
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        for (i, key, doc) in items.by_ref().take(64) {
+            let r = match core.own(key.as_str()) {
+                Some(owned) => crate::entity::write::stage(core, owned, Some(&doc)),
+                None => Err(ApiError::Internal(
+                    "write sent to a core that does not own the key",
+                )),
+            };
+            match r {
+                Ok(p) => staged.push((i, p)),
+                Err(e) => failed.push((i, e.to_string())),
+            }
         }
-        if n % 64 == 63 {
-            glommio::executor().yield_now().await;
+        for (i, p) in staged.drain(..) {
+            if let Err(e) = p.durable().await {
+                failed.push((i, e.to_string()));
+            }
         }
+        glommio::executor().yield_now().await;
     }
+    failed.sort_by_key(|(i, _)| *i);
     failed
 }
 

@@ -14,8 +14,11 @@
 //! `DELETE /vector/by-filter` comes back with the entity's next write that
 //! carries it.
 //!
-//! The graph changes are staged in the core's part and applied by
-//! [`after_commit`] only if the batch committed.
+//! The graph changes are staged in the write's [`Held`] (which joins its
+//! group's) and applied by [`after_commit`] only if the batch committed.
+//! When the key has a staged write still uncommitted (group commit), the
+//! stored vector is not yet what the entity will hold, so the new vector is
+//! written without comparing.
 
 use super::distance;
 use super::VectorDef;
@@ -32,6 +35,22 @@ pub struct Staged {
     pub key: String,
     /// `None`: the key no longer has a vector.
     pub vector: Option<Vec<f32>>,
+}
+
+/// Graph changes waiting for their write's (or group's) commit, in write
+/// order.
+#[derive(Default)]
+pub struct Held(Vec<Staged>);
+
+impl Held {
+    /// Adds a later write's changes after these.
+    pub fn absorb(&mut self, mut later: Held) {
+        if self.0.is_empty() {
+            self.0 = later.0;
+        } else {
+            self.0.append(&mut later.0);
+        }
+    }
 }
 
 /// The vector at `def`'s field of a parsed document: `Ok(None)` when
@@ -105,7 +124,6 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
         None => None,
     };
     let storage = &core.node().storage;
-    let mut staged = local.staged.borrow_mut();
     for def in catalog.for_table(change.table) {
         let new = match &parsed {
             Some(doc) => extract(def, doc).map_err(ApiError::BadRequest)?,
@@ -113,7 +131,8 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
         };
         let entry = def.entry(change.key);
         let new_bytes = new.as_deref().map(distance::encode);
-        let same = storage.get_with(Family::Vectors, &entry, |old| old == new_bytes.as_deref())?;
+        let same = !change.pending
+            && storage.get_with(Family::Vectors, &entry, |old| old == new_bytes.as_deref())?;
         if same {
             continue;
         }
@@ -121,7 +140,7 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
             Some(b) => change.batch.put(Family::Vectors, &entry, b)?,
             None => change.batch.delete(Family::Vectors, &entry)?,
         }
-        staged.push(Staged {
+        change.after.vector.0.push(Staged {
             index: def.id,
             key: change.key.to_string(),
             vector: new,
@@ -130,14 +149,12 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
     Ok(())
 }
 
-/// After the batch: the graphs follow a committed write.
-pub fn after_commit(core: &Core, committed: bool) {
-    let local = core.vector();
-    let staged: Vec<Staged> = std::mem::take(&mut *local.staged.borrow_mut());
-    if !committed {
-        return;
+/// After the batch (or group): the graphs follow committed writes, in
+/// write order.
+pub fn after_commit(core: &Core, committed: bool, held: Held) {
+    if committed && !held.0.is_empty() {
+        apply(core, held.0);
     }
-    apply(core, staged);
 }
 
 /// Applies committed graph changes on this core.

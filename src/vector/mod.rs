@@ -305,9 +305,6 @@ pub struct Local {
     shared: Arc<Vectors>,
     /// This core's graph of each index, by id (made on first use).
     graphs: RefCell<HashMap<u32, Rc<graph::CoreGraph>>>,
-    /// Graph changes of the write being committed (applied after its
-    /// commit, dropped if it failed).
-    staged: RefCell<Vec<maintain::Staged>>,
     /// Scratch for parsing documents.
     scratch: RefCell<Vec<u8>>,
 }
@@ -318,7 +315,6 @@ impl Local {
             catalog: LocalCopy::new(&shared.catalog),
             shared: shared.clone(),
             graphs: Default::default(),
-            staged: Default::default(),
             scratch: Default::default(),
         }
     }

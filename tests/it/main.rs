@@ -11,6 +11,7 @@ mod architecture;
 mod backup;
 mod cache;
 mod changefeed;
+mod groupcommit;
 mod hostile;
 mod lifecycle;
 mod llm;
