@@ -79,10 +79,10 @@ pub const ROUTES: &[Route] = &[
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// Most expired entries one sweep step deletes.
 const SWEEP_STEP: usize = 256;
-/// Deletes between two yields of an eviction or a sweep.
-const YIELD_EVERY: usize = 32;
 /// Entries one step of a start-up load or a clear reads.
 const SCAN_CHUNK: usize = 4096;
+/// Most deletes staged together by a clear, a sweep or an eviction step.
+const DELETE_STEP: usize = 256;
 /// Search breadth of a semantic lookup.
 const LOOKUP_EF: usize = 64;
 
@@ -615,16 +615,46 @@ async fn clear_here(core: &Core) -> Result<u64, ApiError> {
         if chunk.is_empty() {
             return Ok(deleted);
         }
-        for (i, (key, ..)) in chunk.iter().enumerate() {
-            if let Some(owned) = core.own(key.as_str()) {
-                if crate::entity::write::apply(core, owned, None).await? {
-                    deleted += 1;
+        let keys: Vec<Rc<str>> = chunk.iter().map(|c| Rc::from(c.0.as_str())).collect();
+        for part in keys.chunks(DELETE_STEP) {
+            deleted += delete_owned(core, part).await?;
+        }
+    }
+}
+
+/// Deletes entries this core owns through the write pipeline: all staged
+/// first (so they share group commits), then awaited. Returns how many
+/// existed; one that did not is dropped from the bookkeeping. A key with a
+/// write still in flight is skipped: the bookkeeping (updated at commit)
+/// does not know that write yet, and it must not be undone.
+async fn delete_owned(core: &Core, keys: &[Rc<str>]) -> Result<u64, ApiError> {
+    let mut pending = Vec::with_capacity(keys.len());
+    let mut refused = None;
+    for key in keys {
+        if let Some(owned) = core.own(&**key) {
+            if crate::entity::write::is_pending(core, &owned) {
+                continue;
+            }
+            match crate::entity::write::stage(core, owned, None) {
+                Ok(p) => pending.push((key, p)),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
                 }
             }
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                glommio::executor().yield_if_needed().await;
-            }
         }
+    }
+    let mut existed = 0;
+    for (key, p) in pending {
+        if p.durable().await? {
+            existed += 1;
+        } else {
+            core.cache().lru.borrow_mut().removed(key);
+        }
+    }
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(existed),
     }
 }
 
@@ -689,30 +719,23 @@ pub fn evict(core: &Core) {
         // glommio runs a spawned task at once, and this one is spawned
         // from inside a write's after-commit hook: let that write finish.
         futures_lite::future::yield_now().await;
-        let mut n = 0usize;
         while over_cap(&me) {
-            let Some(key) = me.cache().lru.borrow().oldest() else {
+            let (cap, _) = caps(&me);
+            let len = me.cache().lru.borrow().len();
+            let n = (len.saturating_sub(cap) as usize).clamp(1, DELETE_STEP);
+            let keys = me.cache().lru.borrow().oldest_n(n);
+            if keys.is_empty() {
                 break;
-            };
-            match me.own(&*key) {
-                Some(owned) => match crate::entity::write::apply(&me, owned, None).await {
-                    Ok(true) => bump(&me.counters().cache_evictions, 1),
-                    // Already gone (a load-time ghost): forget it.
-                    Ok(false) => {
-                        me.cache().lru.borrow_mut().removed(&key);
-                        publish_gauges(&me);
-                    }
-                    Err(e) => {
-                        me.report_failure("cache_eviction", Some(key.to_string()), e.to_string());
-                        break;
-                    }
-                },
-                None => me.cache().lru.borrow_mut().removed(&key),
             }
-            n += 1;
-            if n.is_multiple_of(YIELD_EVERY) {
-                glommio::executor().yield_if_needed().await;
+            match delete_owned(&me, &keys).await {
+                Ok(n) => bump(&me.counters().cache_evictions, n),
+                Err(e) => {
+                    me.report_failure("cache_eviction", None, e.to_string());
+                    break;
+                }
             }
+            publish_gauges(&me);
+            glommio::executor().yield_if_needed().await;
         }
         me.cache().evicting.set(false);
     })
@@ -723,23 +746,13 @@ pub fn evict(core: &Core) {
 /// were due.
 async fn sweep_step(core: &Core, now: u64) -> Result<usize, ApiError> {
     let due = core.cache().lru.borrow().expired(now, SWEEP_STEP);
-    for (i, key) in due.iter().enumerate() {
-        // Replaced since with a later expiry: not due any more.
-        if !core.cache().lru.borrow().is_expired(key, now) {
-            continue;
-        }
-        if let Some(owned) = core.own(&**key) {
-            if crate::entity::write::apply(core, owned, None).await? {
-                bump(&core.counters().cache_expirations, 1);
-            } else {
-                core.cache().lru.borrow_mut().removed(key);
-            }
-        }
-        if i % YIELD_EVERY == YIELD_EVERY - 1 {
-            glommio::executor().yield_if_needed().await;
-        }
+    let n = due.len();
+    if n > 0 {
+        let expired = delete_owned(core, &due).await?;
+        bump(&core.counters().cache_expirations, expired);
+        publish_gauges(core);
     }
-    Ok(due.len())
+    Ok(n)
 }
 
 /// Loads this core's bookkeeping from storage (start-up), in chunks.

@@ -96,6 +96,11 @@ impl Lru {
         self.by_use.values().next().cloned()
     }
 
+    /// The `n` least recently used entries, oldest first.
+    pub fn oldest_n(&self, n: usize) -> Vec<Rc<str>> {
+        self.by_use.values().take(n).cloned().collect()
+    }
+
     /// Up to `n` entries expired at `now_ms`, soonest first.
     pub fn expired(&self, now_ms: u64, n: usize) -> Vec<Rc<str>> {
         self.by_expiry
@@ -133,6 +138,8 @@ mod tests {
         assert_eq!(l.oldest().as_deref(), Some("a"));
         l.touch("a");
         assert_eq!(l.oldest().as_deref(), Some("b"));
+        let two: Vec<String> = l.oldest_n(2).iter().map(|k| k.to_string()).collect();
+        assert_eq!(two, ["b", "c"]);
         l.stored("b", 5, 300); // replaced: now the newest, new size
         assert_eq!(l.oldest().as_deref(), Some("c"));
         assert_eq!(l.bytes(), 45);
