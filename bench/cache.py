@@ -265,7 +265,7 @@ def llm(args, res):
         t0 = time.time()
         while True:
             _, v = api.call("GET", "/stats")
-            stored = sum(s.get("llm_interactions", 0) for s in v.get("shards", []))
+            stored = sum(s["llm_interactions"] for s in v["server"]["per_shard"])
             if stored >= args.interactions or time.time() - t0 > args.ingest_limit_s:
                 break
             wrk(args.port, "/llm/interaction", bodies, args.client_cpus, 10, args.conns)
