@@ -108,21 +108,6 @@ fn settings(core: &Core) -> crate::config::SemanticCacheConfig {
 
 // ---- request bodies -----------------------------------------------------
 
-fn body_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let Value::Object(m) = v else {
-        return Err(bad("the body must be a JSON object"));
-    };
-    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(bad(format!(
-            "unknown field {k:?} (allowed: {})",
-            allowed.join(", ")
-        )));
-    }
-    Ok(m)
-}
-
 fn encoded_len(v: &Value) -> usize {
     serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
 }
@@ -264,7 +249,7 @@ pub async fn ensure_index(core: &Core) -> Result<Arc<VectorDef>, ApiError> {
 pub async fn put(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
     let cfg = settings(core);
-    let m = body_object(
+    let m = crate::http::body::object(
         body,
         &[
             "prompt",
@@ -398,7 +383,7 @@ fn hit(doc: &[u8], matched: &str, similarity: f64) -> Result<Vec<u8>, ApiError> 
 pub async fn query(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
     let cfg = settings(core);
-    let m = body_object(body, &["prompt", "embedding", "params", "threshold"])?;
+    let m = crate::http::body::object(body, &["prompt", "embedding", "params", "threshold"])?;
     let prompt = prompt_of(&m)?;
     let (canonical, _) = params_of(&m)?;
     let threshold = match m.get("threshold") {
@@ -548,7 +533,7 @@ pub async fn delete_entry(
     resp: &mut Response<'_>,
 ) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(body, &["prompt", "params"])?;
+    let m = crate::http::body::object(body, &["prompt", "params"])?;
     let prompt = prompt_of(&m)?;
     let (canonical, _) = params_of(&m)?;
     let key = identity(&prompt, &canonical);

@@ -13,26 +13,14 @@ use crate::error::ApiError;
 use crate::node::Core;
 
 /// A change of an entry, waiting for its commit.
-struct Staged {
+pub struct Staged {
     key: String,
     /// `(bytes, expires_ms)` of the new document; `None`: deleted.
     stored: Option<(u64, u64)>,
 }
 
-/// The entry changes of a write, or of a group of writes (in order).
-#[derive(Default)]
-pub struct Held(Vec<Staged>);
-
-impl Held {
-    /// Adds a later write's changes after these.
-    pub fn absorb(&mut self, mut later: Held) {
-        if self.0.is_empty() {
-            self.0 = later.0;
-        } else {
-            self.0.append(&mut later.0);
-        }
-    }
-}
+/// The entry changes waiting for their write's (or group's) commit.
+pub type Held = crate::node::features::Held<Staged>;
 
 /// `expires_ms` of a stored entry ([`super::NEVER`] when it has none).
 pub fn expires_of(doc: &[u8]) -> u64 {

@@ -234,18 +234,7 @@ async fn store(
             (None, None) => return Err(ApiError::Internal("POST body validated without a key")),
         };
         refuse_reserved(&key)?;
-        let catalog = core.index().catalog();
-        let table = super::table_of(&key);
-        let claims = if catalog.for_table(table).any(|d| d.unique) {
-            let mut copy = s.value.clone();
-            let claims = match simd_json::to_borrowed_value(&mut copy) {
-                Ok(doc) => unique::claims_for(&catalog, table, &doc),
-                Err(_) => Vec::new(),
-            };
-            claims
-        } else {
-            Vec::new()
-        };
+        let claims = unique_claims(core, &key, &s.value);
         if claims.is_empty() {
             if let Some(owned) = core.own(key.as_str()) {
                 // The common case: no claims, this core owns the key.
@@ -273,19 +262,24 @@ async fn store(
 /// answers whether it existed. For features that keep their data as
 /// entities (the LLM store, the semantic cache).
 pub async fn write_document(core: &Core, key: String, value: Vec<u8>) -> Result<bool, ApiError> {
-    let catalog = core.index().catalog();
-    let table = super::table_of(&key);
-    let claims = if catalog.for_table(table).any(|d| d.unique) {
-        let mut copy = value.clone();
-        let claims = match simd_json::to_borrowed_value(&mut copy) {
-            Ok(doc) => unique::claims_for(&catalog, table, &doc),
-            Err(_) => Vec::new(),
-        };
-        claims
-    } else {
-        Vec::new()
-    };
+    let claims = unique_claims(core, &key, &value);
     write_claimed(core, key, value, claims).await
+}
+
+/// The unique values `value` (a validated document of entity `key`) must
+/// claim: none unless its table has a unique index.
+fn unique_claims(core: &Core, key: &str, value: &[u8]) -> Vec<Vec<u8>> {
+    let catalog = core.index().catalog();
+    let table = super::table_of(key);
+    if !catalog.for_table(table).any(|d| d.unique) {
+        return Vec::new();
+    }
+    let mut copy = value.to_vec();
+    let claims = match simd_json::to_borrowed_value(&mut copy) {
+        Ok(doc) => unique::claims_for(&catalog, table, &doc),
+        Err(_) => Vec::new(),
+    };
+    claims
 }
 
 /// Claims each unique value on its arbiter, writes on the owner, and

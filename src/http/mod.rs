@@ -8,6 +8,7 @@
 //! * [`auth`]: API keys and roles, checked against each route's row.
 //! * [`guard`]: the checks before any route runs: `Host` allow-list,
 //!   auth, and `Content-Type` of bodies (cross-site protections).
+//! * [`body`]: a JSON request body with only known fields.
 //! * [`ops`]: `/health`, `/stats`, `/metrics`, `/config`.
 //! * [`shards`]: `/shards`, the key → core mapping for shard-aware
 //!   clients.
@@ -15,6 +16,7 @@
 //! Errors are [`crate::error::ApiError`]s, turned into HTTP in one place.
 
 pub mod auth;
+pub mod body;
 pub mod dispatch;
 pub mod guard;
 pub mod ops;

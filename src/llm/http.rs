@@ -139,11 +139,6 @@ fn kind(v: &Value) -> &'static str {
 /// The stored document of a `POST /llm/interaction` body (without `id`
 /// and `timestamp_ms`), and its token count.
 pub fn parse_interaction(body: &[u8]) -> Result<(Map<String, Value>, u64), ApiError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let Value::Object(m) = v else {
-        return Err(bad("the body must be a JSON object"));
-    };
     const FIELDS: &[&str] = &[
         "prompt",
         "response",
@@ -154,12 +149,7 @@ pub fn parse_interaction(body: &[u8]) -> Result<(Map<String, Value>, u64), ApiEr
         "reasoning_chain",
         "metadata",
     ];
-    if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(bad(format!(
-            "unknown field {k:?} (allowed: {})",
-            FIELDS.join(", ")
-        )));
-    }
+    let m = crate::http::body::object(body, FIELDS)?;
     let mut doc = Map::new();
     for (field, required, max) in [
         ("prompt", true, MAX_PROMPT_BYTES),

@@ -34,6 +34,27 @@ pub fn on_write(core: &Core, change: &mut Change<'_, '_>) -> Result<(), ApiError
     Ok(())
 }
 
+/// A feature's changes waiting for their write's (or group's) commit, in
+/// write order.
+pub struct Held<T>(pub(crate) Vec<T>);
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held(Vec::new())
+    }
+}
+
+impl<T> Held<T> {
+    /// Adds a later write's changes after these.
+    pub fn absorb(&mut self, mut later: Held<T>) {
+        if self.0.is_empty() {
+            self.0 = later.0;
+        } else {
+            self.0.append(&mut later.0);
+        }
+    }
+}
+
 /// What the features do once a write's batch (or the group it joined)
 /// committed or failed: each feature's part, filled by its write hook.
 #[derive(Default)]

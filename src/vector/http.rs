@@ -134,23 +134,6 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-fn body_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let Value::Object(m) = v else {
-        return Err(bad("the body must be a JSON object"));
-    };
-    for k in m.keys() {
-        if !allowed.contains(&k.as_str()) {
-            return Err(bad(format!(
-                "unknown field {k:?} (allowed: {})",
-                allowed.join(", ")
-            )));
-        }
-    }
-    Ok(m)
-}
-
 fn table_of(m: &Map<String, Value>) -> Result<String, ApiError> {
     match m.get("table") {
         Some(Value::String(t)) if !t.is_empty() && !t.contains(':') && t.len() <= 512 => {
@@ -260,7 +243,7 @@ where
 /// `POST /vector/index/create`.
 pub async fn create(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(
+    let m = crate::http::body::object(
         body,
         &[
             "table",
@@ -356,7 +339,7 @@ impl Rpc<Core> for DropShare {
 /// `POST /vector/index/drop`.
 pub async fn drop(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(body, &["table", "field"])?;
+    let m = crate::http::body::object(body, &["table", "field"])?;
     let table = table_of(&m)?;
     let def = find_index(core, &table, field_of(&m)?.as_deref())?;
     let (node, id) = (core.node().clone(), def.id);
@@ -507,7 +490,7 @@ pub fn get_config(core: &Core, resp: &mut Response<'_>) -> Result<(), ApiError> 
 /// deployment guide says). Both may be given.
 pub async fn put_config(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(
+    let m = crate::http::body::object(
         body,
         &[
             "table",
@@ -617,7 +600,7 @@ pub async fn batch_insert(
     resp: &mut Response<'_>,
 ) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(body, &["table", "field", "items"])?;
+    let m = crate::http::body::object(body, &["table", "field", "items"])?;
     let table = table_of(&m)?;
     let def = find_index(core, &table, field_of(&m)?.as_deref())?;
     let items = match m.get("items") {
@@ -745,7 +728,7 @@ fn short(v: &Value) -> String {
 /// `POST /vector/search`.
 pub async fn search(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(
+    let m = crate::http::body::object(
         body,
         &[
             "table", "field", "vector", "k", "ef", "filter", "return", "explain",
@@ -1107,7 +1090,7 @@ pub async fn delete_by_filter(
     resp: &mut Response<'_>,
 ) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = body_object(
+    let m = crate::http::body::object(
         body,
         &["table", "field", "pks", "prefix", "predicates", "range"],
     )?;

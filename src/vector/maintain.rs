@@ -37,21 +37,8 @@ pub struct Staged {
     pub vector: Option<Vec<f32>>,
 }
 
-/// Graph changes waiting for their write's (or group's) commit, in write
-/// order.
-#[derive(Default)]
-pub struct Held(Vec<Staged>);
-
-impl Held {
-    /// Adds a later write's changes after these.
-    pub fn absorb(&mut self, mut later: Held) {
-        if self.0.is_empty() {
-            self.0 = later.0;
-        } else {
-            self.0.append(&mut later.0);
-        }
-    }
-}
+/// Graph changes waiting for their write's (or group's) commit.
+pub type Held = crate::node::features::Held<Staged>;
 
 /// The vector at `def`'s field of a parsed document: `Ok(None)` when
 /// missing or null, `Err` with the reason when it is not a valid vector.
