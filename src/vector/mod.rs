@@ -30,6 +30,7 @@
 
 pub mod distance;
 pub mod dump;
+pub mod frozen;
 pub mod graph;
 pub mod http;
 pub mod load;
