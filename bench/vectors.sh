@@ -28,7 +28,7 @@ done
 [ -d /usr/share/datasets/fashion-mnist ] || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 python3 -c 'import numpy, hnswlib' 2>/dev/null || pip3 install -q numpy hnswlib
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/themis/target}"
-[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin themis_server
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --workspace --bins
 BIN="$CARGO_TARGET_DIR/release/themis_server"
 WORK=$(mktemp -d /tmp/themis-vectors.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

@@ -510,8 +510,8 @@ impl CoreGraph {
         let d = &self.def;
         // Per point: the vector, the links (level 0 holds up to 2m, each a
         // shared pointer to a small record), the id maps and hnsw_rs's
-        // point record.
-        let per_point = d.dimension * 4 + 2 * d.m * 40 + 160;
+        // point record; the frozen copy's slot, vector pointer and links.
+        let per_point = d.dimension * 4 + 2 * d.m * 40 + 160 + 48 + 2 * d.m * 4;
         serde_json::json!({
             "core": self.core,
             "state": self.state.get().name(),
