@@ -98,7 +98,7 @@ class Conn:
 
 def request_bytes(path, obj):
     body = json.dumps(obj, separators=(",", ":")).encode()
-    head = f"POST {path} HTTP/1.1\r\nHost: b\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
@@ -191,6 +191,7 @@ def main():
     ap.add_argument("--label", default="1core")
     ap.add_argument("--work", required=True)
     ap.add_argument("--port", type=int, default=18790)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating hnswlib/THEMIS rounds per ef (median)")
     a = ap.parse_args()
     efs = [int(x) for x in a.efs.split(",")]
     k = 10
@@ -211,15 +212,20 @@ def main():
     h.add_items(base, np.arange(len(base)), num_threads=os.cpu_count())
     res["hnswlib_build_s"] = round(time.perf_counter() - t, 1)
     res["hnswlib_build_threads"] = os.cpu_count()
-    res["hnswlib"] = []
-    for ef in efs:
-        h.set_ef(max(ef, k))
-        t = time.perf_counter()
-        labels, _ = h.knn_query(queries, k=k, num_threads=1)
-        s = time.perf_counter() - t
-        res["hnswlib"].append({"ef": ef, "recall": recall(labels, truth), "qps": len(queries) / s})
-        print(f"hnswlib ef={ef}: recall {res['hnswlib'][-1]['recall']:.4f}, {len(queries)/s:.0f} q/s", file=sys.stderr)
-    del h
+
+    def hnswlib_round(ef):
+        # On the server's CPU when the server is pinned: same core, same load.
+        cpus = os.sched_getaffinity(0)
+        if a.server_cpus:
+            os.sched_setaffinity(0, {int(x) for x in a.server_cpus.split(",")})
+        try:
+            h.set_ef(max(ef, k))
+            t = time.perf_counter()
+            labels, _ = h.knn_query(queries, k=k, num_threads=1)
+            s = time.perf_counter() - t
+        finally:
+            os.sched_setaffinity(0, cpus)
+        return recall(labels, truth), len(queries) / s
 
     # THEMIS.
     data = os.path.join(a.work, f"data-{a.label}")
@@ -255,18 +261,28 @@ def main():
     res["stats_memory_estimate_per_vector"] = int(idx["memory_bytes_estimate"] / len(base))
     print(f"THEMIS build {build_s:.1f}s, {res['rss_growth_bytes_per_vector']} B/vector RSS", file=sys.stderr)
 
-    res["themis"] = []
+    # Recall and q/s: hnswlib and THEMIS alternate, round after round, for
+    # each ef, so that both see the same machine load; medians reported.
+    res["themis"], res["hnswlib"], res["rounds"] = [], [], a.rounds
     qlist = [q.astype(int).tolist() for q in queries]
     for ef in efs:
         reqs = [request_bytes("/vector/search", {"table": "fm", "vector": q, "k": k, "ef": max(ef, k)}) for q in qlist]
         run_requests(a.port, reqs[:100], a.conns)  # warm-up
-        out, s = run_requests(a.port, reqs, a.conns)
+        hq, tq = [], []
+        for _ in range(a.rounds):
+            h_recall, q = hnswlib_round(ef)
+            hq.append(q)
+            out, s = run_requests(a.port, reqs, a.conns)
+            tq.append(len(reqs) / s)
         found = []
         for st, body in out:
             assert st == 200, body[:300]
             found.append([int(r["pk"]) for r in json.loads(body)["results"]])
-        res["themis"].append({"ef": ef, "recall": recall(found, truth), "qps": len(reqs) / s})
-        print(f"THEMIS ef={ef}: recall {res['themis'][-1]['recall']:.4f}, {len(reqs)/s:.0f} q/s", file=sys.stderr)
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        res["hnswlib"].append({"ef": ef, "recall": h_recall, "qps": med(hq), "qps_rounds": [round(x) for x in hq]})
+        res["themis"].append({"ef": ef, "recall": recall(found, truth), "qps": med(tq), "qps_rounds": [round(x) for x in tq]})
+        print(f"ef={ef}: hnswlib recall {h_recall:.4f} {med(hq):.0f} q/s {hq}; THEMIS recall {res['themis'][-1]['recall']:.4f} {med(tq):.0f} q/s {tq}", file=sys.stderr)
+    del h
 
     # A selective filter: bucket = q % 100 (1% of the base), exact within it.
     while True:

@@ -115,7 +115,8 @@ enum Command {
 #[derive(Default)]
 struct Ids {
     by_key: HashMap<Rc<str>, usize>,
-    by_id: HashMap<usize, Rc<str>>,
+    /// Looked up for every point a search may return: a fast hash.
+    by_id: HashMap<usize, Rc<str>, rustc_hash::FxBuildHasher>,
 }
 
 /// A vector written but perhaps not yet in the graph.
@@ -473,7 +474,7 @@ impl CoreGraph {
             ids.by_id.contains_key(&id)
         });
         let exhausted = n >= frozen.len();
-        let mut seen: HashSet<usize> = HashSet::with_capacity(found.len() + 8);
+        let mut seen: HashSet<usize, rustc_hash::FxBuildHasher> = HashSet::default();
         let mut hits = Vec::with_capacity(n + 8);
         for (id, distance) in found {
             if let Some(key) = ids.by_id.get(&id) {
