@@ -40,6 +40,9 @@ cd - >/dev/null
 start() {
   printf '%s\n' "$2" > "$WORK/$1.yaml"
   rm -rf "$WORK/data-$1"
+  # Empty the log first: the last round's "listening" line (an old port)
+  # must not be read before this server writes its own.
+  : > "$WORK/$1.log"
   taskset -c 0 "$BIN/themis_server" --config "$WORK/$1.yaml" --threads 1 --port 0 \
     --db "$WORK/data-$1" > "$WORK/$1.log" 2>&1 &
   PID=$!
