@@ -28,6 +28,10 @@ pub enum ApiError {
     /// A valid key without the rights for this request.
     #[error("{0}")]
     Forbidden(String),
+    /// The peer address presented too many unknown keys
+    /// (`server.auth_failure_limit`): 429 with `Retry-After`.
+    #[error("too many failed API keys from this address; retry after {retry_after_s} s")]
+    TooManyAuthFailures { retry_after_s: u64 },
     #[error("a request with a body must be sent as Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("Host {0:?} is not served here (server.allowed_hosts)")]
@@ -80,6 +84,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => 422,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
+            ApiError::TooManyAuthFailures { .. } => 429,
             ApiError::UnsupportedMediaType => 415,
             ApiError::MisdirectedRequest(_) => 421,
             ApiError::EntityNotFound(_) | ApiError::RouteNotFound(_) | ApiError::NotFound(_) => 404,
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => "unprocessable_entity",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyAuthFailures { .. } => "too_many_auth_failures",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::MisdirectedRequest(_) => "misdirected_request",
             ApiError::EntityNotFound(_) => "not_found",
@@ -137,6 +143,9 @@ impl ApiError {
             ApiError::FeatureDisabled { flag, .. } => v["feature"] = (*flag).into(),
             ApiError::HistoryPruned { oldest, .. } => {
                 v["oldest_available_sequence"] = (*oldest).into()
+            }
+            ApiError::TooManyAuthFailures { retry_after_s } => {
+                v["retry_after_s"] = (*retry_after_s).into()
             }
             _ => {}
         }
@@ -171,6 +180,10 @@ impl ApiError {
                 &body,
                 &[("WWW-Authenticate", r#"Bearer realm="themis""#)],
             ),
+            ApiError::TooManyAuthFailures { retry_after_s } => {
+                let mut buf = itoa::Buffer::new();
+                resp.json_with(429, &body, &[("Retry-After", buf.format(*retry_after_s))]);
+            }
             _ => resp.json(self.status(), &body),
         }
     }
@@ -216,5 +229,9 @@ mod tests {
         assert_eq!(v["code"], "not_found");
         assert_eq!(v["status_code"], 404);
         assert!(v["message"].as_str().unwrap().contains("users:x"));
+        let e = ApiError::TooManyAuthFailures { retry_after_s: 7 };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["status_code"], 429);
+        assert_eq!(v["retry_after_s"], 7);
     }
 }

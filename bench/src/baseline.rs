@@ -47,7 +47,13 @@ struct Fixed {
 
 impl Handler for Fixed {
     type Stream = ();
-    async fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
+    type Conn = ();
+    async fn handle(
+        &self,
+        _conn: &mut (),
+        _req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<()> {
         resp.json(200, &self.body);
         None
     }
@@ -64,8 +70,14 @@ struct Kv {
 
 impl Handler for Kv {
     type Stream = ();
+    type Conn = ();
     async fn stream(&self, _state: (), _out: &mut StreamOut<'_>) {}
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
+    async fn handle(
+        &self,
+        _conn: &mut (),
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<()> {
         let Some(key) = req.path.strip_prefix("/entities/") else {
             resp.json(404, b"{\"error\":true}");
             return None;

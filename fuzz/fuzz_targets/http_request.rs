@@ -69,8 +69,14 @@ struct Counter {
 
 impl<T: Transport> Handler<T> for Counter {
     type Stream = ();
+    type Conn = ();
 
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
+    async fn handle(
+        &self,
+        _conn: &mut (),
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<()> {
         self.handled.set(self.handled.get() + 1);
         let _ = (req.header("host"), req.query_pairs().count());
         resp.send(200, "text/plain", req.body);

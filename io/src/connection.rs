@@ -100,11 +100,20 @@ pub trait Handler<T: Transport = TcpStream> {
     /// its head is sent.
     type Stream;
 
+    /// State the handler keeps for one connection, from one request to the
+    /// next (e.g. what the last credential on it resolved to). Made with
+    /// `Default` when the connection starts, dropped when it ends, and lent
+    /// mutably to each of its requests in turn: no lock, no allocation per
+    /// request. The io layer never looks inside; `()` when not needed.
+    type Conn: Default;
+
     /// Writes exactly one response for `req` into `resp`. A handler that
     /// streams writes the head with [`Response::start_stream`] and returns
     /// the stream's state; the connection then calls [`Handler::stream`].
+    /// `conn` is this connection's [`Handler::Conn`].
     fn handle(
         &self,
+        conn: &mut Self::Conn,
         req: &Request<'_>,
         resp: &mut Response<'_>,
     ) -> impl Future<Output = Option<Self::Stream>>;
@@ -142,6 +151,7 @@ async fn step<T: Transport, H: Handler<T>>(
     input: &[u8],
     peer: &PeerIdentity,
     handler: &H,
+    conn: &mut H::Conn,
     limits: &ConnectionLimits,
     bufs: &mut Buffers,
     closing: bool,
@@ -325,7 +335,7 @@ async fn step<T: Transport, H: Handler<T>>(
     if version == 0 {
         resp = resp.for_http10();
     }
-    let stream = handler.handle(&req, &mut resp).await;
+    let stream = handler.handle(conn, &req, &mut resp).await;
     if let Some(s) = stream {
         debug_assert!(!resp.keep_alive(), "streams use Response::start_stream");
         return Step::Stream {
@@ -402,6 +412,7 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
     shutdown: &ShutdownSignal,
 ) -> io::Result<()> {
     let peer = stream.peer();
+    let mut conn = H::Conn::default();
     let mut rbuf = vec![0u8; INITIAL_READ_BUFFER];
     let (mut start, mut end) = (0usize, 0usize);
     let mut bufs = Buffers {
@@ -427,6 +438,7 @@ pub async fn serve_connection<T: Transport, H: Handler<T>>(
                 &rbuf[start..end],
                 &peer,
                 handler,
+                &mut conn,
                 limits,
                 &mut bufs,
                 closing,

@@ -38,8 +38,14 @@ struct TestHandler {
 
 impl<T: Transport> Handler<T> for TestHandler {
     type Stream = ();
+    type Conn = ();
 
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
+    async fn handle(
+        &self,
+        _conn: &mut (),
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<()> {
         self.calls.set(self.calls.get() + 1);
         match req.path {
             "/echo" => resp.send(200, "application/octet-stream", req.body),

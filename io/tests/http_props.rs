@@ -109,8 +109,14 @@ fn error_status(err: ProtocolError) -> u16 {
 
 impl<T: Transport> Handler<T> for Recorder {
     type Stream = ();
+    type Conn = ();
 
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<()> {
+    async fn handle(
+        &self,
+        _conn: &mut (),
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<()> {
         let mut seen = self.seen.borrow_mut();
         seen.push(Seen {
             method: req.method,

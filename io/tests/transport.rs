@@ -66,7 +66,8 @@ impl Transport for Authenticated {
     }
 }
 
-/// Answers `/peer` with who asked, `/echo` with the body, `/stream` with a
+/// Answers `/count` with how many requests its connection has made,
+/// `/peer` with who asked, `/echo` with the body, `/stream` with a
 /// short SSE stream, `/hold` with a stream that waits for the client to go.
 #[derive(Default)]
 struct TestHandler {
@@ -82,9 +83,21 @@ enum Stream {
 
 impl<T: Transport> Handler<T> for TestHandler {
     type Stream = Stream;
+    /// Requests served so far on this connection (`/count`).
+    type Conn = usize;
 
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<Stream> {
+    async fn handle(
+        &self,
+        conn: &mut usize,
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<Stream> {
+        *conn += 1;
         match (req.method, req.path) {
+            (Method::Get, "/count") => {
+                resp.send(200, "text/plain", conn.to_string().as_bytes());
+                None
+            }
             (Method::Get, "/peer") => {
                 let peer = req.peer();
                 let addr = peer.addr.map(|a| a.to_string()).unwrap_or_default();
@@ -230,6 +243,34 @@ fn pipelined_requests_see_the_transport_identity() {
         );
         assert_eq!(all.matches("Connection: close").count(), 1);
         task.await.expect("task").expect("serve");
+    });
+}
+
+#[test]
+fn handler_state_lives_as_long_as_its_connection() {
+    run(|| async {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (server, mut client) = UnixStream::pair().expect("socketpair");
+            let (_h, task) =
+                spawn_serve(server, ConnectionLimits::default(), ShutdownSignal::new());
+            client
+                .write_all(
+                    b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n\
+                      GET /peer HTTP/1.1\r\nHost: x\r\n\r\n\
+                      GET /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .expect("write");
+            let all = read_all(&mut client).await;
+            drop(client);
+            let b = bodies(&all);
+            seen.push((b[0].to_string(), b[2].to_string()));
+            task.await.expect("task").expect("serve");
+        }
+        // Kept between the requests of one connection, fresh for the next.
+        let one = ("1".to_string(), "3".to_string());
+        assert_eq!(seen, vec![one.clone(), one]);
     });
 }
 

@@ -138,6 +138,9 @@ pub const KEYS: &[KeyRule] = &[
     hot("server.api_keys", Check(api_keys)).secret(),
     hot("server.metrics_public", Bool),
     hot("server.allowed_hosts", Check(allowed_hosts)),
+    hot("server.auth_failure_limit", Int(0, 1_000_000)),
+    hot("server.auth_failure_window_s", Int(1, 86_400)),
+    hot("server.auth_lockout_s", Int(1, 86_400)),
     cold("server.enable_tls", Check(tls_files)),
     cold("server.tls_cert", Free),
     cold("server.tls_key", Free),
@@ -767,7 +770,7 @@ mod tests {
     #[test]
     fn every_hot_key_is_checked_like_start_up() {
         let hot_rows: Vec<_> = KEYS.iter().filter(|r| r.hot).collect();
-        assert_eq!(hot_rows.len(), 21);
+        assert_eq!(hot_rows.len(), 24);
         for row in hot_rows {
             if matches!(row.rule, Check(_)) || row.path == "server.enable_auth" {
                 continue; // need other keys: checked by their own tests

@@ -220,6 +220,12 @@ pub struct ServerConfig {
     /// `Host` values (names, optionally with `:port`) requests may carry;
     /// empty: any. Guards against DNS rebinding.
     pub allowed_hosts: Vec<String>,
+    /// Failed API keys (401 with a key) one peer address may present per
+    /// `auth_failure_window_s` on one core before it is refused 429 for
+    /// `auth_lockout_s`; 0 turns the limit off (`http::limiter`).
+    pub auth_failure_limit: u32,
+    pub auth_failure_window_s: u64,
+    pub auth_lockout_s: u64,
     /// Serve HTTPS only (rustls): no plaintext listener.
     pub enable_tls: bool,
     /// PEM certificate chain (leaf first) and private key.
@@ -257,6 +263,9 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             metrics_public: false,
             allowed_hosts: Vec::new(),
+            auth_failure_limit: 10,
+            auth_failure_window_s: 60,
+            auth_lockout_s: 60,
             enable_tls: false,
             tls_cert: None,
             tls_key: None,

@@ -20,14 +20,39 @@
 //! that every core reads through its own copy: a SIGHUP or `POST /config`
 //! that changes the keys applies from each core's next request, with no
 //! lock on the request path. With auth off the whole check is one branch.
+//!
+//! **Per-connection key cache.** A keep-alive client sends the same key
+//! with every request. Each connection keeps a [`KeyCache`]: the bytes of
+//! the last key it presented (up to [`MAX_CACHED_KEY`]) and what they
+//! resolved to (a configured key, or none), tagged with the
+//! [`AuthSettings::generation`] they were resolved under. A request whose
+//! key equals the cached bytes under the same generation skips the hash
+//! and the scan of the configured digests. Every settings change (SIGHUP,
+//! `POST /config`) makes a new generation, so a revoked key is refused on
+//! the next request of an already open connection. The comparison with the
+//! cached bytes looks at every byte whatever the first difference (for
+//! equal lengths): a proxy may carry several clients' requests over one
+//! connection, and the bytes cached are then another client's key. The cache reuses its buffer: no
+//! allocation per request once a connection has seen its key.
 
+use super::limiter::FailureLimit;
 use super::routes::{PathPattern, Role, Route, RouteId, Tables};
 use crate::config::{ApiKey, ServerConfig};
 use crate::entity::key::{decode_path_key, decode_query_value, parse_key};
 use crate::error::ApiError;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use themis_io::Request;
+
+/// Longest presented key a connection remembers ([`KeyCache`]); a longer
+/// one is hashed on every request.
+pub const MAX_CACHED_KEY: usize = 256;
+
+/// The source of [`AuthSettings::generation`]: every settings value ever
+/// built gets its own, process-wide.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 /// Shortest accepted `key`: a guessable key is no protection.
 pub const MIN_KEY_LEN: usize = 16;
@@ -101,13 +126,63 @@ pub struct KeyEntry {
 
 /// What the request path reads: derived from `server.*` once per
 /// configuration change.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub enabled: bool,
     pub metrics_public: bool,
     keys: Vec<KeyEntry>,
     /// Lower-case; empty: any `Host`.
     allowed_hosts: Vec<Box<str>>,
+    /// The limit on failed keys per peer address (`http::limiter`).
+    pub failure_limit: FailureLimit,
+    /// Unique to this value (a clone keeps it: same keys): what a
+    /// connection's [`KeyCache`] is tagged with. Not part of equality.
+    generation: u64,
+}
+
+impl PartialEq for AuthSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.enabled == other.enabled
+            && self.metrics_public == other.metrics_public
+            && self.keys == other.keys
+            && self.allowed_hosts == other.allowed_hosts
+            && self.failure_limit == other.failure_limit
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            enabled: false,
+            metrics_public: false,
+            keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            failure_limit: FailureLimit::default(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// One connection's memory of the last key it presented (see the module
+/// doc). Made empty with the connection; lives in its
+/// [`crate::http::dispatch::ConnState`].
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    /// The presented bytes (the buffer is reused).
+    key: Vec<u8>,
+    /// The generation `key` was resolved under and the index of the
+    /// configured key it matched (`None`: no key matched); `None` while
+    /// nothing is cached.
+    resolved: Option<(u64, Option<usize>)>,
+    /// Requests answered from the cache (for tests and diagnostics).
+    hits: u64,
+}
+
+impl KeyCache {
+    /// Requests whose key was resolved from the cache, without hashing.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
 }
 
 impl AuthSettings {
@@ -140,19 +215,72 @@ impl AuthSettings {
                 .iter()
                 .map(|h| h.trim().to_ascii_lowercase().into())
                 .collect(),
+            failure_limit: FailureLimit {
+                max_failures: s.auth_failure_limit,
+                window: Duration::from_secs(s.auth_failure_window_s),
+                lockout: Duration::from_secs(s.auth_lockout_s),
+            },
+            ..AuthSettings::default()
         }
     }
 
-    /// The key whose digest is `digest`, compared with every key in
-    /// constant time.
-    fn find(&self, digest: &[u8; 32]) -> Option<&KeyEntry> {
+    /// What a connection's [`KeyCache`] entries are tagged with: different
+    /// for every settings value built (a reload makes a new one).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The index of the key whose digest is `digest`, compared with every
+    /// key in constant time.
+    fn find_index(&self, digest: &[u8; 32]) -> Option<usize> {
         let mut found = None;
-        for k in &self.keys {
+        for (i, k) in self.keys.iter().enumerate() {
             if bool::from(k.digest.ct_eq(digest)) {
-                found = Some(k);
+                found = Some(i);
             }
         }
         found
+    }
+
+    #[cfg(test)]
+    fn find(&self, digest: &[u8; 32]) -> Option<&KeyEntry> {
+        self.find_index(digest).and_then(|i| self.keys.get(i))
+    }
+
+    /// The configured key `presented` is, through the connection's cache:
+    /// hashed and compared only when the connection presents other bytes
+    /// than last time, or the settings changed since.
+    pub fn resolve(&self, cache: &mut KeyCache, presented: &[u8]) -> Option<&KeyEntry> {
+        if let Some((generation, index)) = cache.resolved {
+            if generation == self.generation && same_bytes(&cache.key, presented) {
+                cache.hits += 1;
+                return index.and_then(|i| self.keys.get(i));
+            }
+        }
+        let index = self.find_index(&sha256(presented));
+        if presented.len() <= MAX_CACHED_KEY {
+            cache.key.clear();
+            cache.key.extend_from_slice(presented);
+            cache.resolved = Some((self.generation, index));
+        } else {
+            cache.resolved = None;
+        }
+        index.and_then(|i| self.keys.get(i))
+    }
+
+    /// The role `route` needs under these settings (`/metrics` is public
+    /// with `metrics_public`).
+    pub fn needed(&self, route: &Route) -> Role {
+        match route.role {
+            Role::Read if route.id == RouteId::Metrics && self.metrics_public => Role::Public,
+            r => r,
+        }
+    }
+
+    /// Whether a `Host` allow-list is configured.
+    #[inline]
+    pub fn has_host_list(&self) -> bool {
+        !self.allowed_hosts.is_empty()
     }
 
     /// Whether `Host` is allowed (always, when no list is configured).
@@ -189,17 +317,48 @@ pub struct Grant<'a> {
     pub forced_table: Option<&'a str>,
 }
 
+/// Whether header name `name` is `lower` (lower-case letters, digits and
+/// `-`), ignoring case. `b | 0x20` lower-cases a letter and leaves digits
+/// and `-` as they are; the only other bytes it maps onto them are control
+/// characters, which a header name (an HTTP token, as the parser checks)
+/// never holds. Cheaper than `eq_ignore_ascii_case` on every request.
+#[inline]
+fn name_is(name: &str, lower: &[u8]) -> bool {
+    name.len() == lower.len() && name.bytes().zip(lower).all(|(b, l)| b | 0x20 == *l)
+}
+
 /// The key a request presents: `Authorization: Bearer <key>`, else
-/// `X-API-Key: <key>`.
-fn presented<'r>(req: &Request<'r>) -> Option<&'r [u8]> {
-    if let Some(v) = req.header("authorization") {
-        let v = v.trim_ascii();
-        return match v.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(v[7..].trim_ascii()),
-            _ => None,
-        };
+/// `X-API-Key: <key>` (one pass over the headers).
+pub fn presented<'r>(req: &Request<'r>) -> Option<&'r [u8]> {
+    let mut api_key = None;
+    for h in req.headers {
+        if name_is(h.name, b"authorization") {
+            let v = h.value.trim_ascii();
+            return match v.get(..7) {
+                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+                    Some(v[7..].trim_ascii())
+                }
+                _ => None,
+            };
+        }
+        if api_key.is_none() && name_is(h.name, b"x-api-key") {
+            api_key = Some(h.value.trim_ascii());
+        }
     }
-    req.header("x-api-key").map(<[u8]>::trim_ascii)
+    api_key
+}
+
+/// Whether two byte strings are equal, looking at every byte whatever
+/// the first difference (only the lengths are compared first): the bytes
+/// are XORed into one accumulator, read once at the end. Cheaper than
+/// `subtle`'s per-byte barrier, for the per-connection cache's compare.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 fn unauthorized(message: &str) -> ApiError {
@@ -208,15 +367,14 @@ fn unauthorized(message: &str) -> ApiError {
 
 /// The check every routed request goes through (auth on): finds the key,
 /// compares its role with the route's, and its tables with the request's.
+/// `cache` is the connection's [`KeyCache`].
 pub fn check<'s>(
     auth: &'s AuthSettings,
+    cache: &mut KeyCache,
     route: &Route,
     req: &Request<'_>,
 ) -> Result<Grant<'s>, ApiError> {
-    let needed = match route.role {
-        Role::Read if route.id == RouteId::Metrics && auth.metrics_public => Role::Public,
-        r => r,
-    };
+    let needed = auth.needed(route);
     if needed == Role::Public {
         return Ok(Grant::default());
     }
@@ -227,7 +385,7 @@ pub fn check<'s>(
                 "this route needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>",
             )),
         };
-    let Some(entry) = auth.find(&sha256(key)) else {
+    let Some(entry) = auth.resolve(cache, key) else {
         return Err(unauthorized("unknown API key"));
     };
     if let Some(subject) = &entry.client_cert_subject {
@@ -415,6 +573,100 @@ mod tests {
         }]);
         assert_eq!(s.find(&sha256(k.as_bytes())).unwrap().role, Role::Read);
         assert!(s.find(&sha256(b"0123456789abcdef-secreT")).is_none());
+    }
+
+    #[test]
+    fn a_connection_resolves_its_key_once_per_generation() {
+        let (a, b) = ("0123456789abcdef-key-a", "0123456789abcdef-key-b");
+        let key = |k: &str, role: &str| ApiKey {
+            key: Some(k.into()),
+            role: role.into(),
+            ..Default::default()
+        };
+        let s = settings(vec![key(a, "readonly"), key(b, "admin")]);
+        let mut cache = KeyCache::default();
+        assert_eq!(
+            s.resolve(&mut cache, a.as_bytes()).unwrap().role,
+            Role::Read
+        );
+        assert_eq!(cache.hits(), 0, "the first request hashes");
+        for _ in 0..3 {
+            assert_eq!(
+                s.resolve(&mut cache, a.as_bytes()).unwrap().role,
+                Role::Read
+            );
+        }
+        assert_eq!(cache.hits(), 3, "the same bytes again: no hashing");
+        // Other bytes on the same connection are resolved, and then cached.
+        assert_eq!(
+            s.resolve(&mut cache, b.as_bytes()).unwrap().role,
+            Role::Admin
+        );
+        assert_eq!(cache.hits(), 3);
+        assert!(s.resolve(&mut cache, b"0123456789abcdef-key-A").is_none());
+        assert!(s.resolve(&mut cache, b"0123456789abcdef-key-A").is_none());
+        assert_eq!(cache.hits(), 4, "an unknown key is cached as unknown");
+        assert_eq!(
+            s.resolve(&mut cache, a.as_bytes()).unwrap().role,
+            Role::Read
+        );
+        // A reload (a new settings value, even with the same keys) is a
+        // new generation: the cached answer is not used.
+        let same = settings(vec![key(a, "readonly"), key(b, "admin")]);
+        assert_eq!(same, s);
+        assert_ne!(same.generation(), s.generation());
+        let hits = cache.hits();
+        assert_eq!(
+            same.resolve(&mut cache, a.as_bytes()).unwrap().role,
+            Role::Read
+        );
+        assert_eq!(cache.hits(), hits);
+        // Revoked: the next request on the connection is refused.
+        let revoked = settings(vec![key(b, "admin")]);
+        assert!(revoked.resolve(&mut cache, a.as_bytes()).is_none());
+        assert!(revoked.resolve(&mut cache, a.as_bytes()).is_none());
+        // A clone (a core's copy of the same settings) shares the tag.
+        let copy = revoked.clone();
+        let hits = cache.hits();
+        assert!(copy.resolve(&mut cache, a.as_bytes()).is_none());
+        assert_eq!(cache.hits(), hits + 1);
+        // Keys longer than MAX_CACHED_KEY are hashed every time.
+        let long = "k".repeat(MAX_CACHED_KEY + 1);
+        let s = settings(vec![key(&long, "readonly")]);
+        let hits = cache.hits();
+        for _ in 0..2 {
+            assert!(s.resolve(&mut cache, long.as_bytes()).is_some());
+        }
+        assert_eq!(cache.hits(), hits);
+    }
+
+    #[test]
+    fn header_names_and_byte_compares() {
+        for name in [
+            "authorization",
+            "Authorization",
+            "AUTHORIZATION",
+            "aUtHoRiZaTiOn",
+        ] {
+            assert!(name_is(name, b"authorization"), "{name}");
+        }
+        for name in ["X-API-Key", "x-api-key", "X-Api-KEY"] {
+            assert!(name_is(name, b"x-api-key"), "{name}");
+        }
+        for name in [
+            "authorizatio",
+            "authorizations",
+            "x_api-key",
+            "x-api-kez",
+            "host",
+        ] {
+            assert!(!name_is(name, b"authorization") && !name_is(name, b"x-api-key"));
+        }
+        assert!(same_bytes(b"abc", b"abc"));
+        assert!(same_bytes(b"", b""));
+        assert!(!same_bytes(b"abc", b"abd"));
+        assert!(!same_bytes(b"abc", b"ab"));
+        assert!(!same_bytes(b"\x00bc", b"abc"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! latency is recorded under the route's id, and a span is exported when
 //! tracing is on.
 
-use super::auth::Grant;
+use super::auth::{Grant, KeyCache};
 use super::guard;
 use super::routes::{Classified, RouteId, Table};
 use crate::changefeed::http::SseStream;
@@ -114,22 +114,42 @@ fn not_found(req: &Request<'_>) -> ApiError {
     ApiError::RouteNotFound(format!("{} {}", req.method.as_str(), req.path))
 }
 
+/// What a core keeps per connection, between its requests.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// The last key the connection presented and what it resolved to.
+    pub keys: KeyCache,
+}
+
 /// Every transport (plain TCP, TLS) is served by the same code.
 impl<T: Transport> Handler<T> for Core {
     type Stream = SseStream;
+    type Conn = ConnState;
 
     async fn stream(&self, state: SseStream, out: &mut StreamOut<'_, T>) {
         crate::changefeed::http::run_stream(self, state, out).await;
     }
 
-    async fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Option<SseStream> {
+    async fn handle(
+        &self,
+        conn: &mut ConnState,
+        req: &Request<'_>,
+        resp: &mut Response<'_>,
+    ) -> Option<SseStream> {
         let start = Instant::now();
         let wall = self.spans().map(|_| SystemTime::now());
         bump(&self.counters().requests, 1);
         let (id, result) = match TABLE.classify(req.method, req.path) {
             Classified::Found(route) => {
                 let rt = self.settings();
-                match guard::admit(&rt.auth, route, req, self.counters()) {
+                let cx = guard::Context {
+                    counters: self.counters(),
+                    guard: self.guard(),
+                    keys: &mut conn.keys,
+                    now: start,
+                    shard: self.id(),
+                };
+                match guard::admit(&rt.auth, route, req, cx) {
                     Ok(grant) => (route.id, run(self, route.id, req, resp, grant).await),
                     Err(e) => (route.id, Err(e)),
                 }

@@ -7,7 +7,10 @@
 //!   the one `match` on the route id, then metrics and spans.
 //! * [`auth`]: API keys and roles, checked against each route's row.
 //! * [`guard`]: the checks before any route runs: `Host` allow-list,
-//!   auth, and `Content-Type` of bodies (cross-site protections).
+//!   the failed-key limit, auth, and `Content-Type` of bodies (cross-site
+//!   protections).
+//! * [`limiter`]: the per-core table of peer addresses that presented
+//!   refused keys (429 after `server.auth_failure_limit`).
 //! * [`body`]: a JSON request body with only known fields.
 //! * [`ops`]: `/health`, `/stats`, `/metrics`, `/config`.
 //! * [`shards`]: `/shards`, the key → core mapping for shard-aware
@@ -19,6 +22,7 @@ pub mod auth;
 pub mod body;
 pub mod dispatch;
 pub mod guard;
+pub mod limiter;
 pub mod ops;
 pub mod routes;
 pub mod shards;

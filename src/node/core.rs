@@ -51,6 +51,8 @@ pub struct Core {
     vector: crate::vector::Local,
     cache: crate::cache::Local,
     llm: crate::llm::Local,
+    /// The failed-key limiter of the request guard.
+    guard: crate::http::guard::CoreGuard,
 }
 
 /// Proof that the current core owns `key`: only [`Core::own`] makes one.
@@ -90,6 +92,7 @@ impl Core {
             vector,
             cache: Default::default(),
             llm: crate::llm::Local::new(id),
+            guard: Default::default(),
         })
     }
 
@@ -120,6 +123,11 @@ impl Core {
     /// `server.request_timeout_ms`, current: the bound of every call.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.settings().request_timeout_ms)
+    }
+
+    /// The request guard's per-core state (`http::guard`).
+    pub fn guard(&self) -> &crate::http::guard::CoreGuard {
+        &self.guard
     }
 
     /// This core's counters (written only here).

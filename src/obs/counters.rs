@@ -50,6 +50,14 @@ pub struct CoreCounters {
     /// tables too small).
     pub auth_unauthorized: AtomicU64,
     pub auth_forbidden: AtomicU64,
+    /// Requests that presented an API key and were refused 401 (unknown
+    /// key, or a key without its client certificate): what the per-peer
+    /// limit counts (`http::limiter`).
+    pub auth_failures: AtomicU64,
+    /// Requests refused 429 because their peer failed too many keys.
+    pub auth_rate_limited: AtomicU64,
+    /// Peers blocked after too many failed keys.
+    pub auth_lockouts: AtomicU64,
     /// TLS handshakes completed, and connections dropped during the
     /// handshake (garbage, plaintext, untrusted client, deadline).
     pub tls_handshakes: AtomicU64,
@@ -165,6 +173,9 @@ pub struct ShardSnapshot {
     pub query_full_scans: u64,
     pub auth_unauthorized: u64,
     pub auth_forbidden: u64,
+    pub auth_failures: u64,
+    pub auth_rate_limited: u64,
+    pub auth_lockouts: u64,
     pub tls_handshakes: u64,
     pub tls_handshake_failures: u64,
     pub cache_hits_exact: u64,
@@ -207,6 +218,9 @@ impl CoreCounters {
             query_full_scans: r(&self.query_full_scans),
             auth_unauthorized: r(&self.auth_unauthorized),
             auth_forbidden: r(&self.auth_forbidden),
+            auth_failures: r(&self.auth_failures),
+            auth_rate_limited: r(&self.auth_rate_limited),
+            auth_lockouts: r(&self.auth_lockouts),
             tls_handshakes: r(&self.tls_handshakes),
             tls_handshake_failures: r(&self.tls_handshake_failures),
             cache_hits_exact: r(&self.cache_hits_exact),

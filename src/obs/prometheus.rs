@@ -297,6 +297,21 @@ pub fn render(
             total(|s| s.auth_forbidden),
         ),
         counter(
+            "themis_auth_failures_total",
+            "Requests that presented an API key and were refused 401 (unknown key, or a key without its client certificate).",
+            total(|s| s.auth_failures),
+        ),
+        counter(
+            "themis_auth_rate_limited_total",
+            "Requests refused 429 because their peer address failed too many keys (server.auth_failure_limit).",
+            total(|s| s.auth_rate_limited),
+        ),
+        counter(
+            "themis_auth_lockouts_total",
+            "Peer addresses blocked for server.auth_lockout_s after server.auth_failure_limit failed keys.",
+            total(|s| s.auth_lockouts),
+        ),
+        counter(
             "themis_tls_handshakes_total",
             "TLS handshakes completed.",
             total(|s| s.tls_handshakes),

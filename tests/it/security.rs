@@ -62,7 +62,9 @@ fn requests() -> Vec<(RouteId, Role, &'static str, String, Option<&'static str>)
 #[test]
 fn every_route_answers_every_role_as_its_row_declares() {
     let dir = tempdir();
-    let s = start_in(dir.path(), &with_config(dir.path(), &keys_yaml("")));
+    // Unknown keys on every route: the failed-key limit (tested below) off.
+    let yaml = keys_yaml("  auth_failure_limit: 0\n");
+    let s = start_in(dir.path(), &with_config(dir.path(), &yaml));
     let bearer = |k: &str| format!("Bearer {k}");
     // Who calls, the headers it sends, and the role that gives it.
     type Caller<'a> = (&'a str, Vec<(&'a str, String)>, Role);
@@ -378,4 +380,145 @@ fn metrics_can_be_public_and_validate_warns_about_open_servers() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("! server.host"), "{text}");
+}
+
+/// A connection remembers what its key resolved to (`http::auth::KeyCache`),
+/// tagged with the keys' generation: a key revoked or changed while a
+/// keep-alive connection uses it takes effect on that connection's very
+/// next request.
+#[test]
+fn a_revoked_key_is_refused_on_an_open_keep_alive_connection() {
+    let dir = tempdir();
+    let yaml = format!(
+        "server:\n  enable_auth: true\n  auth_failure_limit: 0\n  api_keys:\n    - {{key: {ADMIN}, role: admin}}\n    - {{key: {READ}, role: readonly}}\n"
+    );
+    let s = start_in(dir.path(), &with_config(dir.path(), &yaml));
+    let read = [("Authorization", &*format!("Bearer {READ}"))];
+    let admin = [("X-API-Key", ADMIN)];
+    let mut c = s.client();
+    let me = c.stream.local_addr().unwrap();
+    for _ in 0..5 {
+        assert_eq!(c.request_with("GET", "/stats", &read, None).status, 200);
+    }
+    assert_eq!(c.request_with("GET", "/config", &read, None).status, 403);
+    // Another connection revokes the key.
+    let mut ops = s.client();
+    let only_admin = format!(r#"{{"server":{{"api_keys":[{{"key":"{ADMIN}","role":"admin"}}]}}}}"#);
+    let r = ops.request_with("POST", "/config", &admin, Some(&only_admin));
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let r = c.request_with("GET", "/stats", &read, None);
+    assert_eq!(r.status, 401, "revoked, on the same connection");
+    assert_eq!(r.json()["code"], "unauthorized");
+    assert_eq!(c.request_with("GET", "/stats", &read, None).status, 401);
+    // Given back with another role: the new role applies at once too.
+    let as_admin = format!(
+        r#"{{"server":{{"api_keys":[{{"key":"{ADMIN}","role":"admin"}},{{"key":"{READ}","role":"admin"}}]}}}}"#
+    );
+    assert_eq!(
+        ops.request_with("POST", "/config", &admin, Some(&as_admin))
+            .status,
+        200
+    );
+    assert_eq!(c.request_with("GET", "/config", &read, None).status, 200);
+    assert_eq!(c.request_with("GET", "/stats", &read, None).status, 200);
+    // Any change of settings is a new generation; the answer stays right.
+    assert_eq!(
+        ops.request_with(
+            "POST",
+            "/config",
+            &admin,
+            Some(r#"{"logging":{"level":"debug"}}"#)
+        )
+        .status,
+        200
+    );
+    assert_eq!(c.request_with("GET", "/config", &read, None).status, 200);
+    // Switching keys on one connection works both ways.
+    assert_eq!(c.request_with("GET", "/config", &admin, None).status, 200);
+    assert_eq!(
+        c.request_with(
+            "GET",
+            "/stats",
+            &[("X-API-Key", "not-a-key-0123456789")],
+            None
+        )
+        .status,
+        401
+    );
+    assert_eq!(c.request_with("GET", "/stats", &read, None).status, 200);
+    assert_eq!(
+        c.stream.local_addr().unwrap(),
+        me,
+        "one connection throughout"
+    );
+}
+
+fn metric(c: &mut Client, name: &str) -> u64 {
+    let text = String::from_utf8_lossy(&c.request("GET", "/metrics", None).body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[test]
+fn failed_keys_from_one_address_are_refused_429_for_a_while() {
+    let dir = tempdir();
+    let limits = "  metrics_public: true\n  auth_failure_limit: 3\n  auth_failure_window_s: 3600\n  auth_lockout_s: 3600\n";
+    let s = start_in(dir.path(), &with_config(dir.path(), &keys_yaml(limits)));
+    let read = [("X-API-Key", READ)];
+    let bad = [("Authorization", "Bearer not-a-key-0123456789")];
+    let mut c = s.client();
+    // Neither a missing key nor a valid key with too small a role counts.
+    for _ in 0..10 {
+        assert_eq!(c.request("GET", "/stats", None).status, 401);
+        assert_eq!(c.request_with("GET", "/config", &read, None).status, 403);
+    }
+    assert_eq!(c.request_with("GET", "/stats", &read, None).status, 200);
+    // Three unknown keys: each refused 401; the third locks the address out.
+    for _ in 0..3 {
+        assert_eq!(c.request_with("GET", "/stats", &bad, None).status, 401);
+    }
+    for (who, headers) in [
+        ("unknown key", &bad[..]),
+        ("valid key", &read[..]),
+        ("no key", &[][..]),
+    ] {
+        let r = c.request_with("GET", "/stats", headers, None);
+        assert_eq!(r.status, 429, "{who}");
+        assert_eq!(r.json()["code"], "too_many_auth_failures", "{who}");
+        let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+        assert_eq!(r.json()["retry_after_s"], retry);
+    }
+    // A new connection from the address too; public routes stay open.
+    let mut other = s.client();
+    assert_eq!(other.request_with("GET", "/stats", &read, None).status, 429);
+    assert_eq!(other.request("GET", "/health", None).status, 200);
+    assert_eq!(metric(&mut other, "themis_auth_failures_total"), 3);
+    assert_eq!(metric(&mut other, "themis_auth_lockouts_total"), 1);
+    assert_eq!(metric(&mut other, "themis_auth_rate_limited_total"), 4);
+    let out = s.wait_output(
+        "too many failed API keys from 127.0.0.1",
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.contains("too many failed API keys from 127.0.0.1"),
+        "{out}"
+    );
+    assert!(!out.contains("not-a-key-0123456789"), "a key is in the log");
+    // The limit is hot-reloadable: turned off by SIGHUP, the lockout ends.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        keys_yaml("  metrics_public: true\n  auth_failure_limit: 0\n"),
+    )
+    .unwrap();
+    s.signal("HUP");
+    eventually("the limit is off after SIGHUP", || {
+        c.request_with("GET", "/stats", &read, None).status == 200
+    });
+    for _ in 0..5 {
+        assert_eq!(c.request_with("GET", "/stats", &bad, None).status, 401);
+    }
+    assert_eq!(c.request_with("GET", "/stats", &read, None).status, 200);
 }

@@ -96,6 +96,79 @@ fn make_cert(dir: &Path, ca: &str, name: &str, subject: &str, server: bool) {
     );
 }
 
+/// Like [`make_cert`], with the validity period given: `start` and `end`
+/// as `YYYYMMDDHHMMSSZ` (UTC). `openssl ca` is the command that takes
+/// both dates (`x509 -days` only counts from now).
+fn make_cert_dated(
+    dir: &Path,
+    ca: &str,
+    name: &str,
+    subject: &str,
+    server: bool,
+    start: &str,
+    end: &str,
+) {
+    make_cert(dir, ca, name, subject, server);
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = dated\n[dated]\ndatabase = index.txt\nnew_certs_dir = .\n\
+         serial = ca.srl\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+         [any]\ncommonName = optional\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-preserveDN",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            &format!("{ca}.crt"),
+            "-keyfile",
+            &format!("{ca}.key"),
+            "-in",
+            &format!("{name}.csr"),
+            "-out",
+            &format!("{name}.crt"),
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+/// `YYYYMMDDHHMMSSZ` for `unix` seconds (as `openssl ca` takes dates).
+fn asn1_time(unix: u64) -> String {
+    let out = output_within(
+        Command::new("date").args(["-u", "-d", &format!("@{unix}"), "+%Y%m%d%H%M%SZ"]),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until the server's output holds `needle` `count` times.
+fn wait_count(s: &Server, needle: &str, count: usize) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while s.output().matches(needle).count() < count {
+        assert!(Instant::now() < end, "{needle:?} x{count}: {}", s.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn p(dir: &Path, f: &str) -> String {
     dir.join(f).to_str().unwrap().to_string()
 }
@@ -578,4 +651,249 @@ fn bad_certificates_stop_the_start_and_validate_reports_them() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}
+
+/// The issue's bad certificates on the client side of the server: a
+/// client certificate that expired or that another CA signed, with mutual
+/// TLS on. Each is refused in the handshake, counted and logged; the core
+/// goes on serving.
+#[test]
+fn expired_or_foreign_client_certificates_are_refused_counted_and_logged() {
+    let dir = tempdir();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    make_cert(d, "ca", "server", "/CN=localhost", true);
+    make_cert(d, "ca", "client", "/CN=client", false);
+    make_cert(d, "other-ca", "stranger", "/CN=client", false);
+    make_cert_dated(
+        d,
+        "ca",
+        "expired",
+        "/CN=client",
+        false,
+        "20200101000000Z",
+        "20200201000000Z",
+    );
+    let s = start_tls(d, &format!("  tls_ca: {}\n", p(d, "ca.crt")), "");
+    let mut ok = TlsClient::connect(s.addr, d, Some("client")).unwrap();
+    let before = metric(&mut ok, "themis_tls_handshake_failures_total");
+    for who in ["expired", "stranger", "expired"] {
+        let refused = TlsClient::connect(s.addr, d, Some(who))
+            .and_then(|mut c| c.call("GET", "/health", "", ""));
+        assert!(refused.is_err(), "{who}: {refused:?}");
+        // curl too.
+        let out = curl(&[
+            "--cacert",
+            &p(d, "ca.crt"),
+            "--cert",
+            &p(d, &format!("{who}.crt")),
+            "--key",
+            &p(d, &format!("{who}.key")),
+            "--resolve",
+            &resolve(&s),
+            &https(&s, "/health"),
+        ]);
+        assert!(!out.status.success(), "{who}: curl got through");
+    }
+    // The open connection and new ones with a good certificate are served.
+    assert_eq!(ok.call("GET", "/health", "", "").unwrap().0, 200);
+    let mut again = TlsClient::connect(s.addr, d, Some("client")).unwrap();
+    assert_eq!(again.call("PUT", "/entities/t:1", "", "{}").unwrap().0, 201);
+    let after = metric(&mut again, "themis_tls_handshake_failures_total");
+    assert_eq!(after - before, 6, "three rustls and three curl refusals");
+    wait_count(&s, "TLS connection refused: TLS handshake failed", 6);
+    let out = s.output();
+    assert!(out.contains("certificate expired"), "{out}");
+    assert!(out.contains("UnknownIssuer"), "{out}");
+}
+
+/// The issue's bad certificates on the server's side: an expired one (the
+/// server refuses to load it; one that expires while served is refused by
+/// clients), a self-signed one no client trusts, and a name that is not
+/// the host's. The core survives each and serves a good certificate again.
+#[test]
+fn expired_self_signed_and_wrong_host_server_certificates_are_refused() {
+    let dir = tempdir();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_cert(d, "ca", "server", "/O=good/CN=localhost", true);
+    std::fs::copy(d.join("server.crt"), d.join("good.crt")).unwrap();
+    std::fs::copy(d.join("server.key"), d.join("good.key")).unwrap();
+    let s = start_tls(d, "", "");
+    let use_cert = |name: &str| {
+        std::fs::copy(d.join(format!("{name}.crt")), d.join("server.crt")).unwrap();
+        std::fs::copy(d.join(format!("{name}.key")), d.join("server.key")).unwrap();
+    };
+    let curl_health = |s: &Server| {
+        curl(&[
+            "--cacert",
+            &p(d, "ca.crt"),
+            "--resolve",
+            &resolve(s),
+            &https(s, "/health"),
+        ])
+    };
+
+    // Already expired: the server refuses it and keeps the good one.
+    make_cert_dated(
+        d,
+        "ca",
+        "old",
+        "/O=old/CN=localhost",
+        true,
+        "20200101000000Z",
+        "20200201000000Z",
+    );
+    use_cert("old");
+    s.signal("HUP");
+    s.wait_output("TLS certificate or key refused", Duration::from_secs(10));
+    assert!(
+        s.output().contains("the certificate expired on"),
+        "{}",
+        s.output()
+    );
+    let c = TlsClient::connect(s.addr, d, None).unwrap();
+    assert!(c.server_subject().contains("O=good"));
+    // `--validate` and start-up refuse it too.
+    std::fs::write(
+        d.join("old.yaml"),
+        format!(
+            "server: {{enable_tls: true, tls_cert: {}, tls_key: {}}}\n",
+            p(d, "old.crt"),
+            p(d, "old.key")
+        ),
+    )
+    .unwrap();
+    let out = output_within(
+        command(d).args(["--validate", "--port", "0", "--config", &p(d, "old.yaml")]),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("the certificate expired on"), "{text}");
+
+    // Valid when loaded, expired when a client connects: the client refuses.
+    let end = unix_now() + 6;
+    make_cert_dated(
+        d,
+        "ca",
+        "brief",
+        "/O=brief/CN=localhost",
+        true,
+        &asn1_time(unix_now() - 3600),
+        &asn1_time(end),
+    );
+    use_cert("brief");
+    s.signal("HUP");
+    wait_count(&s, "TLS certificate and key reloaded", 1);
+    while unix_now() <= end + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = TlsClient::connect(s.addr, d, None).map(|_| ());
+    let e = refused.expect_err("an expired server certificate was accepted");
+    assert!(e.to_string().contains("certificate expired"), "{e}");
+    let out = curl_health(&s);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Self-signed, trusted by nobody: refused by curl, rustls, s_client.
+    std::fs::write(
+        d.join("self.cnf"),
+        "[req]\ndistinguished_name = dn\nx509_extensions = v3\nprompt = no\n\
+         [dn]\nO = self\nCN = localhost\n\
+         [v3]\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n\
+         basicConstraints = critical,CA:FALSE\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-config",
+            "self.cnf",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.crt",
+            "-days",
+            "2",
+        ],
+    );
+    use_cert("self");
+    s.signal("HUP");
+    wait_count(&s, "TLS certificate and key reloaded", 2);
+    let e = TlsClient::connect(s.addr, d, None)
+        .map(|_| ())
+        .expect_err("a self-signed certificate was trusted");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    assert!(!curl_health(&s).status.success());
+    let out = curl(&["--resolve", &resolve(&s), &https(&s, "/health")]);
+    assert!(!out.status.success(), "system roots trust it");
+    let said = s_client(&s, d, &[]);
+    assert!(
+        said.contains("self-signed certificate") || said.contains("self signed certificate"),
+        "{said}"
+    );
+
+    // Wrong host: a good chain for another name.
+    make_cert(d, "ca", "elsewhere", "/CN=elsewhere.example", false);
+    std::fs::write(
+        d.join("elsewhere.ext"),
+        "subjectAltName=DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "elsewhere.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "elsewhere.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "elsewhere.ext",
+        ],
+    );
+    use_cert("elsewhere");
+    s.signal("HUP");
+    wait_count(&s, "TLS certificate and key reloaded", 3);
+    let e = TlsClient::connect(s.addr, d, None)
+        .map(|_| ())
+        .expect_err("a certificate for another name was accepted");
+    assert!(e.to_string().contains("not valid for name"), "{e}");
+    let out = curl_health(&s);
+    assert!(!out.status.success());
+
+    // The core survived all of it: a good certificate is served again.
+    use_cert("good");
+    s.signal("HUP");
+    wait_count(&s, "TLS certificate and key reloaded", 4);
+    let mut c = TlsClient::connect(s.addr, d, None).unwrap();
+    assert!(c.server_subject().contains("O=good"));
+    assert_eq!(c.call("GET", "/health", "", "").unwrap().0, 200);
+    let out = curl_health(&s);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
