@@ -7,6 +7,8 @@
 //! * [`aggregate`]: bucket arithmetic (pure).
 //! * [`retention`]: the policies file and the deleting pass.
 //! * [`settings`]: per-metric settings (`/ts/config`).
+//! * [`writer`]: each core's queue of large series writes and retention
+//!   cuts, run in order on a helper thread.
 //! * [`http`]: the routes.
 //!
 //! Node part: [`Timeseries`] (policies and settings, published). Core part:
@@ -20,6 +22,7 @@ pub mod lineproto;
 pub mod read;
 pub mod retention;
 pub mod settings;
+pub mod writer;
 
 use crate::config::Config;
 use crate::published::Published;
@@ -157,6 +160,8 @@ pub struct Local {
     last_pass: RefCell<Option<PassReport>>,
     /// A pass is running on this core.
     pass_running: Cell<bool>,
+    /// The series writer's queue ([`writer`]).
+    queue: writer::Queue,
 }
 
 impl Local {
