@@ -10,9 +10,12 @@ ingest rounds alternate the two binaries (before, after, before, ...), so
 their ratio is measured under the same machine load.
 
 The server runs `--threads 1` pinned to CPU 0 (`taskset -c 0`, its helper
-and RocksDB threads included); wrk runs pinned to CPU 1 with bodies built
-before the run (bench/wrk_lines.lua, bench/wrk_bodies.lua), so the client
-only sends. Each server starts on a fresh data directory.
+and RocksDB threads included); wrk runs pinned to CPU 1, one thread with 4
+connections, with bodies built before the run (bench/wrk_lines.lua,
+bench/wrk_bodies.lua), so the client only sends. (One wrk thread: wrk
+starts each thread right after building its bodies, so a second thread's
+build would give the first a head start outside the measured time.) Each
+server starts on a fresh data directory.
 
   ingest     line protocol, batches of 5,000 points (every point an append),
              and JSON /ts/put, batches of 5,000 points: points/s.
@@ -88,26 +91,34 @@ def wrk(port, script, path, env, duration, conns=4, threads=2, extra=None):
     raise SystemExit(f"wrk said: {out}")
 
 
+def json_bodies():
+    """240 /ts/put bodies of 5,000 points, each of a series of its own."""
+    path = os.path.join(tempfile.gettempdir(), "themis-ts-json-bodies")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            for b in range(240):
+                pts = [{"metric": "json", "entity": f"b{b}", "timestamp_ms": 1_700_000_000_000 + i,
+                        "value": i % 7} for i in range(LP_POINTS)]
+                f.write(json.dumps({"points": pts}) + "\n")
+        os.rename(path + ".tmp", path)
+    return path
+
+
 def ingest_round(binary):
     s = Server(binary)
     try:
         # Line protocol: enough bodies that none is sent twice.
-        w = wrk(s.port, "wrk_lines.lua", "/", {"WRK_LP_BODIES": "400", "WRK_LP_POINTS": str(LP_POINTS)},
-                args.duration)
+        w = wrk(s.port, "wrk_lines.lua", "/", {"WRK_LP_BODIES": "1000", "WRK_LP_POINTS": str(LP_POINTS)},
+                args.duration, threads=1)
         lp = w["requests"] * LP_POINTS / (w["duration_us"] / 1e6)
         bad = w["non2xx"] + w["socket_errors"]
     finally:
         s.stop()
     s = Server(binary)
     try:
-        bodies = os.path.join(s.dir, "json_bodies")
-        with open(bodies, "w") as f:
-            for b in range(240):
-                pts = [{"metric": "json", "entity": f"b{b}", "timestamp_ms": 1_700_000_000_000 + i,
-                        "value": i % 7} for i in range(LP_POINTS)]
-                f.write(json.dumps({"points": pts}) + "\n")
         w = wrk(s.port, "wrk_bodies.lua", "/ts/put",
-                {"WRK_BODIES": bodies, "WRK_METHOD": "POST", "WRK_PATH": "/ts/put"}, args.duration)
+                {"WRK_BODIES": json_bodies(), "WRK_METHOD": "POST", "WRK_PATH": "/ts/put"}, args.duration,
+                threads=1)
         js = w["requests"] * LP_POINTS / (w["duration_us"] / 1e6)
         bad += w["non2xx"] + w["socket_errors"]
     finally:
