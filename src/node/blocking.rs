@@ -43,10 +43,13 @@ pub enum Work {
     /// core, on a thread of their own, so a write's fsync never waits
     /// behind a scan.
     Commit,
+    /// Time-series writes too large for the reactor and retention cuts
+    /// (`timeseries::writer`): one at a time per core, in order.
+    Series,
 }
 
 impl Work {
-    const ALL: [Work; 7] = [
+    const ALL: [Work; 8] = [
         Work::Scan,
         Work::Build,
         Work::Feed,
@@ -54,6 +57,7 @@ impl Work {
         Work::Backup,
         Work::Archive,
         Work::Commit,
+        Work::Series,
     ];
 
     /// (running, queued) bounds of the kind's lane on one core.
@@ -66,6 +70,7 @@ impl Work {
             Work::Backup => (1, 8),
             Work::Archive => (1, 1),
             Work::Commit => (1, 1),
+            Work::Series => (1, 1),
         }
     }
 
@@ -78,6 +83,7 @@ impl Work {
             Work::Backup => "backup",
             Work::Archive => "archive",
             Work::Commit => "commit",
+            Work::Series => "series",
         }
     }
 }
@@ -101,7 +107,7 @@ struct Lane {
 
 /// One core's lanes (lives in its `Core`; not shared between threads).
 pub struct Lanes {
-    lanes: [Lane; 7],
+    lanes: [Lane; 8],
 }
 
 impl Default for Lanes {
@@ -156,6 +162,7 @@ impl Lanes {
                 Work::Backup => "too many queued backup operations on this core; retry later",
                 Work::Archive => "a WAL archiving pass is already queued on this core",
                 Work::Commit => "too many queued group commits on this core; retry later",
+                Work::Series => "too many queued time-series writes on this core; retry later",
             }));
         }
         lane.waiting.set(lane.waiting.get() + 1);
@@ -186,7 +193,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_thread_for_every_running_slot() {
-        assert_eq!(POOL_THREADS, 8);
+        assert_eq!(POOL_THREADS, 9);
     }
 
     #[test]

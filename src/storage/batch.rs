@@ -63,8 +63,39 @@ impl<'s> ChangeBatch<'s> {
         self.batch.is_empty()
     }
 
+    /// A writer to one family of this batch that looks the family up once
+    /// (for batches of many keys of one family: time-series points).
+    pub fn family(&mut self, family: Family) -> Result<FamilyWriter<'_>, StorageError> {
+        Ok(FamilyWriter {
+            cf: self.storage.cf(family)?,
+            batch: &mut self.batch,
+        })
+    }
+
     pub(super) fn into_inner(self) -> WriteBatch {
         self.batch
+    }
+}
+
+/// Puts and deletes of one family into a [`ChangeBatch`].
+pub struct FamilyWriter<'b> {
+    cf: &'b rocksdb::ColumnFamily,
+    batch: &'b mut WriteBatch,
+}
+
+impl FamilyWriter<'_> {
+    #[inline]
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.cf, key, value);
+    }
+
+    pub fn delete(&mut self, key: &[u8]) {
+        self.batch.delete_cf(self.cf, key);
+    }
+
+    /// Deletes every key in `[from, to)`.
+    pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        self.batch.delete_range_cf(self.cf, from, to);
     }
 }
 

@@ -84,6 +84,9 @@ pub mod meta {
     pub const VECTOR_INDEX_NEXT_ID: &[u8] = b"vindex.next_id";
     /// Time-series per-metric settings (`/ts/config`, JSON; written synced).
     pub const TIMESERIES_CONFIG: &[u8] = b"timeseries.config";
+    /// Present once every series has hour rollups (written after the
+    /// one-time backfill of a database from before them).
+    pub const TIMESERIES_HOUR_ROLLUPS: &[u8] = b"timeseries.hour_rollups";
 }
 
 #[cfg(test)]
@@ -114,6 +117,7 @@ mod tests {
             meta::VECTOR_INDEX_DEF_PREFIX,
             meta::VECTOR_INDEX_NEXT_ID,
             meta::TIMESERIES_CONFIG,
+            meta::TIMESERIES_HOUR_ROLLUPS,
         ];
         for a in keys {
             for b in keys {

@@ -61,6 +61,24 @@ impl MemView {
     pub fn put(&mut self, family: Family, key: &[u8], value: &[u8]) {
         self.data.insert((family, key.to_vec()), value.to_vec());
     }
+
+    pub fn delete(&mut self, family: Family, key: &[u8]) {
+        self.data.remove(&(family, key.to_vec()));
+    }
+
+    /// Deletes every key of `family` in `[from, to)`.
+    pub fn delete_range(&mut self, family: Family, from: &[u8], to: &[u8]) {
+        if from < to {
+            let doomed: Vec<_> = self
+                .data
+                .range((family, from.to_vec())..(family, to.to_vec()))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in doomed {
+                self.data.remove(&k);
+            }
+        }
+    }
 }
 
 impl ReadView for MemView {

@@ -10,11 +10,12 @@
 //! to each series' owner ([`super::ingest::PutSeries`]).
 
 use super::aggregate::{bucket_count, Agg, MAX_BUCKETS};
-use super::ingest::{self, PutSeries, SeriesWrite};
+use super::ingest::{self, SeriesWrite};
 use super::key;
 use super::read::{self, AggregateRange, Cursor, QueryRange, Selector};
 use super::retention::{self, PassReport};
 use super::settings::TsSettings;
+use super::writer::{self, PutSeries};
 use crate::entity::key::decode_query_value;
 use crate::error::ApiError;
 use crate::http::routes::{PathPattern, Role, Route, RouteId, Tables};
@@ -238,35 +239,63 @@ async fn store(
     core: &Core,
     series: Vec<(SeriesWrite, Vec<usize>)>,
 ) -> (usize, Vec<(usize, String)>) {
+    let (stored, failed) = store_series(core, series).await;
+    let mut rejected = Vec::new();
+    for (positions, e) in failed {
+        rejected.extend(
+            positions
+                .into_iter()
+                .map(|i| (i, format!("not stored: {e}"))),
+        );
+    }
+    (stored, rejected)
+}
+
+/// [`store`]'s work: points stored, and each failed series' positions with
+/// the reason.
+async fn store_series(
+    core: &Core,
+    series: Vec<(SeriesWrite, Vec<usize>)>,
+) -> (usize, Vec<(Vec<usize>, String)>) {
     let mut by_owner: BTreeMap<usize, Vec<(SeriesWrite, Vec<usize>)>> = BTreeMap::new();
     for (w, positions) in series {
         let owner = core.owner_of(&w.id.to_be_bytes());
         by_owner.entry(owner).or_default().push((w, positions));
     }
-    let calls = by_owner.into_iter().map(|(owner, list)| async move {
+    let calls = by_owner.into_iter().map(|(owner, list)| {
         let (writes, positions): (Vec<SeriesWrite>, Vec<Vec<usize>>) = list.into_iter().unzip();
-        let results = if owner == core.id() {
-            Ok(ingest::write_here(core, writes))
+        let counts: Vec<usize> = writes.iter().map(|w| w.points.len()).collect();
+        // Local writes are placed (inline, or in the queue) right here,
+        // when `join_all` collects the calls.
+        let (local, remote) = if owner == core.id() {
+            (Some(writer::write_here(core, writes)), None)
         } else {
-            core.call(owner, PutSeries(writes)).await
+            (None, Some(writes))
         };
-        (positions, results)
+        async move {
+            let results = match (local, remote) {
+                (Some(f), _) => Ok(f.await),
+                (None, Some(w)) => core.call(owner, PutSeries(w)).await,
+                (None, None) => Ok(Vec::new()),
+            };
+            (positions, counts, results)
+        }
     });
     let mut stored = 0usize;
-    let mut rejected = Vec::new();
-    for (positions, results) in futures::future::join_all(calls).await {
+    let mut failed = Vec::new();
+    for (positions, counts, results) in futures::future::join_all(calls).await {
         let results = match results {
             Ok(r) => r,
             Err(e) => vec![Err(e.to_string()); positions.len()],
         };
-        for (pos, r) in positions.into_iter().zip(results) {
+        for ((pos, n), r) in positions.into_iter().zip(counts).zip(results) {
             match r {
-                Ok(()) => stored += pos.len(),
-                Err(e) => rejected.extend(pos.into_iter().map(|i| (i, format!("not stored: {e}")))),
+                Ok(()) => stored += n,
+                Err(e) => failed.push((pos, e)),
             }
         }
     }
-    (stored, rejected)
+    (stored, failed)
 }
 
 /// Bodies up to this size are parsed on the reactor; larger (or gzip)
@@ -316,7 +345,7 @@ pub async fn write_lines(
         }
     };
     let now = now_ms();
-    let parse = move |body: &[u8]| -> Result<Vec<(SeriesWrite, Vec<usize>)>, ApiError> {
+    let parse = move |body: &[u8]| -> Result<Vec<SeriesWrite>, ApiError> {
         let decoded;
         let text = if gzip {
             use std::io::Read;
@@ -338,8 +367,7 @@ pub async fn write_lines(
         };
         let text =
             std::str::from_utf8(text).map_err(|e| bad(format!("the body is not UTF-8 ({e})")))?;
-        let points = lineproto::parse(text, precision, &entity_tag, now).map_err(bad)?;
-        Ok(ingest::group_labeled(points))
+        lineproto::parse_series(text, precision, &entity_tag, now).map_err(bad)
     };
     let series = if gzip || req.body.len() > INLINE_PARSE_BYTES {
         let body = req.body.to_vec();
@@ -347,8 +375,9 @@ pub async fn write_lines(
     } else {
         parse(req.body)?
     };
-    let total: usize = series.iter().map(|s| s.0.points.len()).sum();
-    let (stored, failed) = store(core, series).await;
+    let total: usize = series.iter().map(|s| s.points.len()).sum();
+    let series = series.into_iter().map(|w| (w, Vec::new())).collect();
+    let (stored, failed) = store_series(core, series).await;
     if let Some((_, why)) = failed.first() {
         tracing::error!(
             stored,
@@ -766,35 +795,12 @@ async fn pass_steps(core: &Core, dry_run: bool, background: bool) -> Result<Pass
             core.blocking(Work::Admin, job).await??
         };
         if !cuts.is_empty() && !dry_run {
-            // This core owns these series: it is their only writer.
-            let mut batch = node.storage.batch();
-            for c in &cuts {
-                use crate::storage::Family::Timeseries;
-                let (lo, hi) = key::point_range(c.id, i64::MIN, c.cutoff);
-                batch.delete_range(Timeseries, &lo, &hi)?;
-                // Whole minutes before the cut lose their rollups; the
-                // minute the cut falls in is summarised again from the
-                // points it keeps (at most one minute of points).
-                let minute = key::minute_of(c.cutoff);
-                let (lo, hi) = key::rollup_range(c.id, i64::MIN, minute);
-                batch.delete_range(Timeseries, &lo, &hi)?;
-                if minute != c.cutoff {
-                    let end = minute + key::MINUTE_MS;
-                    let kept = ingest::minute_rollup(
-                        &node.storage,
-                        c.id,
-                        c.cutoff,
-                        end,
-                        &BTreeMap::new(),
-                    )?;
-                    let rkey = key::rollup_key(c.id, minute);
-                    match kept {
-                        Some(b) => batch.put(Timeseries, &rkey, &b.encode())?,
-                        None => batch.delete(Timeseries, &rkey)?,
-                    }
-                }
-            }
-            node.storage.commit(batch)?;
+            // This core owns these series: the cut runs in its series
+            // queue, so it never interleaves with a write of them, and off
+            // the reactor (range deletes, and the cut minute and hour
+            // summarised again: `ingest::cut_series`).
+            let list: Vec<(u64, i64)> = cuts.iter().map(|c| (c.id, c.cutoff)).collect();
+            writer::cut(core, list).await?;
         }
         for c in cuts {
             report.series_cut += 1;
@@ -895,6 +901,7 @@ async fn entity_policy(
 /// `features.retention.enabled` (every `interval_hours`, or the test
 /// fault's `retention_interval_ms`).
 pub fn start(core: &Rc<Core>, shutdown: &ShutdownSignal, faults: &Faults) {
+    writer::start(core);
     let ts = &core.node().timeseries;
     if !ts.retention_enabled {
         return;

@@ -17,12 +17,9 @@
 use super::aggregate::Bucket;
 use super::key::{self, Labels};
 use crate::error::ApiError;
-use crate::mesh::{Rpc, Served};
-use crate::node::{Core, Owned};
-use crate::storage::Family;
+use crate::storage::{Family, ReadView, Storage};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 
 /// Most points in one `/ts/put` request.
 pub const MAX_POINTS: usize = 10_000;
@@ -192,104 +189,168 @@ pub fn group(points: &[Value], now_ms: i64) -> Grouped {
     out
 }
 
-/// Groups parsed points (line protocol) by series: each series with its
-/// points in input order and their positions.
-pub fn group_labeled(points: Vec<(Labels, i64, f64)>) -> Vec<(SeriesWrite, Vec<usize>)> {
-    let mut by_series: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut out: Vec<(SeriesWrite, Vec<usize>)> = Vec::new();
-    for (i, (labels, ts, v)) in points.into_iter().enumerate() {
-        let canonical = labels.canonical();
-        let slot = match by_series.get(&canonical) {
-            Some(s) => *s,
-            None => {
-                by_series.insert(canonical.clone(), out.len());
-                out.push((
-                    SeriesWrite {
-                        id: key::series_id_of(&canonical),
-                        canonical,
-                        points: Vec::new(),
-                    },
-                    Vec::new(),
-                ));
-                out.len() - 1
-            }
-        };
-        out[slot].0.points.push((ts, v));
-        out[slot].1.push(i);
-    }
-    out
+/// Where a series write or a retention cut puts its keys (all in the
+/// `timeseries` family): a storage batch, or a list in unit tests.
+pub trait Sink {
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    fn delete(&mut self, key: &[u8]);
+    fn delete_range(&mut self, from: &[u8], to: &[u8]);
 }
 
-/// Writes series on the core that owns them; answers one result per
-/// series (a failed commit fails only its series).
-pub struct PutSeries(pub Vec<SeriesWrite>);
-
-impl Rpc<Core> for PutSeries {
-    type Answer = Vec<Result<(), String>>;
-    fn serve(self, core: &Rc<Core>) -> Served<Self::Answer> {
-        Served::Now(Ok(write_here(core, self.0)))
+impl Sink for crate::storage::batch::FamilyWriter<'_> {
+    #[inline]
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        crate::storage::batch::FamilyWriter::put(self, key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        crate::storage::batch::FamilyWriter::delete(self, key)
+    }
+    fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        crate::storage::batch::FamilyWriter::delete_range(self, from, to)
     }
 }
 
-/// Writes each series (owned by this core) as one batch.
-pub fn write_here(core: &Core, series: Vec<SeriesWrite>) -> Vec<Result<(), String>> {
-    series
-        .into_iter()
-        .map(|w| {
-            let id = w.id.to_be_bytes();
-            match core.own(&id) {
-                Some(owned) => write_series(core, owned, &w).map_err(|e| e.to_string()),
-                None => Err("series sent to a core that does not own it".into()),
-            }
-        })
-        .collect()
+/// The points of a series in timestamp order, the last of equal
+/// timestamps kept (request order): borrowed when they already are.
+fn in_order(points: &[(i64, f64)]) -> std::borrow::Cow<'_, [(i64, f64)]> {
+    if points.windows(2).all(|w| w[0].0 < w[1].0) {
+        return std::borrow::Cow::Borrowed(points);
+    }
+    let mut v = points.to_vec();
+    // Stable: equal timestamps stay in request order, and the last wins.
+    v.sort_by_key(|p| p.0);
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(v.len());
+    for p in v {
+        match out.last_mut() {
+            Some(last) if last.0 == p.0 => *last = p,
+            _ => out.push(p),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
-/// The summary of a series' stored points in `[from, to)` (within one
-/// minute), overlaid with `new` points (which win on equal timestamps).
-/// A range read of at most one minute of points.
-pub fn minute_rollup(
-    storage: &crate::storage::Storage,
+/// The summary of a series' stored points in `[from, to)`, overlaid with
+/// `new` points (ascending; they win on equal timestamps). A range read of
+/// at most one minute of points.
+pub fn points_rollup<V: ReadView>(
+    view: &V,
     id: u64,
     from: i64,
     to: i64,
-    new: &BTreeMap<i64, f64>,
+    new: &[(i64, f64)],
 ) -> Result<Option<Bucket>, ApiError> {
-    let mut points: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut stored: Vec<(i64, f64)> = Vec::new();
     let (lo, hi) = key::point_range(id, from, to);
-    storage.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
+    view.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
         if let (Some(ts), Some(val)) = (key::point_ts(k), key::decode_value(v)) {
-            points.insert(ts, val);
+            stored.push((ts, val));
         }
         true
     })?;
-    points.extend(new.iter().map(|(t, v)| (*t, *v)));
-    let mut it = points.into_iter();
-    let Some((t0, v0)) = it.next() else {
-        return Ok(None);
+    let mut b: Option<Bucket> = None;
+    let mut add = |ts: i64, v: f64| match &mut b {
+        Some(b) => b.add(ts, v),
+        None => b = Some(Bucket::new(ts, v)),
     };
-    let mut b = Bucket::new(t0, v0);
-    for (t, v) in it {
-        b.add(t, v);
+    // Merge the two ascending lists; a new point replaces a stored one.
+    let (mut i, mut j) = (0, 0);
+    while i < stored.len() || j < new.len() {
+        match (stored.get(i), new.get(j)) {
+            (Some(s), Some(n)) if s.0 < n.0 => {
+                add(s.0, s.1);
+                i += 1;
+            }
+            (Some(s), Some(n)) if s.0 == n.0 => {
+                add(n.0, n.1);
+                i += 1;
+                j += 1;
+            }
+            (_, Some(n)) => {
+                add(n.0, n.1);
+                j += 1;
+            }
+            (Some(s), None) => {
+                add(s.0, s.1);
+                i += 1;
+            }
+            (None, None) => break,
+        }
     }
-    Ok(Some(b))
+    Ok(b)
 }
 
-/// One series' points (and its catalog entries if it is new) in one batch,
-/// with the rollup of every minute they touch. A minute whose points are
-/// all new extends its rollup; a minute where a stored point is
-/// overwritten is summarised again from its points.
-fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Result<(), ApiError> {
-    let storage = &core.node().storage;
-    let local = core.timeseries();
-    let mut batch = storage.batch();
-    let cached = local.latest(w.id);
+/// The merge of a series' stored `level` rollups in `[from, to)`, where
+/// `overlay` (ascending starts) replaces the stored rollup of its periods
+/// (`None`: the period is empty now). One range read of at most 60
+/// rollups.
+fn merged_rollups<V: ReadView>(
+    view: &V,
+    level: key::Level,
+    id: u64,
+    from: i64,
+    to: i64,
+    overlay: &[(i64, Option<Bucket>)],
+) -> Result<Option<Bucket>, ApiError> {
+    let mut out: Option<Bucket> = None;
+    let mut merge = |b: &Bucket| match &mut out {
+        Some(o) => o.merge(b),
+        None => out = Some(*b),
+    };
+    let (lo, hi) = level.range(id, from, to);
+    view.scan(Family::Timeseries, &lo, &hi, false, |k, v| {
+        let replaced = level
+            .start_of_key(k)
+            .is_some_and(|s| overlay.binary_search_by_key(&s, |o| o.0).is_ok());
+        if !replaced {
+            if let Some(b) = Bucket::decode(v) {
+                merge(&b);
+            }
+        }
+        true
+    })?;
+    for (_, b) in overlay {
+        if let Some(b) = b {
+            merge(b);
+        }
+    }
+    Ok(out)
+}
+
+/// One minute a write touched.
+struct MinuteDone {
+    start: i64,
+    /// Its whole rollup after the write.
+    full: Bucket,
+    /// The summary of the write's points in it alone.
+    added: Bucket,
+    /// A stored point was overwritten (so `full` was summarised again).
+    overwrote: bool,
+}
+
+/// Puts one series' points (and its catalog entries if it is new) into
+/// `sink`, with the rollup of every minute and hour they touch. `cached`
+/// is an upper bound of the series' stored timestamps when the caller
+/// knows the series exists (`None`: looked up here). Returns the new upper
+/// bound.
+///
+/// A minute whose points are all new extends its rollup; a minute where a
+/// stored point is overwritten is summarised again from its points (a read
+/// of at most that minute). An hour likewise extends its rollup by the new
+/// points, or is summarised again from its minutes' rollups (a read of at
+/// most 60) when one of them was. Points after the bound cannot overwrite,
+/// so an append reads one rollup per minute and hour it touches and no
+/// point.
+pub fn write_series<V: ReadView, S: Sink>(
+    view: &V,
+    sink: &mut S,
+    w: &SeriesWrite,
+    cached: Option<i64>,
+) -> Result<i64, ApiError> {
     let mut existed = cached.is_some();
-    // Upper bound of the stored timestamps.
     let mut bound = cached.unwrap_or(i64::MIN);
     if cached.is_none() {
-        let skey = key::series_key(u64::from_be_bytes(*owned.key()));
-        let existing = storage.get_with(Family::Timeseries, &skey, |v| v.map(<[u8]>::to_vec))?;
+        let skey = key::series_key(w.id);
+        let existing = view.get_with(Family::Timeseries, &skey, |v| v.map(<[u8]>::to_vec))?;
         match existing {
             Some(c) if c != w.canonical => {
                 return Err(ApiError::Conflict(
@@ -300,62 +361,199 @@ fn write_series(core: &Core, owned: Owned<'_, [u8; 8]>, w: &SeriesWrite) -> Resu
                 existed = true;
                 // The series' last stored timestamp: one seek.
                 let (lo, hi) = key::point_range(w.id, i64::MIN, i64::MAX);
-                storage.scan(Family::Timeseries, &lo, &hi, true, |k, _| {
+                view.scan(Family::Timeseries, &lo, &hi, true, |k, _| {
                     bound = key::point_ts(k).unwrap_or(i64::MAX);
                     false
                 })?;
             }
             None => {
-                batch.put(Family::Timeseries, &skey, &w.canonical)?;
-                batch.put(
-                    Family::Timeseries,
-                    &key::catalog_key(&w.canonical),
-                    &w.id.to_be_bytes(),
-                )?;
+                sink.put(&skey, &w.canonical);
+                sink.put(&key::catalog_key(&w.canonical), &w.id.to_be_bytes());
             }
         }
     }
-    // Last write wins within the request too.
-    let points: BTreeMap<i64, f64> = w.points.iter().copied().collect();
-    // minute → (its new points, whether one overwrites a stored point)
-    let mut minutes: BTreeMap<i64, (BTreeMap<i64, f64>, bool)> = BTreeMap::new();
-    for (ts, v) in &points {
-        let pkey = key::point_key(w.id, *ts);
-        let overwrites = existed
-            && *ts <= bound
-            && storage.get_with(Family::Timeseries, &pkey, |o| o.is_some())?;
-        let m = minutes.entry(key::minute_of(*ts)).or_default();
-        m.0.insert(*ts, *v);
-        m.1 |= overwrites;
-        batch.put(Family::Timeseries, &pkey, &v.to_bits().to_be_bytes())?;
-    }
-    for (minute, (new, overwrites)) in &minutes {
-        let rkey = key::rollup_key(w.id, *minute);
-        let rollup = if *overwrites {
-            minute_rollup(storage, w.id, *minute, minute + key::MINUTE_MS, new)?
-        } else {
+    let points = in_order(&w.points);
+    let mut minutes: Vec<MinuteDone> = Vec::new();
+    let mut pkey = key::point_key(w.id, 0);
+    let mut i = 0;
+    while i < points.len() {
+        let start = key::minute_of(points[i].0);
+        let end = start + key::MINUTE_MS;
+        let j = i + points[i..].partition_point(|p| p.0 < end);
+        let slice = &points[i..j];
+        let mut overwrote = false;
+        let mut added = Bucket::new(slice[0].0, slice[0].1);
+        for (n, (ts, v)) in slice.iter().enumerate() {
+            pkey[9..].copy_from_slice(&key::encode_ts(*ts));
+            if existed && *ts <= bound && !overwrote {
+                overwrote = view.get_with(Family::Timeseries, &pkey, |o| o.is_some())?;
+            }
+            sink.put(&pkey, &v.to_bits().to_be_bytes());
+            if n > 0 {
+                added.add(*ts, *v);
+            }
+        }
+        let rkey = key::rollup_key(w.id, start);
+        let full = if overwrote {
+            points_rollup(view, w.id, start, end, slice)?.unwrap_or(added)
+        } else if existed && start <= bound {
             // A minute after the bound has no stored point, so no rollup.
-            let mut r = if existed && *minute <= bound {
-                storage.get_with(Family::Timeseries, &rkey, |v| v.and_then(Bucket::decode))?
+            match view.get_with(Family::Timeseries, &rkey, |v| v.and_then(Bucket::decode))? {
+                Some(mut b) => {
+                    b.merge(&added);
+                    b
+                }
+                None => added,
+            }
+        } else {
+            added
+        };
+        sink.put(&rkey, &full.encode());
+        minutes.push(MinuteDone {
+            start,
+            full,
+            added,
+            overwrote,
+        });
+        i = j;
+    }
+    let hour = key::Level::Hour;
+    let mut k = 0;
+    while k < minutes.len() {
+        let start = hour.floor(minutes[k].start);
+        let end = start + key::HOUR_MS;
+        let l = k + minutes[k..].partition_point(|m| m.start < end);
+        let group = &minutes[k..l];
+        let hkey = hour.key(w.id, start);
+        let full = if group.iter().any(|m| m.overwrote) {
+            let overlay: Vec<(i64, Option<Bucket>)> =
+                group.iter().map(|m| (m.start, Some(m.full))).collect();
+            merged_rollups(view, key::Level::Minute, w.id, start, end, &overlay)?
+        } else {
+            let mut b = if existed && start <= bound {
+                view.get_with(Family::Timeseries, &hkey, |v| v.and_then(Bucket::decode))?
             } else {
                 None
             };
-            for (ts, v) in new {
-                match &mut r {
-                    Some(b) => b.add(*ts, *v),
-                    None => r = Some(Bucket::new(*ts, *v)),
+            for m in group {
+                match &mut b {
+                    Some(b) => b.merge(&m.added),
+                    None => b = Some(m.added),
                 }
             }
-            r
+            b
         };
-        if let Some(b) = rollup {
-            batch.put(Family::Timeseries, &rkey, &b.encode())?;
+        if let Some(b) = full {
+            sink.put(&hkey, &b.encode());
+        }
+        k = l;
+    }
+    let newest = points.last().map_or(i64::MIN, |p| p.0);
+    Ok(bound.max(newest))
+}
+
+/// Puts the range deletes of a retention cut into `sink`: every point of
+/// series `id` before `cutoff`, the minute and hour rollups of whole
+/// periods before it, and the rollups of the minute and hour the cut falls
+/// in summarised again from what they keep (a read of at most one minute
+/// of points and 60 minute rollups). So rollups stay equal to the points.
+pub fn cut_series<V: ReadView, S: Sink>(
+    view: &V,
+    sink: &mut S,
+    id: u64,
+    cutoff: i64,
+) -> Result<(), ApiError> {
+    let (lo, hi) = key::point_range(id, i64::MIN, cutoff);
+    sink.delete_range(&lo, &hi);
+    let (minute, hour) = (key::Level::Minute, key::Level::Hour);
+    let m0 = minute.floor(cutoff);
+    let (lo, hi) = minute.range(id, i64::MIN, m0);
+    sink.delete_range(&lo, &hi);
+    let mut overlay = Vec::new();
+    if m0 != cutoff {
+        let kept = points_rollup(view, id, cutoff, m0 + key::MINUTE_MS, &[])?;
+        let rkey = minute.key(id, m0);
+        match &kept {
+            Some(b) => sink.put(&rkey, &b.encode()),
+            None => sink.delete(&rkey),
+        }
+        overlay.push((m0, kept));
+    }
+    let h0 = hour.floor(cutoff);
+    let (lo, hi) = hour.range(id, i64::MIN, h0);
+    sink.delete_range(&lo, &hi);
+    if h0 != cutoff {
+        // The minutes of the cut hour before m0 are deleted above.
+        let kept = merged_rollups(view, minute, id, m0, h0 + key::HOUR_MS, &overlay)?;
+        let hkey = hour.key(id, h0);
+        match kept {
+            Some(b) => sink.put(&hkey, &b.encode()),
+            None => sink.delete(&hkey),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one series into a batch of its own and commits it (all or
+/// nothing). Returns the series' new upper bound of stored timestamps.
+pub fn commit_series(
+    storage: &Storage,
+    w: &SeriesWrite,
+    cached: Option<i64>,
+) -> Result<i64, ApiError> {
+    let mut batch = storage.batch();
+    let bound = write_series(storage, &mut batch.family(Family::Timeseries)?, w, cached)?;
+    storage.commit(batch)?;
+    Ok(bound)
+}
+
+/// Commits the retention cuts `(series id, cutoff)` in one batch.
+pub fn commit_cuts(storage: &Storage, cuts: &[(u64, i64)]) -> Result<(), ApiError> {
+    let mut batch = storage.batch();
+    {
+        let mut sink = batch.family(Family::Timeseries)?;
+        for (id, cutoff) in cuts {
+            cut_series(storage, &mut sink, *id, *cutoff)?;
         }
     }
     storage.commit(batch)?;
-    let newest = points.keys().next_back().copied().unwrap_or(i64::MIN);
-    local.remember(w.id, bound.max(newest));
     Ok(())
+}
+
+/// A [`Sink`] that records, then applies to a [`crate::storage::read::MemView`]
+/// (unit tests of the write and cut logic).
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemSink(Vec<MemOp>);
+
+/// A key, its value (a put) or the end of a range (a range delete).
+#[cfg(test)]
+type MemOp = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+#[cfg(test)]
+impl Sink for MemSink {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.0.push((key.to_vec(), Some(value.to_vec()), None));
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.0.push((key.to_vec(), None, None));
+    }
+    fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        self.0.push((from.to_vec(), None, Some(to.to_vec())));
+    }
+}
+
+#[cfg(test)]
+impl MemSink {
+    pub fn apply(self, view: &mut crate::storage::read::MemView) {
+        for (k, v, to) in self.0 {
+            match (v, to) {
+                (Some(v), _) => view.put(Family::Timeseries, &k, &v),
+                (None, Some(to)) => view.delete_range(Family::Timeseries, &k, &to),
+                (None, None) => view.delete(Family::Timeseries, &k),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

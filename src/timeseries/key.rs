@@ -9,11 +9,12 @@
 //! * **series** `[0x02][id u64 BE]` → the canonical labels (the catalog key
 //!   without its first byte): the reverse entry, which also detects the
 //!   (2⁻⁶⁴-unlikely) case of two label sets hashing to one id.
-//! * **rollup** `[0x04][id u64 BE][minute start, encoded as a timestamp]` →
-//!   count, sum, min, max, first and last of the series' points in that
-//!   minute (`aggregate::Bucket::encode`), kept in the same batch as the
-//!   points: aggregates over long buckets read one rollup per minute instead
-//!   of every point.
+//! * **rollups** `[0x04][id u64 BE][minute start, encoded as a timestamp]`
+//!   and `[0x05][id u64 BE][hour start, same encoding]` → count, sum, min,
+//!   max, first and last of the series' points in that minute or hour
+//!   (`aggregate::Bucket::encode`), kept in the same batch as the points:
+//!   aggregates over long buckets read one rollup per hour (and per minute
+//!   at the bucket's edges) instead of every point.
 //! * **point** `[0x03][id u64 BE][timestamp i64 BE, sign bit flipped]` →
 //!   the value (f64 bits, BE). Flipping the sign bit makes the byte order of
 //!   the key the numeric order of the timestamp, negative ones included, so
@@ -32,9 +33,79 @@ pub const CATALOG: u8 = 0x01;
 pub const SERIES: u8 = 0x02;
 pub const POINT: u8 = 0x03;
 pub const ROLLUP: u8 = 0x04;
+pub const ROLLUP_HOUR: u8 = 0x05;
 
-/// The rollup granularity: one summary per series and minute.
+/// The finer rollup granularity: one summary per series and minute.
 pub const MINUTE_MS: i64 = 60_000;
+/// The coarser one: one summary per series and hour (the merge of its
+/// minutes' rollups).
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// A rollup granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Minute,
+    Hour,
+}
+
+impl Level {
+    /// Its length in ms.
+    pub const fn ms(self) -> i64 {
+        match self {
+            Level::Minute => MINUTE_MS,
+            Level::Hour => HOUR_MS,
+        }
+    }
+
+    const fn kind(self) -> u8 {
+        match self {
+            Level::Minute => ROLLUP,
+            Level::Hour => ROLLUP_HOUR,
+        }
+    }
+
+    /// The start of the period holding `ts` (aligned to the epoch).
+    #[inline]
+    pub fn floor(self, ts: i64) -> i64 {
+        ts.div_euclid(self.ms()) * self.ms()
+    }
+
+    /// The first period start at or after `ts`.
+    #[inline]
+    pub fn ceil(self, ts: i64) -> i64 {
+        let f = self.floor(ts);
+        if f == ts {
+            f
+        } else {
+            f.saturating_add(self.ms())
+        }
+    }
+
+    /// The key of a series' rollup of the period starting at `start`.
+    #[inline]
+    pub fn key(self, id: u64, start: i64) -> [u8; 17] {
+        let mut k = point_key(id, start);
+        k[0] = self.kind();
+        k
+    }
+
+    /// `[from, to)` of a series' rollup keys for periods starting in
+    /// `[from, to)`.
+    pub fn range(self, id: u64, from: i64, to: i64) -> ([u8; 17], [u8; 17]) {
+        (self.key(id, from), self.key(id, to))
+    }
+
+    /// A rollup key's period start; `None` if it is not such a key.
+    #[inline]
+    pub fn start_of_key(self, key: &[u8]) -> Option<i64> {
+        if key.len() != 17 || key[0] != self.kind() {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&key[9..]);
+        Some(decode_ts(b))
+    }
+}
 
 /// Earliest accepted timestamp: 0001-01-01T00:00:00Z, in ms.
 pub const MIN_TIMESTAMP_MS: i64 = -62_135_596_800_000;
@@ -225,42 +296,13 @@ pub fn point_range(id: u64, from_ms: i64, to_ms: i64) -> ([u8; 17], Vec<u8>) {
 /// The start of the minute holding `ts` (minutes are aligned to the epoch).
 #[inline]
 pub fn minute_of(ts: i64) -> i64 {
-    ts.div_euclid(MINUTE_MS) * MINUTE_MS
-}
-
-/// The first minute start at or after `ts`.
-#[inline]
-pub fn minute_ceil(ts: i64) -> i64 {
-    let m = minute_of(ts);
-    if m == ts {
-        m
-    } else {
-        m.saturating_add(MINUTE_MS)
-    }
+    Level::Minute.floor(ts)
 }
 
 /// The key of a series' rollup of the minute starting at `minute`.
 #[inline]
 pub fn rollup_key(id: u64, minute: i64) -> [u8; 17] {
-    let mut k = point_key(id, minute);
-    k[0] = ROLLUP;
-    k
-}
-
-/// `[from, to)` of a series' rollup keys for minutes starting in `[from, to)`.
-pub fn rollup_range(id: u64, from: i64, to: i64) -> ([u8; 17], [u8; 17]) {
-    (rollup_key(id, from), rollup_key(id, to))
-}
-
-/// A rollup key's minute; `None` if the key is not a rollup key.
-#[inline]
-pub fn rollup_minute(key: &[u8]) -> Option<i64> {
-    if key.len() != 17 || key[0] != ROLLUP {
-        return None;
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[9..]);
-    Some(decode_ts(b))
+    Level::Minute.key(id, minute)
 }
 
 /// A point key's timestamp; `None` if the key is not a point key.

@@ -7,6 +7,8 @@
 //! * [`aggregate`]: bucket arithmetic (pure).
 //! * [`retention`]: the policies file and the deleting pass.
 //! * [`settings`]: per-metric settings (`/ts/config`).
+//! * [`writer`]: each core's queue of large series writes and retention
+//!   cuts, run in order on a helper thread.
 //! * [`http`]: the routes.
 //!
 //! Node part: [`Timeseries`] (policies and settings, published). Core part:
@@ -20,6 +22,7 @@ pub mod lineproto;
 pub mod read;
 pub mod retention;
 pub mod settings;
+pub mod writer;
 
 use crate::config::Config;
 use crate::published::Published;
@@ -63,6 +66,7 @@ impl Timeseries {
         } else {
             Policies::default()
         };
+        backfill_hour_rollups(storage)?;
         let settings = match storage
             .meta_get(meta::TIMESERIES_CONFIG)
             .map_err(|e| e.to_string())?
@@ -144,6 +148,90 @@ impl Timeseries {
     }
 }
 
+/// Gives every series of a database written before hour rollups existed
+/// its hour rollups, merged from its minute rollups, once, before the
+/// server serves (aggregates read hour rollups and would otherwise miss
+/// those hours). One pass over the minute rollups, committed every
+/// [`BACKFILL_BATCH`] hours; then the `meta` marker, so it never runs again.
+fn backfill_hour_rollups(storage: &Storage) -> Result<(), String> {
+    use aggregate::Bucket;
+    use key::Level;
+    let err = |e: StorageError| format!("hour rollup backfill: {e}");
+    if storage
+        .meta_get(meta::TIMESERIES_HOUR_ROLLUPS)
+        .map_err(err)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut batch = storage.batch();
+    let mut written = 0u64;
+    let mut failed: Option<StorageError> = None;
+    let mut cur: Option<(u64, i64, Bucket)> = None;
+    let flush = |batch: &mut crate::storage::ChangeBatch<'_>, c: (u64, i64, Bucket)| {
+        batch.put(
+            Family::Timeseries,
+            &Level::Hour.key(c.0, c.1),
+            &c.2.encode(),
+        )
+    };
+    storage
+        .scan(
+            Family::Timeseries,
+            &[key::ROLLUP],
+            &[key::ROLLUP + 1],
+            false,
+            |k, v| {
+                let (Some(minute), Some(b)) = (Level::Minute.start_of_key(k), Bucket::decode(v))
+                else {
+                    return true;
+                };
+                let mut idb = [0u8; 8];
+                idb.copy_from_slice(&k[1..9]);
+                let (id, hour) = (u64::from_be_bytes(idb), Level::Hour.floor(minute));
+                match &mut cur {
+                    Some((i, h, acc)) if *i == id && *h == hour => acc.merge(&b),
+                    _ => {
+                        if let Some(c) = cur.replace((id, hour, b)) {
+                            written += 1;
+                            let mut r = flush(&mut batch, c);
+                            if r.is_ok() && written.is_multiple_of(BACKFILL_BATCH) {
+                                r = storage.commit(std::mem::replace(&mut batch, storage.batch()));
+                            }
+                            if let Err(e) = r {
+                                failed = Some(e);
+                                return false;
+                            }
+                        }
+                    }
+                }
+                true
+            },
+        )
+        .map_err(err)?;
+    if let Some(e) = failed {
+        return Err(err(e));
+    }
+    if let Some(c) = cur {
+        written += 1;
+        flush(&mut batch, c).map_err(err)?;
+    }
+    batch
+        .put(Family::Meta, meta::TIMESERIES_HOUR_ROLLUPS, b"1")
+        .map_err(err)?;
+    storage.commit_synced(batch).map_err(err)?;
+    if written > 0 {
+        tracing::info!(
+            hours = written,
+            "time series: hour rollups built from the minute rollups (once)"
+        );
+    }
+    Ok(())
+}
+
+/// Hour rollups per commit of the backfill.
+const BACKFILL_BATCH: u64 = 100_000;
+
 /// One core's part.
 #[derive(Default)]
 pub struct Local {
@@ -157,6 +245,8 @@ pub struct Local {
     last_pass: RefCell<Option<PassReport>>,
     /// A pass is running on this core.
     pass_running: Cell<bool>,
+    /// The series writer's queue ([`writer`]).
+    queue: writer::Queue,
 }
 
 impl Local {
@@ -174,5 +264,79 @@ impl Local {
 
     pub fn last_pass(&self) -> Option<PassReport> {
         self.last_pass.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database from before hour rollups gets them, equal to what writes
+    /// make now, once.
+    #[test]
+    fn hour_rollups_are_backfilled_once_from_minute_rollups() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StorageConfig {
+            rocksdb_path: dir.path().to_path_buf(),
+            memtable_size_mb: 4,
+            block_cache_size_mb: 8,
+            ..Default::default()
+        };
+        let storage = Storage::open(&cfg).unwrap();
+        let hours = |s: &Storage| {
+            let mut out = Vec::new();
+            s.scan(
+                Family::Timeseries,
+                &[key::ROLLUP_HOUR],
+                &[key::ROLLUP_HOUR + 1],
+                false,
+                |k, v| {
+                    out.push((k.to_vec(), v.to_vec()));
+                    true
+                },
+            )
+            .unwrap();
+            out
+        };
+        for (e, n) in [("a", 5_000i64), ("b", 300)] {
+            let l = key::Labels {
+                metric: "m".into(),
+                entity: e.into(),
+                tags: Default::default(),
+            };
+            let w = ingest::SeriesWrite {
+                id: l.series_id(),
+                canonical: l.canonical(),
+                points: (0..n).map(|i| (i * 7_001 - 9_000_000, i as f64)).collect(),
+            };
+            ingest::commit_series(&storage, &w, None).unwrap();
+        }
+        let made = hours(&storage);
+        assert!(made.len() > 10);
+        // As a database written before hour rollups: none, and no marker.
+        let mut b = storage.batch();
+        b.delete_range(
+            Family::Timeseries,
+            &[key::ROLLUP_HOUR],
+            &[key::ROLLUP_HOUR + 1],
+        )
+        .unwrap();
+        b.delete(Family::Meta, meta::TIMESERIES_HOUR_ROLLUPS)
+            .unwrap();
+        storage.commit(b).unwrap();
+        assert!(hours(&storage).is_empty());
+        backfill_hour_rollups(&storage).unwrap();
+        assert_eq!(hours(&storage), made);
+        // The marker stops a second pass.
+        let mut b = storage.batch();
+        b.delete_range(
+            Family::Timeseries,
+            &[key::ROLLUP_HOUR],
+            &[key::ROLLUP_HOUR + 1],
+        )
+        .unwrap();
+        storage.commit(b).unwrap();
+        backfill_hour_rollups(&storage).unwrap();
+        assert!(hours(&storage).is_empty());
     }
 }

@@ -1,5 +1,7 @@
 //! Per-metric settings (`GET|PUT /ts/config`): the default retention and
-//! each metric's own. Stored as one JSON record in `meta`
+//! each metric's own, and the rollup intervals (fixed: every series keeps
+//! minute and hour rollups, `timeseries::key`; shown so clients can pick
+//! intervals that use them, and refused if a PUT asks for others). Stored as one JSON record in `meta`
 //! (`timeseries.config`, written synced) and published node-wide; only the
 //! retention pass and `/ts/config` read it.
 
@@ -21,7 +23,7 @@ pub struct MetricSettings {
 }
 
 /// The whole `/ts/config` document.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TsSettings {
     /// Retention of metrics no other rule covers (none: keep forever).
@@ -29,6 +31,26 @@ pub struct TsSettings {
     pub default_retention_hours: Option<u32>,
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricSettings>,
+    /// The rollups kept for every series (read-only: [`ROLLUP_INTERVALS`]).
+    #[serde(default = "rollup_intervals")]
+    pub rollup_intervals: Vec<String>,
+}
+
+/// The rollup intervals every series keeps.
+pub const ROLLUP_INTERVALS: [&str; 2] = ["1m", "1h"];
+
+fn rollup_intervals() -> Vec<String> {
+    ROLLUP_INTERVALS.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for TsSettings {
+    fn default() -> Self {
+        TsSettings {
+            default_retention_hours: None,
+            metrics: BTreeMap::new(),
+            rollup_intervals: rollup_intervals(),
+        }
+    }
 }
 
 impl TsSettings {
@@ -42,6 +64,13 @@ impl TsSettings {
             _ => Ok(()),
         };
         check("default_retention_hours", s.default_retention_hours)?;
+        if s.rollup_intervals != rollup_intervals() {
+            return Err(format!(
+                "rollup_intervals: fixed at {:?} (every series keeps minute and hour rollups); \
+                 leave it out or send it unchanged",
+                ROLLUP_INTERVALS
+            ));
+        }
         if s.metrics.len() > MAX_METRIC_SETTINGS {
             return Err(format!(
                 "metrics: at most {MAX_METRIC_SETTINGS} entries, got {}",
@@ -83,5 +112,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.metrics["m"].retention_hours, Some(1));
+        assert_eq!(ok.rollup_intervals, ["1m", "1h"]);
+        assert!(TsSettings::parse(br#"{"rollup_intervals": ["5m"]}"#)
+            .unwrap_err()
+            .contains("rollup_intervals: fixed"));
+        assert!(TsSettings::parse(br#"{"rollup_intervals": ["1m", "1h"]}"#).is_ok());
     }
 }

@@ -382,7 +382,7 @@ fn retention_deletes_exactly_the_expired_points_and_a_dry_run_nothing() {
     let s = retention_server(dir.path(), None);
     assert_eq!(
         s.json("GET", "/ts/config", None).1,
-        json!({"default_retention_hours": null, "metrics": {"keep.cpu": {"retention_hours": 1}}})
+        json!({"default_retention_hours": null, "metrics": {"keep.cpu": {"retention_hours": 1}}, "rollup_intervals": ["1m", "1h"]})
     );
     assert_eq!(count(&s, "old.cpu"), young as u64);
     // A bad body is a 400 naming the field.
@@ -817,4 +817,129 @@ fn entity_policies_delete_through_the_write_pipeline() {
     let (st, v) = post(&s, "/api/admin/verify", &json!({}));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A large single-series write (100,000 points, run by the owner's series
+/// writer off the reactor) and small writes of the same series on another
+/// connection at the same time: whatever the interleaving, every point is
+/// stored once, rollups equal the points (minute and hour buckets read
+/// from rollups give the brute-force answer), and the core kept serving.
+#[test]
+fn a_large_series_write_and_small_ones_of_the_same_series_stay_consistent() {
+    let dir = tempdir();
+    let s = start_in(dir.path(), &ts_on(1));
+    let n = 100_000i64;
+    let mut text = String::new();
+    for i in 0..n {
+        // One point every 100 ms from -1 h: negative timestamps, hour edges.
+        text.push_str(&format!(
+            "big,host=a v={} {}\n",
+            i % 97,
+            -3_600_000 + i * 100
+        ));
+    }
+    let big = {
+        let mut c = s.client();
+        let body = text.into_bytes();
+        std::thread::spawn(move || {
+            let mut req = format!(
+                "POST /api/v2/write?precision=ms HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(&body);
+            c.send_raw(&req);
+            c.read_response(false).status
+        })
+    };
+    // Small writes of the same series: overwrites of some of its
+    // timestamps and appends after it.
+    let mut c = s.client();
+    for k in 0..200i64 {
+        let ts = if k % 2 == 0 {
+            -3_600_000 + k * 37 * 100
+        } else {
+            -3_600_000 + n * 100 + k
+        };
+        let body = json!({"metric": "big.v", "entity": "a", "timestamp_ms": ts, "value": 1000 + k});
+        let r = c.request("POST", "/ts/put", Some(&body.to_string()));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["stored"], 1);
+    }
+    assert_eq!(big.join().unwrap(), 204);
+    let (from, to) = (-7_200_000i64, 7_200_000i64);
+    let raw = read_all_big(&s, from, to);
+    assert_eq!(raw.len() as i64, n + 100);
+    for (interval, rollups) in [
+        (None, true),
+        (Some(3_600_000i64), true),
+        (Some(600_000), true),
+        (Some(150_000), true),
+        (Some(2_000), false),
+    ] {
+        let mut body = json!({"metric": "big.v", "from_ms": from, "to_ms": to,
+            "aggregations": ["count", "sum", "min", "max", "first", "last"]});
+        if let Some(i) = interval {
+            body["interval_ms"] = i.into();
+        }
+        let (st, v) = post(&s, "/ts/aggregate", &body);
+        assert_eq!(st, 200, "{v}");
+        if rollups {
+            assert!(v["rollups_read"].as_u64().unwrap() > 0, "{interval:?}: {v}");
+        }
+        let step = interval.unwrap_or(to - from);
+        let mut expect: BTreeMap<i64, Vec<(i64, f64)>> = BTreeMap::new();
+        for (ts, val) in &raw {
+            expect
+                .entry(from + (ts - from).div_euclid(step) * step)
+                .or_default()
+                .push((*ts, *val));
+        }
+        let buckets = v["groups"][0]["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), expect.len(), "{interval:?}");
+        for (b, (start, pts)) in buckets.iter().zip(expect) {
+            assert_eq!(b["start_ms"], start, "{interval:?}");
+            assert_eq!(b["count"], pts.len(), "{interval:?} {start}");
+            assert_eq!(
+                b["sum"].as_f64().unwrap(),
+                pts.iter().map(|p| p.1).sum::<f64>()
+            );
+            assert_eq!(
+                b["min"].as_f64().unwrap(),
+                pts.iter().map(|p| p.1).fold(f64::MAX, f64::min)
+            );
+            assert_eq!(
+                b["max"].as_f64().unwrap(),
+                pts.iter().map(|p| p.1).fold(f64::MIN, f64::max)
+            );
+            assert_eq!(b["first"].as_f64().unwrap(), pts[0].1);
+            assert_eq!(b["last"].as_f64().unwrap(), pts[pts.len() - 1].1);
+        }
+    }
+    let (st, v) = s.json("GET", "/stats", None);
+    assert_eq!(st, 200, "{v}");
+}
+
+/// Every point of series `big.v` in `[from, to)`: ts → value (large pages).
+fn read_all_big(s: &Server, from: i64, to: i64) -> BTreeMap<i64, f64> {
+    let mut out = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = json!({"metric": "big.v", "from_ms": from, "to_ms": to, "limit": 50_000});
+        if let Some(c) = &cursor {
+            q["cursor"] = c.clone().into();
+        }
+        let (st, v) = post(s, "/ts/query", &q);
+        assert_eq!(st, 200, "{v}");
+        for series in v["series"].as_array().unwrap() {
+            for p in series["points"].as_array().unwrap() {
+                let prev = out.insert(p[0].as_i64().unwrap(), p[1].as_f64().unwrap());
+                assert!(prev.is_none(), "a point was returned twice");
+            }
+        }
+        match v.get("next_cursor") {
+            Some(c) => cursor = Some(c.as_str().unwrap().to_string()),
+            None => return out,
+        }
+    }
 }
