@@ -25,7 +25,7 @@
 //! queued after the rebuild apply to the new graph.
 
 use super::distance::{GraphDistance, Metric};
-use super::frozen::{Frozen, Scratch};
+use super::frozen::{Frozen, Layout, Scratch};
 use super::{VectorDef, REBUILD_DELETED_SHARE, REBUILD_MIN_POINTS};
 use crossbeam_channel::{Receiver, Sender};
 use std::cell::{Cell, RefCell};
@@ -188,6 +188,7 @@ impl CoreGraph {
             applied: 0,
             last_freeze: Instant::now(),
             gap: FREEZE_GAP,
+            layout: Layout::default(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("themis-vec-{}-{core}", def.id))
@@ -511,8 +512,8 @@ impl CoreGraph {
         let d = &self.def;
         // Per point: the vector, the links (level 0 holds up to 2m, each a
         // shared pointer to a small record), the id maps and hnsw_rs's
-        // point record; the frozen copy's slot, vector pointer and links.
-        let per_point = d.dimension * 4 + 2 * d.m * 40 + 160 + 48 + 2 * d.m * 4;
+        // point record; the frozen copy's vector, slot and links.
+        let per_point = d.dimension * 8 + 2 * d.m * 40 + 160 + 40 + 2 * d.m * 4;
         serde_json::json!({
             "core": self.core,
             "state": self.state.get().name(),
@@ -560,6 +561,8 @@ struct Helper {
     last_freeze: Instant,
     /// Least time from one freeze to the next.
     gap: Duration,
+    /// The slots of the graph's frozen copies.
+    layout: Layout,
 }
 
 impl Helper {
@@ -617,7 +620,7 @@ impl Helper {
     /// publishes every applied command as done.
     fn freeze(&mut self) {
         let started = Instant::now();
-        let frozen = Arc::new(Frozen::of(&self.graph, self.def.metric));
+        let frozen = Arc::new(Frozen::of(&self.graph, self.def.metric, &mut self.layout));
         let snapshot = Snapshot {
             frozen,
             replaced: self.replaced.take(),
@@ -683,6 +686,7 @@ impl Helper {
     fn swap(&mut self, graph: Arc<Hnsw>) {
         self.graph = graph.clone();
         self.replaced = Some(graph);
+        self.layout = Layout::default();
     }
 }
 
