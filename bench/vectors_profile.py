@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Where a vector search's time goes (issue 13): loads Fashion-MNIST's
+60,000 training vectors into a 1-core server pinned to CPU 0, prints the
+time per request for k=1/ef=1 (the fixed cost of a request) and for
+k=10 at ef 16/32/64, with 8 connections, then records `perf record -g`
+of the server for 6 s of ef-32 searches into /tmp/vperf2.data.
+
+    python3 bench/vectors_profile.py <themis_server> <scratch dir>
+"""
+import os, sys, time, subprocess
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vectors as V
+binary, work = sys.argv[1], sys.argv[2]
+base = V.idx_images(f"{V.DATA}/train-images-idx3-ubyte.gz")[:60000]
+queries = V.idx_images(f"{V.DATA}/t10k-images-idx3-ubyte.gz")[:500]
+srv = V.Server(binary, os.path.join(work, "data"), 18796, 1, "0")
+c = V.Conn(18796)
+st, body = c.call("POST", "/vector/index/create", {"table": "fm", "dimension": 784, "metric": "l2", "m": 16, "ef_construction": 200})
+V.wait_ready(c)
+for i in range(0, len(base), 500):
+    items = [{"pk": str(j), "vector": base[j].astype(int).tolist()} for j in range(i, min(i + 500, len(base)))]
+    c.raw(V.request_bytes("/vector/batch_insert", {"table": "fm", "items": items})); st, b = c.recv(); assert st == 200
+V.wait_ready(c)
+for k, ef in ((1, 1), (10, 16), (10, 32), (10, 64)):
+    reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": k, "ef": ef}) for q in queries]
+    V.run_requests(18796, reqs[:100], 8)
+    out, s = V.run_requests(18796, reqs * 3, 8)
+    print(f"k={k} ef={ef}: {len(reqs)*3/s:.0f} q/s, {s/len(reqs)/3*1e6:.0f} us", flush=True)
+reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": 10, "ef": 32}) for q in queries]
+perf = subprocess.Popen(["perf", "record", "-g", "-o", "/tmp/vperf2.data", "-p", str(srv.p.pid), "--", "sleep", "6"])
+t = time.time()
+while time.time() - t < 6.5:
+    V.run_requests(18796, reqs, 8)
+perf.wait()
+srv.stop()
