@@ -2,7 +2,9 @@
 """Where a vector search's time goes (issue 13): loads Fashion-MNIST's
 60,000 training vectors into a 1-core server pinned to CPU 0, prints the
 time per request for k=1/ef=1 (the fixed cost of a request) and for
-k=10 at ef 16/32/64, with 8 connections, then records `perf record -g`
+k=10 at ef 16/32/64, with 8 connections, and how busy the server was
+(its CPU time from /proc: ~100 % means the server, not the Python
+client, sets the pace), then records `perf record -g`
 of the server for 6 s of ef-32 searches into /tmp/vperf2.data.
 
     python3 bench/vectors_profile.py <themis_server> <scratch dir>
@@ -21,11 +23,20 @@ for i in range(0, len(base), 500):
     items = [{"pk": str(j), "vector": base[j].astype(int).tolist()} for j in range(i, min(i + 500, len(base)))]
     c.raw(V.request_bytes("/vector/batch_insert", {"table": "fm", "items": items})); st, b = c.recv(); assert st == 200
 V.wait_ready(c)
+def cpu_s(pid):
+    """CPU seconds the process has used (all threads)."""
+    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 for k, ef in ((1, 1), (10, 16), (10, 32), (10, 64)):
     reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": k, "ef": ef}) for q in queries]
     V.run_requests(18796, reqs[:100], 8)
+    c0 = cpu_s(srv.p.pid)
     out, s = V.run_requests(18796, reqs * 3, 8)
-    print(f"k={k} ef={ef}: {len(reqs)*3/s:.0f} q/s, {s/len(reqs)/3*1e6:.0f} us", flush=True)
+    used = cpu_s(srv.p.pid) - c0
+    n = len(reqs) * 3
+    print(f"k={k} ef={ef}: {n/s:.0f} q/s, {s/n*1e6:.0f} us a request, server busy {100*used/s:.0f} %, {used/n*1e6:.0f} us CPU a request", flush=True)
 reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": 10, "ef": 32}) for q in queries]
 perf = subprocess.Popen(["perf", "record", "-g", "-o", "/tmp/vperf2.data", "-p", str(srv.p.pid), "--", "sleep", "6"])
 t = time.time()
