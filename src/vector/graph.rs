@@ -111,12 +111,26 @@ enum Command {
     },
 }
 
+type FxSet = HashSet<usize, rustc_hash::FxBuildHasher>;
+
 /// The live mapping between keys and graph ids.
 #[derive(Default)]
 struct Ids {
     by_key: HashMap<Rc<str>, usize>,
-    /// Looked up for every point a search may return: a fast hash.
     by_id: HashMap<usize, Rc<str>, rustc_hash::FxBuildHasher>,
+    /// The tombstones: ids that left `by_id` and may still be in the graph
+    /// (every id ever mapped, less `by_id`, less those a rebuild dropped).
+    /// Usually small or empty, so a search checks it instead of looking
+    /// every candidate up in `by_id` (two cache misses per point).
+    dead: FxSet,
+}
+
+impl Ids {
+    /// Unmaps `id` (now a tombstone).
+    fn unmap(&mut self, id: usize) {
+        self.by_id.remove(&id);
+        self.dead.insert(id);
+    }
 }
 
 /// A vector written but perhaps not yet in the graph.
@@ -164,6 +178,9 @@ pub struct CoreGraph {
     pending: RefCell<VecDeque<Pending>>,
     next_seq: Cell<u64>,
     rebuild_seq: Cell<Option<u64>>,
+    /// The tombstones when the rebuild in flight was asked for: the new
+    /// graph leaves them out, so they stop being tombstones when it is here.
+    rebuild_dead: RefCell<FxSet>,
     to_helper: Sender<(u64, Command)>,
     done: Arc<AtomicU64>,
     snapshots: Receiver<Snapshot>,
@@ -214,6 +231,7 @@ impl CoreGraph {
             pending: Default::default(),
             next_seq: Cell::new(0),
             rebuild_seq: Cell::new(None),
+            rebuild_dead: Default::default(),
             to_helper,
             done,
             snapshots,
@@ -273,6 +291,8 @@ impl CoreGraph {
         }
         if self.rebuild_seq.get().is_some_and(|s| s <= done) {
             self.rebuild_seq.set(None);
+            let dropped = std::mem::take(&mut *self.rebuild_dead.borrow_mut());
+            self.ids.borrow_mut().dead.retain(|id| !dropped.contains(id));
         }
         let mut p = self.pending.borrow_mut();
         while p.front().is_some_and(|e| e.seq <= done) {
@@ -301,7 +321,7 @@ impl CoreGraph {
         {
             let mut ids = self.ids.borrow_mut();
             if let Some(old) = ids.by_key.insert(key.clone(), id) {
-                ids.by_id.remove(&old);
+                ids.unmap(old);
             }
             ids.by_id.insert(id, key);
         }
@@ -322,7 +342,7 @@ impl CoreGraph {
         {
             let mut ids = self.ids.borrow_mut();
             if let Some(old) = ids.by_key.remove(key) {
-                ids.by_id.remove(&old);
+                ids.unmap(old);
             }
         }
         self.maybe_rebuild();
@@ -367,7 +387,7 @@ impl CoreGraph {
                 let id = self.new_id();
                 let key: Rc<str> = Rc::from(key);
                 if let Some(old) = ids.by_key.insert(key.clone(), id) {
-                    ids.by_id.remove(&old);
+                    ids.unmap(old);
                 }
                 ids.by_id.insert(id, key);
                 bulk.push((id, v));
@@ -429,6 +449,7 @@ impl CoreGraph {
             return;
         }
         let live: Vec<usize> = self.ids.borrow().by_id.keys().copied().collect();
+        *self.rebuild_dead.borrow_mut() = self.ids.borrow().dead.clone();
         tracing::info!(
             index = self.def.id,
             core = self.core,
@@ -471,9 +492,12 @@ impl CoreGraph {
         let frozen = self.frozen.borrow().clone();
         let ids = self.ids.borrow();
         // Tombstones are walked through, never returned.
-        let found = frozen.search(query, n, ef, &mut self.scratch.borrow_mut(), |id| {
-            ids.by_id.contains_key(&id)
-        });
+        let scratch = &mut self.scratch.borrow_mut();
+        let found = if ids.dead.is_empty() {
+            frozen.search(query, n, ef, scratch, |_| true)
+        } else {
+            frozen.search(query, n, ef, scratch, |id| !ids.dead.contains(&id))
+        };
         let exhausted = n >= frozen.len();
         let mut seen: HashSet<usize, rustc_hash::FxBuildHasher> = HashSet::default();
         let mut hits = Vec::with_capacity(n + 8);
@@ -781,6 +805,11 @@ mod tests {
             "the rebuild dropped the tombstones: {total} points, {deleted} deleted"
         );
         assert_eq!(g.live(), 160);
+        assert_eq!(
+            g.ids.borrow().dead.len(),
+            deleted,
+            "the tombstone set is exactly the graph's points that are not live"
+        );
         assert_eq!(keys(&g.candidates(&q, 10, 200).0), brute(&model, &q, 10));
     }
 }
