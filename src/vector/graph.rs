@@ -292,7 +292,10 @@ impl CoreGraph {
         if self.rebuild_seq.get().is_some_and(|s| s <= done) {
             self.rebuild_seq.set(None);
             let dropped = std::mem::take(&mut *self.rebuild_dead.borrow_mut());
-            self.ids.borrow_mut().dead.retain(|id| !dropped.contains(id));
+            self.ids
+                .borrow_mut()
+                .dead
+                .retain(|id| !dropped.contains(id));
         }
         let mut p = self.pending.borrow_mut();
         while p.front().is_some_and(|e| e.seq <= done) {
