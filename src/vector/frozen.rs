@@ -4,9 +4,10 @@
 //! its dumps are the graph's on-disk form. Its own search is slow on the
 //! request path: per visited point it allocates (an `Arc` per candidate, a
 //! `HashMap` entry) and takes a read lock, and it enters layer 0 after one
-//! step per upper layer. Measured on Fashion-MNIST (60,000 × 784, m 16),
-//! the same graph searched through this copy gives equal or better recall
-//! at 1.3–3× the queries per second (bench/RESULTS.md).
+//! step per upper layer. Measured in-process on Fashion-MNIST (60,000 ×
+//! 784, m 16; an experiment outside the tree), the same graph searched
+//! through a copy like this one gave equal recall at 1.2–3.6× the queries
+//! per second; bench/RESULTS.md has the figures through HTTP.
 //!
 //! So the helper thread *freezes* the graph after it applied a batch of
 //! commands: every point's links become slot numbers in one flat array
