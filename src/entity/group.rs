@@ -1,5 +1,6 @@
 //! Group commit: the entity writes of one core gathered into one batch,
-//! committed off the reactor with one WAL write (and one fsync).
+//! committed with one WAL write (and one fsync), off the reactor whenever
+//! the commit could wait.
 //!
 //! Why: a RocksDB write with `sync_writes: true` waits for an fsync. Made
 //! one at a time on the reactor, every write on the core waited for the
@@ -7,10 +8,13 @@
 //! the write pipeline (`entity::write`) *stages* each write: it reads the
 //! old value, runs the feature hooks into the write's own `ChangeBatch`,
 //! and appends that batch to the core's open group. One committer task per
-//! core hands the oldest group to a helper thread (the `commit` lane of
-//! `node::blocking`) and, when it is durable, runs the after-commit hooks
-//! and wakes the group's writers, who answer only then. While a group is
-//! being committed the core serves reads and gathers the next group.
+//! core commits the oldest group and, when it is durable, runs the
+//! after-commit hooks and wakes the group's writers, who answer only then.
+//! A commit that may wait (every one with `sync_writes`, and any RocksDB
+//! would delay) runs on a helper thread (the `commit` lane of
+//! `node::blocking`), and meanwhile the core serves reads and gathers the
+//! next group; an unsynced one RocksDB takes at once runs on the reactor
+//! ([`commit_loop`] says why).
 //!
 //! A group is closed when adding a write would pass
 //! `storage.group_commit_max_writes` or `storage.group_commit_max_bytes`;
@@ -376,47 +380,76 @@ fn recycle(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
 
 /// The committer: commits groups one at a time, oldest first, until none
 /// is left; then stops (the next write starts it again).
+///
+/// Without `sync_writes` a group is committed on the reactor when RocksDB
+/// can take it at once ([`Storage::try_commit_group_now`](crate::storage::Storage::try_commit_group_now):
+/// a memtable insert and a WAL write into the page cache, tens of
+/// microseconds for a group); handing it to a helper thread and back
+/// costs more than that (two thread wake-ups per group, on a busy core).
+/// A group RocksDB would delay (write stall), and every group with
+/// `sync_writes` (an fsync takes milliseconds), goes to the helper thread,
+/// so the core keeps serving meanwhile. Either way the same one group is
+/// committed at a time, so the invariants above hold unchanged.
 async fn commit_loop(core: Rc<Core>) {
     let local = &core.entity().group;
     while let Some(mut group) = local.take_next() {
         let node = core.node().clone();
-        let mut batch = std::mem::take(&mut group.batch);
         let (fail, delay) = (
             core.node().faults.fail_group_commit,
             core.node().faults.group_commit_delay,
         );
-        let committed = core
-            .blocking_background(Work::Commit, move || {
-                if let Some(d) = delay {
-                    std::thread::sleep(d);
-                }
-                let r = if fail {
-                    Err(StorageError::Commit(
-                        "injected fault: fail_group_commit".into(),
-                    ))
-                } else {
-                    node.storage.commit_group(&mut batch)
-                };
-                (r, batch)
-            })
-            .await;
-        let result = match committed {
-            Ok((r, mut batch)) => {
-                if r.is_ok() {
-                    crate::obs::counters::record_group(
-                        core.counters(),
-                        group.writes,
-                        batch.bytes(),
-                    );
-                }
-                batch.clear();
+        let now = if fail || delay.is_some() {
+            Ok(false)
+        } else {
+            node.storage.try_commit_group_now(&mut group.batch)
+        };
+        let result = match now {
+            Ok(true) => {
+                let mut batch = std::mem::take(&mut group.batch);
+                committed(&core, &group, &mut batch);
                 local.state.borrow_mut().spare_batch = Some(batch);
-                r.map_err(|e| e.to_string())
+                Ok(())
             }
             Err(e) => Err(e.to_string()),
+            Ok(false) => {
+                let mut batch = std::mem::take(&mut group.batch);
+                let done = core
+                    .blocking_background(Work::Commit, move || {
+                        if let Some(d) = delay {
+                            std::thread::sleep(d);
+                        }
+                        let r = if fail {
+                            Err(StorageError::Commit(
+                                "injected fault: fail_group_commit".into(),
+                            ))
+                        } else {
+                            node.storage.commit_group(&mut batch)
+                        };
+                        (r, batch)
+                    })
+                    .await;
+                match done {
+                    Ok((r, mut batch)) => {
+                        if r.is_ok() {
+                            committed(&core, &group, &mut batch);
+                        } else {
+                            batch.clear();
+                        }
+                        local.state.borrow_mut().spare_batch = Some(batch);
+                        r.map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
         };
         finish(&core, group, result);
     }
+}
+
+/// Records a committed group's size and empties its batch for reuse.
+fn committed(core: &Core, group: &Group, batch: &mut GroupBatch) {
+    crate::obs::counters::record_group(core.counters(), group.writes, batch.bytes());
+    batch.clear();
 }
 
 /// After a group's commit: the overlay forgets what storage now holds, the

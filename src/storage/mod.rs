@@ -141,6 +141,9 @@ pub struct Storage {
     cache: Cache,
     cache_capacity: u64,
     write_opts: WriteOptions,
+    /// Without `sync_writes`: `write_opts` with `no_slowdown`, for
+    /// [`Storage::try_commit_group_now`]. `None` with `sync_writes`.
+    no_wait_write_opts: Option<WriteOptions>,
     sync_writes: bool,
     path: PathBuf,
 }
@@ -176,6 +179,13 @@ fn cf_options(cfg: &StorageConfig, cache: &Cache, usage: CfUse) -> Options {
     if cfg.enable_bloom_filters && usage == CfUse::Keyed {
         table.set_bloom_filter(f64::from(cfg.bloom_bits_per_key), false);
         table.set_whole_key_filtering(true);
+        // A bloom filter over the memtable's keys too: a point read of a
+        // key the memtable lacks (most reads, and every write's
+        // existence read of a key last written long ago) skips the skip
+        // list's search (a chain of cache misses in a large memtable).
+        // 2 % of the memtable's size.
+        o.set_memtable_prefix_bloom_ratio(0.02);
+        o.set_memtable_whole_key_filtering(true);
     }
     if usage == CfUse::Keyed {
         // A hash index inside each data block: a point read finds its key
@@ -321,12 +331,18 @@ impl Storage {
         };
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(cfg.sync_writes);
+        let no_wait_write_opts = (!cfg.sync_writes).then(|| {
+            let mut o = WriteOptions::default();
+            o.set_no_slowdown(true);
+            o
+        });
         Ok(Storage {
             db,
             db_opts,
             cache,
             cache_capacity,
             write_opts,
+            no_wait_write_opts,
             sync_writes: cfg.sync_writes,
             path,
         })
@@ -390,6 +406,25 @@ impl Storage {
     pub fn commit_group(&self, group: &mut GroupBatch) -> Result<(), StorageError> {
         self.db.write_opt(group.seal(), &self.write_opts)?;
         Ok(())
+    }
+
+    /// Commits a group on the calling thread when that cannot wait long:
+    /// only without `sync_writes` (no fsync: the WAL write lands in the
+    /// page cache), and with RocksDB's `no_slowdown`, so a write that
+    /// RocksDB would delay or stall (memtable full, too many L0 files) is
+    /// refused at once with nothing written. `Ok(true)`: committed, as by
+    /// [`Storage::commit_group`]; `Ok(false)`: not committed (synced
+    /// writes, or RocksDB would have made it wait): commit it with
+    /// `commit_group` on a helper thread.
+    pub fn try_commit_group_now(&self, group: &mut GroupBatch) -> Result<bool, StorageError> {
+        let Some(opts) = &self.no_wait_write_opts else {
+            return Ok(false);
+        };
+        match self.db.write_opt(group.seal(), opts) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether commits are fsynced (`storage.sync_writes`).
@@ -828,6 +863,33 @@ mod tests {
         s.commit_group(&mut g).unwrap();
         assert!(s.entity_exists(b"t:3").unwrap());
         assert!(s.entity_exists(b"t:1").unwrap());
+    }
+
+    /// The reactor's commit: done at once without `sync_writes`, never
+    /// with it (an fsync may take milliseconds: the helper thread's job).
+    #[test]
+    fn a_group_is_committed_now_only_without_sync_writes() {
+        for sync in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(&StorageConfig {
+                rocksdb_path: dir.path().to_path_buf(),
+                memtable_size_mb: 4,
+                block_cache_size_mb: 8,
+                sync_writes: sync,
+                ..StorageConfig::default()
+            })
+            .unwrap();
+            let mut g = GroupBatch::default();
+            let mut b = s.batch();
+            b.put(Family::Entities, b"t:1", b"{}").unwrap();
+            g.append(&b);
+            assert_eq!(s.try_commit_group_now(&mut g).unwrap(), !sync);
+            assert_eq!(s.entity_exists(b"t:1").unwrap(), !sync);
+            if sync {
+                s.commit_group(&mut g).unwrap();
+                assert!(s.entity_exists(b"t:1").unwrap());
+            }
+        }
     }
 
     /// One write of the property below: put (`Some`) or delete a key of
