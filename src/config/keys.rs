@@ -126,6 +126,7 @@ pub const KEYS: &[KeyRule] = &[
     cold("storage.group_commit", Bool),
     cold("storage.group_commit_max_writes", Int(1, 65_536)),
     cold("storage.group_commit_max_bytes", Int(4096, 1 << 30)),
+    cold("storage.group_commit_on_core", Bool),
     cold("server.host", NonEmpty),
     cold("server.port", Int(0, 65_535)),
     cold("server.worker_threads", Int(0, 1024)).aka(&["server.threads"]),

@@ -84,6 +84,9 @@ pub struct StorageConfig {
     /// Batch bytes in one group at most (a single larger write still
     /// commits, alone).
     pub group_commit_max_bytes: u64,
+    /// Without `sync_writes`, commit a group on its core when RocksDB
+    /// takes it at once, instead of on the helper thread (`entity::group`).
+    pub group_commit_on_core: bool,
 }
 
 impl StorageConfig {
@@ -122,6 +125,7 @@ impl Default for StorageConfig {
             group_commit: true,
             group_commit_max_writes: 1024,
             group_commit_max_bytes: 4 << 20,
+            group_commit_on_core: true,
         }
     }
 }

@@ -381,8 +381,9 @@ fn recycle(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
 /// The committer: commits groups one at a time, oldest first, until none
 /// is left; then stops (the next write starts it again).
 ///
-/// Without `sync_writes` a group is committed on the reactor when RocksDB
-/// can take it at once ([`Storage::try_commit_group_now`](crate::storage::Storage::try_commit_group_now):
+/// Without `sync_writes`, and with `storage.group_commit_on_core` (the
+/// default), a group is committed on the reactor when RocksDB can take it
+/// at once ([`Storage::try_commit_group_now`](crate::storage::Storage::try_commit_group_now):
 /// a memtable insert and a WAL write into the page cache, tens of
 /// microseconds for a group); handing it to a helper thread and back
 /// costs more than that (two thread wake-ups per group, on a busy core).
@@ -390,6 +391,15 @@ fn recycle(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
 /// `sync_writes` (an fsync takes milliseconds), goes to the helper thread,
 /// so the core keeps serving meanwhile. Either way the same one group is
 /// committed at a time, so the invariants above hold unchanged.
+///
+/// The price of committing on the core: a WAL `write()` that the
+/// filesystem holds up holds the core up too. On ext4 a buffered append
+/// can wait for a journal commit that another file's fsync (a flush's new
+/// SST) started; on this project's VM disk that was 1–8 ms for about one
+/// write in a thousand during flushes (strace of the reactor, open-loop
+/// PUT). `group_commit_on_core: false` keeps every commit on the helper
+/// thread, so such a wait delays only the writes behind it, never the
+/// core's reads (bench/RESULTS.md, "Group commit on the core").
 async fn commit_loop(core: Rc<Core>) {
     let local = &core.entity().group;
     while let Some(mut group) = local.take_next() {
@@ -398,7 +408,7 @@ async fn commit_loop(core: Rc<Core>) {
             core.node().faults.fail_group_commit,
             core.node().faults.group_commit_delay,
         );
-        let now = if fail || delay.is_some() {
+        let now = if fail || delay.is_some() || !node.config.storage.group_commit_on_core {
             Ok(false)
         } else {
             node.storage.try_commit_group_now(&mut group.batch)
@@ -406,7 +416,7 @@ async fn commit_loop(core: Rc<Core>) {
         let result = match now {
             Ok(true) => {
                 let mut batch = std::mem::take(&mut group.batch);
-                committed(&core, &group, &mut batch);
+                committed(&core, &group, &mut batch, true);
                 local.state.borrow_mut().spare_batch = Some(batch);
                 Ok(())
             }
@@ -431,7 +441,7 @@ async fn commit_loop(core: Rc<Core>) {
                 match done {
                     Ok((r, mut batch)) => {
                         if r.is_ok() {
-                            committed(&core, &group, &mut batch);
+                            committed(&core, &group, &mut batch, false);
                         } else {
                             batch.clear();
                         }
@@ -446,9 +456,10 @@ async fn commit_loop(core: Rc<Core>) {
     }
 }
 
-/// Records a committed group's size and empties its batch for reuse.
-fn committed(core: &Core, group: &Group, batch: &mut GroupBatch) {
-    crate::obs::counters::record_group(core.counters(), group.writes, batch.bytes());
+/// Records a committed group's size (and where it was committed) and
+/// empties its batch for reuse.
+fn committed(core: &Core, group: &Group, batch: &mut GroupBatch, on_core: bool) {
+    crate::obs::counters::record_group(core.counters(), group.writes, batch.bytes(), on_core);
     batch.clear();
 }
 

@@ -102,6 +102,9 @@ pub const GROUP_BYTE_BOUNDS: [u64; 10] = [
 #[derive(Default)]
 pub struct GroupSizes {
     pub count: AtomicU64,
+    /// Groups committed on the core itself (`storage.group_commit_on_core`),
+    /// not on its helper thread.
+    pub on_core: AtomicU64,
     pub writes_sum: AtomicU64,
     pub bytes_sum: AtomicU64,
     pub writes: [AtomicU64; GROUP_WRITE_BOUNDS.len()],
@@ -109,11 +112,12 @@ pub struct GroupSizes {
 }
 
 /// Records a committed group of `writes` entity writes and `bytes` batch
-/// bytes on the calling core.
-pub fn record_group(c: &CoreCounters, writes: usize, bytes: usize) {
+/// bytes on the calling core; `on_core`: committed by the core itself.
+pub fn record_group(c: &CoreCounters, writes: usize, bytes: usize, on_core: bool) {
     let g = &c.groups;
     let (w, b) = (writes as u64, bytes as u64);
     bump(&g.count, 1);
+    bump(&g.on_core, u64::from(on_core));
     bump(&g.writes_sum, w);
     bump(&g.bytes_sum, b);
     if let Some(i) = GROUP_WRITE_BOUNDS.iter().position(|ub| w <= *ub) {

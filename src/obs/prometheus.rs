@@ -637,6 +637,11 @@ fn group_families(shared: &Node) -> Vec<MetricFamily> {
         vec![m]
     };
     vec![
+        counter(
+            "themis_group_commits_on_core_total",
+            "Group commits done by the core itself (storage.group_commit_on_core, without sync_writes), not by its helper thread; themis_group_commit_writes_count counts all.",
+            sum(&|g| g.on_core.load(Relaxed)) as f64,
+        ),
         family(
             "themis_group_commit_writes",
             "Entity writes per group commit (one WAL write, and one fsync with sync_writes).",

@@ -324,3 +324,36 @@ fn a_failed_group_commit_answers_500_and_applies_nothing() {
         "watermark held back: {p}"
     );
 }
+
+/// Where groups commit follows `storage.group_commit_on_core`: on the core
+/// without `sync_writes` when it is on; always on the helper thread when it
+/// is off or writes are synced (an fsync must never run on the core).
+#[test]
+fn groups_commit_on_the_core_only_when_configured_and_unsynced() {
+    for (on_core, sync, expect_on_core) in [
+        (true, false, true),
+        (false, false, false),
+        (true, true, false),
+    ] {
+        let dir = tempdir();
+        let s = start_in(
+            dir.path(),
+            &Opts::threads(1)
+                .env("THEMIS_STORAGE_GROUP_COMMIT_ON_CORE", &on_core.to_string())
+                .env("THEMIS_STORAGE_SYNC_WRITES", &sync.to_string()),
+        );
+        for i in 0..20 {
+            let r = s.request("PUT", &format!("/entities/g:{i}"), Some(r#"{"v":1}"#));
+            assert_eq!(r.status, 201);
+        }
+        let all = metric(&s, "themis_group_commit_writes_count");
+        let here = metric(&s, "themis_group_commits_on_core_total");
+        assert!(all >= 1.0, "no group committed");
+        let want = if expect_on_core { all } else { 0.0 };
+        assert_eq!(
+            here, want,
+            "on_core={on_core} sync={sync}: {here} of {all} on the core"
+        );
+        assert_eq!(s.request("GET", "/entities/g:19", None).status, 200);
+    }
+}
