@@ -236,7 +236,7 @@ impl<C: MeshOwner> Mesh<C> {
         if self.calls.borrow_mut().push(to, call) {
             self.send_calls.raise();
         }
-        if self.sweep_at.get().map_or(true, |at| deadline < at) {
+        if self.sweep_at.get().is_none_or(|at| deadline < at) {
             self.sweep.raise();
         }
         let mut waiting = Waiting {

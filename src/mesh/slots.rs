@@ -143,7 +143,7 @@ impl<C> Slots<C> {
             }
             if slot.deadline <= now {
                 finish(slot, Outcome::TimedOut);
-            } else if earliest.map_or(true, |e| slot.deadline < e) {
+            } else if earliest.is_none_or(|e| slot.deadline < e) {
                 earliest = Some(slot.deadline);
             }
         }
@@ -169,10 +169,8 @@ impl<C> Slots<C> {
 /// Ends a waiting call with `outcome` and wakes its task (a glommio wake
 /// only queues the task: nothing runs re-entrantly).
 fn finish<C>(slot: &mut Slot<C>, outcome: Outcome<C>) {
-    if let State::Waiting(waker) = std::mem::replace(&mut slot.state, State::Done(outcome)) {
-        if let Some(w) = waker {
-            w.wake();
-        }
+    if let State::Waiting(Some(waker)) = std::mem::replace(&mut slot.state, State::Done(outcome)) {
+        waker.wake();
     }
 }
 
