@@ -14,10 +14,17 @@
 //! replies rides back with the next calls, so once each side holds a few
 //! vectors no batch allocates ([`Outbox::spare`], [`Outbox::give_back`]).
 //!
-//! Invariant (order): an outbox is one FIFO vector per peer, sent whole and
-//! in order on that peer's channel, and the peer serves a batch front to
-//! back; so calls from one core to another reach the callee in the order
-//! they were made, and each peer's serving task serves them in that order.
+//! Invariants:
+//! * Order: an outbox is one FIFO vector per peer, sent whole and in order
+//!   on that peer's channel, and the peer serves a batch front to back; so
+//!   calls from one core to another reach the callee in the order they
+//!   were made, and each peer's serving task serves them in that order.
+//! * Bounded: an outbox is not bounded by a number, but by its callers:
+//!   each call in it has a caller waiting for its answer (a connection's
+//!   request, or a task), so it holds at most one call per waiting request
+//!   or task of the core (connections are bounded by
+//!   `server.max_connections`). A channel full of batches only delays the
+//!   next send; the calls wait in the outbox meanwhile.
 
 use super::envelope::Boxed;
 use super::slots::Ticket;
