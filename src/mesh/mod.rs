@@ -407,6 +407,7 @@ mod tests {
             let caller = caller.take();
             let executor = LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("mesh-test-{id}"))
+                .io_memory(256 << 10)
                 .spawn(move || async move {
                     let (req_tx, mut req_rx) = requests.join().await.expect("join requests");
                     let (rep_tx, mut rep_rx) = replies.join().await.expect("join replies");
