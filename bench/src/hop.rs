@@ -9,10 +9,16 @@
 //! forwarded PUT (a key and a 1 KiB body, answered with a small value).
 //!
 //! It reports, for one call at a time (latency) and for 64 in flight
-//! (throughput): nanoseconds per call and calls per second; and, from a
+//! (throughput): nanoseconds per call (wall time over calls), the round
+//! trip (that times the calls in flight), calls per second; from a
 //! counting allocator, heap allocations and bytes per call on both cores
 //! together (the body the caller owns is not counted: it is allocated
-//! before the clock starts, as the connection's buffer would hold it).
+//! before the clock starts, as the connection's buffer would hold it); and
+//! how many calls travelled in one channel message (the mesh batches the
+//! calls made to one core in one reactor tick).
+//!
+//! Each phase prints one line of `name=value` fields, for scripts
+//! (`bench/hop.sh` runs this binary against an older build's, alternating).
 //!
 //!     themis-hop-bench [--calls 200000] [--body 1024]
 
@@ -22,7 +28,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use themis::mesh::{serve_peers, Mesh, MeshFaults, MeshOwner, Reply, Request, Rpc, Served};
+use themis::mesh::{serve_peers, CallBatch, Mesh, MeshFaults, MeshOwner, ReplyBatch, Rpc, Served};
 
 /// Counts every allocation made by the process.
 struct Counting;
@@ -103,8 +109,8 @@ fn args() -> Args {
 fn main() {
     let a = args();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let requests = MeshBuilder::<Request<Ctx>, _>::full(2, 1024);
-    let replies = MeshBuilder::<Reply, _>::full(2, 1024);
+    let requests = MeshBuilder::<CallBatch<Ctx>, _>::full(2, 1024);
+    let replies = MeshBuilder::<ReplyBatch<Ctx>, _>::full(2, 1024);
     let mut handles = Vec::new();
     for id in 0..2usize {
         let (requests, replies) = (requests.clone(), replies.clone());
@@ -122,7 +128,7 @@ fn main() {
                 let ctx = Rc::new(Ctx {
                     mesh: Mesh::new(id, 2, Some(req_tx), MeshFaults::default()),
                 });
-                let _tasks = serve_peers(&ctx, &mut req_rx, &mut rep_rx, Rc::new(rep_tx));
+                let _tasks = serve_peers(&ctx, &mut req_rx, &mut rep_rx, rep_tx);
                 if id == 0 {
                     run_caller(&ctx, calls, body).await;
                     DONE.store(true, Ordering::Release);
@@ -144,13 +150,27 @@ fn main() {
 async fn run_caller(ctx: &Rc<Ctx>, calls: u64, body: usize) {
     let timeout = Duration::from_secs(30);
     let bodies: Vec<Vec<u8>> = (0..64).map(|_| vec![b'x'; body]).collect();
-    // Warm up.
+    // Warm up, one at a time and 64 at once, so that the pools the mesh
+    // reuses (envelopes, reply slots, batch vectors) reach their steady
+    // size before the clock starts.
     for i in 0..10_000u64 {
         let put = Put {
             key: format!("t:{i}"),
             body: bodies[0].clone(),
         };
         ctx.mesh.call(1, put, timeout).await.expect("warm-up call");
+    }
+    for round in 0..100u64 {
+        let calls = (0..64u64).map(|i| {
+            let put = Put {
+                key: format!("t:{round}:{i}"),
+                body: bodies[0].clone(),
+            };
+            ctx.mesh.call(1, put, timeout)
+        });
+        for answer in futures::future::join_all(calls).await {
+            answer.expect("warm-up call");
+        }
     }
     println!("body {body} B, {calls} calls per phase, CPUs: core 0 -> core 1");
     for in_flight in [1u64, 64] {
@@ -182,6 +202,7 @@ async fn run_caller(ctx: &Rc<Ctx>, calls: u64, body: usize) {
             ALLOCS.load(Ordering::Relaxed),
             BYTES.load(Ordering::Relaxed),
         );
+        let sent_before = ctx.mesh.stats();
         futures::future::join_all(lanes).await;
         let elapsed = start.elapsed();
         let (a2, b2) = (
@@ -191,12 +212,14 @@ async fn run_caller(ctx: &Rc<Ctx>, calls: u64, body: usize) {
         let n = per * in_flight;
         let allocs = (a2 - a1) as f64 / n as f64;
         let bytes = (b2 - b1) as f64 / n as f64;
+        let sent = ctx.mesh.stats();
+        let messages = sent.call_batches - sent_before.call_batches;
+        let ns_per_call = elapsed.as_nanos() as f64 / n as f64;
         println!(
-            "in flight {in_flight:>2}: round trip {:>7.0} ns, {:>9.0} calls/s, {:.2} allocations and {:.0} bytes allocated per call",
-            elapsed.as_nanos() as f64 / n as f64 * in_flight as f64,
+            "in_flight={in_flight} ns_per_call={ns_per_call:.0} round_trip_ns={:.0} calls_per_s={:.0} allocs_per_call={allocs:.3} bytes_per_call={bytes:.1} calls_per_message={:.2}",
+            ns_per_call * in_flight as f64,
             n as f64 / elapsed.as_secs_f64(),
-            allocs,
-            bytes
+            (sent.calls - sent_before.calls) as f64 / messages.max(1) as f64,
         );
     }
 }

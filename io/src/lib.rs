@@ -39,7 +39,7 @@ pub mod transport;
 
 pub use connection::{serve_connection, ConnectionLimits, Handler};
 pub use request::{Method, Request};
-pub use response::Response;
+pub use response::{LentOutput, Response};
 pub use shutdown::ShutdownSignal;
 pub use stream::{StreamEnd, StreamOut};
 pub use transport::{PeerIdentity, Transport};

@@ -10,7 +10,7 @@
 
 use super::{Core, Node};
 use crate::config::{CliOverrides, Config};
-use crate::mesh::{Mesh, MeshFaults, MeshOwner, Reply, Request};
+use crate::mesh::{CallBatch, Mesh, MeshFaults, MeshOwner, ReplyBatch};
 use crate::obs::counters::{bump, drop_one, CoreCounters};
 use crate::runtime::{Runtime, RuntimeState};
 use crate::storage::{Storage, StorageError};
@@ -354,8 +354,10 @@ pub fn run(config: Config, reload: ReloadSource, faults: Faults) -> Result<(), S
     } else {
         None
     };
-    let requests = MeshBuilder::<Request<Core>, _>::full(n, 1024);
-    let replies = MeshBuilder::<Reply, _>::full(n, 1024);
+    // Each message is a batch of calls or replies (`mesh::batch`): 1,024
+    // of them queued towards one core is far more than one tick gathers.
+    let requests = MeshBuilder::<CallBatch<Core>, _>::full(n, 1024);
+    let replies = MeshBuilder::<ReplyBatch<Core>, _>::full(n, 1024);
     let mut handles = Vec::with_capacity(n);
     for (i, (listener, own_listener)) in listeners.into_iter().zip(own_listeners).enumerate() {
         let (node, coord) = (node.clone(), coord.clone());
@@ -545,8 +547,8 @@ struct CoreSetup {
     own_listener: Option<BoundListener>,
     node: Arc<Node>,
     coord: Arc<Coordination>,
-    requests: MeshBuilder<Request<Core>, glommio::channels::channel_mesh::Full>,
-    replies: MeshBuilder<Reply, glommio::channels::channel_mesh::Full>,
+    requests: MeshBuilder<CallBatch<Core>, glommio::channels::channel_mesh::Full>,
+    replies: MeshBuilder<ReplyBatch<Core>, glommio::channels::channel_mesh::Full>,
     faults: Faults,
     spans_tx: Option<crossbeam_channel::Sender<Vec<crate::obs::otlp::SpanRecord>>>,
 }
@@ -573,7 +575,7 @@ async fn core_main(setup: CoreSetup) -> Result<(), String> {
             .join()
             .await
             .map_err(|e| format!("joining reply mesh: {e}"))?;
-        (Some(qt), Some(qr), Some(Rc::new(pt)), Some(pr))
+        (Some(qt), Some(qr), Some(pt), Some(pr))
     } else {
         (None, None, None, None)
     };

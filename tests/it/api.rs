@@ -240,6 +240,64 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// A forwarded GET is written by the owner into the asking connection's
+/// own output buffer (lent there and back), or, when earlier pipelined
+/// answers wait in it, into a spare that is copied back: either way the
+/// answer is the local one's, byte for byte where it matters.
+#[test]
+fn forwarded_reads_answer_exactly_like_local_ones() {
+    let dir = tempdir();
+    let s = start_in(dir.path(), &Opts::threads(2));
+    // One key per core: on any connection one is local, one forwarded.
+    let keys = crate::common::key_per_core("fw");
+    let mut c = s.client();
+    for k in &keys {
+        let r = c.request("PUT", &format!("/entities/{k}"), Some(r#"{"v":"x"}"#));
+        assert_eq!(r.status, 201);
+    }
+    // One request at a time: the connection's buffer is empty, and lent.
+    for k in &keys {
+        let r = c.request("GET", &format!("/entities/{k}"), None);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), json!({"key": k, "entity": {"v": "x"}}));
+        let h = c.request("HEAD", &format!("/entities/{k}"), None);
+        assert_eq!(h.status, 200);
+        assert!(h.body.is_empty());
+        assert_eq!(h.header("Content-Length"), r.header("Content-Length"));
+        let missing = c.request("GET", &format!("/entities/{k}x"), None);
+        assert_error(&missing, 404, "not_found");
+    }
+    // Pipelined: earlier answers wait in the buffer while one is forwarded.
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        for k in &keys {
+            batch.extend_from_slice(
+                format!("GET /entities/{k} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            batch.extend_from_slice(
+                format!("HEAD /entities/{k} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+        }
+    }
+    c.send_raw(&batch);
+    for _ in 0..3 {
+        for k in &keys {
+            let r = c.read_response(false);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json(), json!({"key": k, "entity": {"v": "x"}}));
+            let h = c.read_response(true);
+            assert_eq!(h.status, 200);
+            assert!(h.body.is_empty());
+        }
+    }
+    assert_eq!(c.request("GET", "/health", None).status, 200);
+    let (_, v) = s.json("GET", "/api/stats", None);
+    assert!(
+        v["server"]["forwarded_total"].as_u64().unwrap_or(0) >= 9,
+        "{v}"
+    );
+}
+
 #[test]
 fn two_shards_both_serve_and_forward() {
     let dir = tempdir();
