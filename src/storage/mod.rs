@@ -277,12 +277,21 @@ impl Storage {
             // reports). RocksDB also forces recycling off once a TTL is set.
             db_opts.set_recycle_log_file_num(0);
             db_opts.set_wal_ttl_seconds(WAL_KEEP_S);
-        } else {
-            // Reuse old WAL files instead of creating new ones: overwriting
-            // allocated blocks skips the filesystem's block allocation on
-            // every append (measured: the WAL write is the largest part of
-            // a PUT's storage cost; bench/RESULTS.md has its cost).
+        } else if cfg.sync_writes {
+            // With every commit fsynced, reuse old WAL files instead of
+            // creating new ones: overwriting allocated blocks leaves the
+            // file's size alone, so an fdatasync need not commit the
+            // inode's metadata too.
             db_opts.set_recycle_log_file_num(4);
+        } else {
+            // Without sync_writes, no recycling: a recycled file's pages are
+            // no longer in the page cache, so the first append to each page
+            // of it had to read the old block from disk first (a
+            // read-modify-write inside `write()`, on the core that commits).
+            // Measured: every time the reactor blocked during an open-loop
+            // PUT run it was there (`ext4_block_write_begin` →
+            // `bit_wait_io`, 110 times in 10 s); bench/RESULTS.md.
+            db_opts.set_recycle_log_file_num(0);
         }
         // Recovery replays the WAL up to its first damaged record and stops
         // there (a consistent prefix), the mode a checkpoint restore and a
