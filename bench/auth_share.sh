@@ -26,12 +26,7 @@ bench_setup
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
-# Server and client in sessions of their own at nice -15 when allowed
-# (root), so other users' builds on a shared machine disturb them less.
-PRIO=()
-if nice -n -15 true 2>/dev/null; then
-  PRIO=(setsid sh -c 'echo -15 > /proc/self/autogroup 2>/dev/null; exec nice -n -15 "$@"' sh)
-fi
+bench_priority
 
 "${PRIO[@]}" taskset -c 0 "$BIN/themis-auth-bench" | tee "$WORK/micro.txt"
 ADDED=$(awk '/^AUTH_ADDED_NS/ {print $2}' "$WORK/micro.txt")

@@ -38,10 +38,7 @@ SERVER_CPUS=1
 . bench/lib.sh
 bench_setup
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-NICE=()
-if nice -n -15 true 2>/dev/null; then
-  NICE=(setsid sh -c 'echo -15 > /proc/self/autogroup 2>/dev/null; exec nice -n -15 "$@"' sh)
-fi
+bench_priority
 WORK=$(mktemp -d /tmp/themis-tail.XXXXXX)
 PORT=18768
 PID=""
@@ -52,14 +49,14 @@ start_themis() {
   rm -rf "$WORK/db"
   local args=(--host 127.0.0.1 --port $PORT --threads 1 --db "$WORK/db")
   [ -z "$CONFIG" ] || args+=(--config "$CONFIG")
-  (cd "$WORK" && exec "${NICE[@]}" taskset -c 0 "$BIN/themis_server" "${args[@]}") \
+  (cd "$WORK" && exec "${PRIO[@]}" taskset -c 0 "$BIN/themis_server" "${args[@]}") \
     > "$WORK/server.log" 2>&1 &
   PID=$!
   wait_port $PORT "$WORK/server.log"
 }
 start_baseline() {
   rm -rf "$WORK/bdb"
-  "${NICE[@]}" "$BIN/themis-baseline" --kind kv --port $PORT --threads 1 --cpus 0 \
+  "${PRIO[@]}" "$BIN/themis-baseline" --kind kv --port $PORT --threads 1 --cpus 0 \
     --db "$WORK/bdb" > "$WORK/baseline.log" 2>&1 &
   PID=$!
   wait_port $PORT "$WORK/baseline.log"
@@ -68,12 +65,12 @@ stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""; sleep 0.5; }
 COMMON=(--connections 64 --keys 100000 --doc-size 1024)
 load() { # name args...
   local name=$1; shift
-  "${NICE[@]}" taskset -c "$CLIENT_LIST" "$BIN/themis-loadtest" --url "http://127.0.0.1:$PORT" \
+  "${PRIO[@]}" taskset -c "$CLIENT_LIST" "$BIN/themis-loadtest" --url "http://127.0.0.1:$PORT" \
     --cpus "$CLIENT_LIST" --threads "$CLIENT_CPUS" --json "${COMMON[@]}" "$@" > "$WORK/$name.json"
 }
 rps() { python3 -c "import json,sys;print(int(json.load(open(sys.argv[1]))['total']['throughput_rps']))" "$WORK/$1.json"; }
 
-echo "machine: $NCPU CPUs; server CPU 0, client CPUs $CLIENT_LIST; priority: $([ ${#NICE[@]} -gt 0 ] && echo "nice -15" || echo default)"
+echo "machine: $NCPU CPUs; server CPU 0, client CPUs $CLIENT_LIST; priority: $([ ${#PRIO[@]} -gt 0 ] && echo "nice -15" || echo default)"
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r"
   start_themis
