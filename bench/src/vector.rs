@@ -79,10 +79,10 @@ fn other_graph(path: &PathBuf, base: &[f32], dim: usize) -> anyhow::Result<Froze
         if upper.len() < levels {
             upper.resize(levels, HashMap::new());
         }
-        for l in 0..levels {
+        for layer in upper.iter_mut().take(levels) {
             let deg = u32_at(&mut at);
             let list: Box<[u32]> = (0..deg).map(|_| u64_at(&mut at) as u32).collect();
-            upper[l].insert(label as u32, list);
+            layer.insert(label as u32, list);
         }
     }
     let vectors: Vec<Vec<f32>> = (0..n)

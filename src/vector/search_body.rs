@@ -152,9 +152,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `vector`'s elements through `as_f64`.
+    type Components = Option<Vec<Option<f64>>>;
+
     /// What the general path gives: the body as a `Value` object, and
     /// `vector`'s elements through `as_f64`.
-    fn general(body: &[u8]) -> Option<(Map<String, Value>, Option<Vec<Option<f64>>>)> {
+    fn general(body: &[u8]) -> Option<(Map<String, Value>, Components)> {
         let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(body) else {
             return None;
         };
