@@ -11,7 +11,11 @@ Fashion-MNIST (Debian's dataset-fashion-mnist: 60,000 training images of
    the base (build time until every core's graph holds every vector),
    memory per vector (server RSS growth / vectors), then recall@10 and q/s
    for each ef, with a few keep-alive connections sending pre-encoded
-   requests (the client costs ~nothing per request).
+   requests (the client costs ~nothing per request, and runs off the
+   server's CPU), once the server is idle after the load. Besides q/s,
+   each side's queries per CPU second (the server's reactor threads from
+   /proc, hnswlib's thread): on a shared machine other processes disturb
+   that figure far less.
 4. A selective filter (1% of the base, secondary index on "bucket"):
    recall within the filter and latency.
 5. Start-up: rebuild from the stored vectors vs a dump.
@@ -102,9 +106,10 @@ def request_bytes(path, obj):
     return head.encode() + body
 
 
-def run_requests(port, requests, conns):
+def run_requests(port, requests, conns, client_cpus=None):
     """Sends every request (split over `conns` connections, each with
-    2 in flight); returns (bodies in order, seconds)."""
+    2 in flight); returns (bodies in order, seconds). With `client_cpus`
+    the client's threads run only there (off the server's CPU)."""
     out = [None] * len(requests)
 
     def worker(idx):
@@ -120,13 +125,56 @@ def run_requests(port, requests, conns):
         for j in inflight:
             out[j] = c.recv()
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return out, time.perf_counter() - t
+    # Threads inherit the affinity of the thread that starts them.
+    cpus = os.sched_getaffinity(0)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    try:
+        t = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return out, time.perf_counter() - t
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def client_cpus_for(server_cpus):
+    """The CPUs the client may use: every one but the server's (all of them
+    when the server is not pinned, or pinned to every CPU)."""
+    if not server_cpus:
+        return None
+    rest = os.sched_getaffinity(0) - {int(x) for x in server_cpus.split(",")}
+    return rest or None
+
+
+def cpu_ns(pid, prefix=""):
+    """CPU time used so far by the threads of `pid` whose name starts
+    with `prefix` (all of them by default), in ns (schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith(prefix):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def settle(pid, limit=300):
+    """Waits until the server is nearly idle (RocksDB's flushes and
+    compactions after a bulk load run on the server's CPU too)."""
+    end = time.time() + limit
+    while time.time() < end:
+        c = cpu_ns(pid)
+        time.sleep(2)
+        if (cpu_ns(pid) - c) < 0.05 * 2e9:
+            return
 
 
 def wait_port(port, limit=60):
@@ -220,12 +268,12 @@ def main():
             os.sched_setaffinity(0, {int(x) for x in a.server_cpus.split(",")})
         try:
             h.set_ef(max(ef, k))
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             labels, _ = h.knn_query(queries, k=k, num_threads=1)
-            s = time.perf_counter() - t
+            s, cs = time.perf_counter() - t, time.thread_time() - c
         finally:
             os.sched_setaffinity(0, cpus)
-        return recall(labels, truth), len(queries) / s
+        return recall(labels, truth), len(queries) / s, len(queries) / cs
 
     # THEMIS.
     data = os.path.join(a.work, f"data-{a.label}")
@@ -263,25 +311,32 @@ def main():
 
     # Recall and q/s: hnswlib and THEMIS alternate, round after round, for
     # each ef, so that both see the same machine load; medians reported.
+    settle(srv.p.pid)
     res["themis"], res["hnswlib"], res["rounds"] = [], [], a.rounds
     qlist = [q.astype(int).tolist() for q in queries]
     for ef in efs:
         reqs = [request_bytes("/vector/search", {"table": "fm", "vector": q, "k": k, "ef": max(ef, k)}) for q in qlist]
-        run_requests(a.port, reqs[:100], a.conns)  # warm-up
-        hq, tq = [], []
+        client = client_cpus_for(a.server_cpus)
+        run_requests(a.port, reqs[:100], a.conns, client)  # warm-up
+        hq, tq, hc, tc = [], [], [], []
         for _ in range(a.rounds):
-            h_recall, q = hnswlib_round(ef)
+            h_recall, q, qc = hnswlib_round(ef)
             hq.append(q)
-            out, s = run_requests(a.port, reqs, a.conns)
+            hc.append(qc)
+            c0 = cpu_ns(srv.p.pid, "themis-shard")
+            out, s = run_requests(a.port, reqs, a.conns, client)
+            tc.append(len(reqs) / ((cpu_ns(srv.p.pid, "themis-shard") - c0) * 1e-9))
             tq.append(len(reqs) / s)
         found = []
         for st, body in out:
             assert st == 200, body[:300]
             found.append([int(r["pk"]) for r in json.loads(body)["results"]])
         med = lambda xs: sorted(xs)[len(xs) // 2]
-        res["hnswlib"].append({"ef": ef, "recall": h_recall, "qps": med(hq), "qps_rounds": [round(x) for x in hq]})
-        res["themis"].append({"ef": ef, "recall": recall(found, truth), "qps": med(tq), "qps_rounds": [round(x) for x in tq]})
-        print(f"ef={ef}: hnswlib recall {h_recall:.4f} {med(hq):.0f} q/s {hq}; THEMIS recall {res['themis'][-1]['recall']:.4f} {med(tq):.0f} q/s {tq}", file=sys.stderr)
+        res["hnswlib"].append({"ef": ef, "recall": h_recall, "qps": med(hq), "qps_rounds": [round(x) for x in hq], "q_per_cpu_s": med(hc)})
+        res["themis"].append({"ef": ef, "recall": recall(found, truth), "qps": med(tq), "qps_rounds": [round(x) for x in tq], "q_per_reactor_cpu_s": med(tc)})
+        print(f"ef={ef}: hnswlib recall {h_recall:.4f} {med(hq):.0f} q/s {[round(x) for x in hq]} ({med(hc):.0f} per CPU s); "
+              f"THEMIS recall {res['themis'][-1]['recall']:.4f} {med(tq):.0f} q/s {[round(x) for x in tq]} ({med(tc):.0f} per reactor CPU s); "
+              f"ratio {med(tq)/med(hq):.2f} (CPU {med(tc)/med(hc):.2f})", file=sys.stderr)
     del h
 
     # A selective filter: bucket = q % 100 (1% of the base), exact within it.

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Where a vector search's time goes (issue 13): loads Fashion-MNIST's
 60,000 training vectors into a 1-core server pinned to CPU 0, prints the
-time per request for k=1/ef=1 (the fixed cost of a request) and for
-k=10 at ef 16/32/64, with 8 connections, and how busy the server was
+time per request for GET /health (the HTTP floor), a search body
+answered 404 (the floor plus reading the body), k=1/ef=1 (the fixed
+cost of a search) and k=10 at ef 16/32/64, with 8 connections (the
+client kept off the server's CPU), and how busy the server was
 (its CPU time from /proc: ~100 % means the server, not the Python
 client, sets the pace), then records `perf record -g`
-of the server for 6 s of ef-32 searches into /tmp/vperf2.data.
+of the server for 6 s of ef-32 searches into <scratch dir>/perf.data
+(cpu-clock: this machine has no hardware counters).
 
     python3 bench/vectors_profile.py <themis_server> <scratch dir>
 """
@@ -29,18 +32,28 @@ def cpu_s(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-for k, ef in ((1, 1), (10, 16), (10, 32), (10, 64)):
-    reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": k, "ef": ef}) for q in queries]
-    V.run_requests(18796, reqs[:100], 8)
+client = V.client_cpus_for("0")
+def measure(label, reqs):
+    V.run_requests(18796, reqs[:100], 8, client)
     c0 = cpu_s(srv.p.pid)
-    out, s = V.run_requests(18796, reqs * 3, 8)
+    out, s = V.run_requests(18796, reqs * 3, 8, client)
     used = cpu_s(srv.p.pid) - c0
     n = len(reqs) * 3
-    print(f"k={k} ef={ef}: {n/s:.0f} q/s, {s/n*1e6:.0f} us a request, server busy {100*used/s:.0f} %, {used/n*1e6:.0f} us CPU a request", flush=True)
+    print(f"{label}: {n/s:.0f} q/s, {s/n*1e6:.0f} us a request, server busy {100*used/s:.0f} %, {used/n*1e6:.0f} us CPU a request", flush=True)
+    return out
+
+
+# The floor: an HTTP request with no body; then a search body parsed in
+# full but answered 404 (no such table): the request and its parse.
+measure("GET /health", [b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n"] * len(queries))
+measure("search, unknown table (404)", [V.request_bytes("/vector/search", {"table": "nope", "vector": q.astype(int).tolist()}) for q in queries])
+for k, ef in ((1, 1), (10, 16), (10, 32), (10, 64)):
+    reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": k, "ef": ef}) for q in queries]
+    measure(f"k={k} ef={ef}", reqs)
 reqs = [V.request_bytes("/vector/search", {"table": "fm", "vector": q.astype(int).tolist(), "k": 10, "ef": 32}) for q in queries]
-perf = subprocess.Popen(["perf", "record", "-g", "-o", "/tmp/vperf2.data", "-p", str(srv.p.pid), "--", "sleep", "6"])
+perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o", os.path.join(work, "perf.data"), "-p", str(srv.p.pid), "--", "sleep", "6"])
 t = time.time()
 while time.time() - t < 6.5:
-    V.run_requests(18796, reqs, 8)
+    V.run_requests(18796, reqs, 8, client)
 perf.wait()
 srv.stop()

@@ -14,11 +14,17 @@ pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiEr
             "the body must be a JSON object".into(),
         ));
     };
+    only(&m, allowed)?;
+    Ok(m)
+}
+
+/// 400 naming the first field of `m` not in `allowed`.
+pub fn only(m: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
     if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!(
             "unknown field {k:?} (allowed: {})",
             allowed.join(", ")
         )));
     }
-    Ok(m)
+    Ok(())
 }

@@ -87,6 +87,18 @@ impl Metric {
         }
     }
 
+    /// The graph distance, or a number above `bound` (not the distance)
+    /// when the distance is above it and the metric can tell early (L2:
+    /// a sum of squares only grows). Not above `bound`: exactly
+    /// [`Metric::graph_distance`].
+    #[inline]
+    pub fn graph_distance_above(self, a: &[f32], b: &[f32], bound: f32) -> f32 {
+        match self {
+            Metric::L2 => l2_squared_above(a, b, bound),
+            Metric::Cosine | Metric::Dot => self.graph_distance(a, b),
+        }
+    }
+
     /// The distance an answer reports, from a graph distance.
     #[inline]
     pub fn reported(self, graph_distance: f32) -> f32 {
@@ -125,8 +137,10 @@ macro_rules! kernels {
                 }
             }
             let mut acc = [0.0f32; 8];
-            for i in 0..$wide {
-                acc[i % 8] += wide[i];
+            for w in wide.chunks_exact(8) {
+                for i in 0..8 {
+                    acc[i] += w[i];
+                }
             }
             let (ca, cb) = (ra.chunks_exact(8), rb.chunks_exact(8));
             let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -142,22 +156,44 @@ macro_rules! kernels {
             s
         }
 
+        /// `|a - b|²`, or some partial sum above `bound` as soon as one
+        /// is (checked every [`CHECK_EVERY`] components): the squares are
+        /// never negative, so the whole sum is above it too. The lanes add
+        /// in the same order whatever `bound` is, so a sum not cut short is
+        /// bit for bit the unbounded one.
         $(#[$attr])?
-        unsafe fn $l2(a: &[f32], b: &[f32]) -> f32 {
+        unsafe fn $l2(a: &[f32], b: &[f32], bound: f32) -> f32 {
             let n = a.len().min(b.len());
             let (a, b) = (&a[..n], &b[..n]);
             let mut wide = [0.0f32; $wide];
             let (ca, cb) = (a.chunks_exact($wide), b.chunks_exact($wide));
             let (ra, rb) = (ca.remainder(), cb.remainder());
-            for (x, y) in ca.zip(cb) {
+            for (i, (x, y)) in ca.zip(cb).enumerate() {
                 for i in 0..$wide {
                     let d = x[i] - y[i];
                     wide[i] += d * d;
                 }
+                if (i + 1) % (CHECK_EVERY / $wide) == 0 {
+                    // Eight lanes first (a few SIMD adds), then eight
+                    // scalar ones: summing the lanes one by one was a
+                    // chain of `$wide` dependent adds per check.
+                    let mut lanes = [0.0f32; 8];
+                    for w in wide.chunks_exact(8) {
+                        for i in 0..8 {
+                            lanes[i] += w[i];
+                        }
+                    }
+                    let partial = lanes.iter().sum::<f32>();
+                    if partial > bound {
+                        return partial;
+                    }
+                }
             }
             let mut acc = [0.0f32; 8];
-            for i in 0..$wide {
-                acc[i % 8] += wide[i];
+            for w in wide.chunks_exact(8) {
+                for i in 0..8 {
+                    acc[i] += w[i];
+                }
             }
             let (ca, cb) = (ra.chunks_exact(8), rb.chunks_exact(8));
             let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -176,6 +212,10 @@ macro_rules! kernels {
         }
     };
 }
+
+/// How often (in components) a bounded L2 distance checks its bound: a
+/// multiple of every kernel's lane count.
+const CHECK_EVERY: usize = 256;
 
 kernels!(dot_portable, l2_portable, 32);
 #[cfg(target_arch = "x86_64")]
@@ -225,16 +265,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `|a - b|²` (over the shorter length).
 #[inline]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    l2_squared_above(a, b, f32::INFINITY)
+}
+
+/// `|a - b|²`, or a number above `bound` (not the distance) as soon as
+/// the distance is known to be above it (up to rounding: partial sums add
+/// the same squares in another order): a search that would drop such a
+/// point anyway stops reading its vector early. A result not above
+/// `bound` is exactly [`l2_squared`]'s.
+#[inline]
+pub fn l2_squared_above(a: &[f32], b: &[f32], bound: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match simd() {
         // SAFETY: the CPU has AVX-512F (checked in `simd`).
-        Simd::Avx512 => return unsafe { l2_avx512(a, b) },
+        Simd::Avx512 => return unsafe { l2_avx512(a, b, bound) },
         // SAFETY: the CPU has AVX2 and FMA (checked in `simd`).
-        Simd::Avx2 => return unsafe { l2_avx2(a, b) },
+        Simd::Avx2 => return unsafe { l2_avx2(a, b, bound) },
         Simd::Portable => {}
     }
     // SAFETY: no target feature required.
-    unsafe { l2_portable(a, b) }
+    unsafe { l2_portable(a, b, bound) }
 }
 
 /// Stored form of a vector: its components as little-endian f32.
@@ -290,15 +340,37 @@ mod tests {
             let l = naive_l2(&a, &b);
             prop_assert!((f64::from(l2_squared(&a, &b)) - l).abs() <= tol(l) * 10.0);
             // SAFETY: no target feature required.
-            let p = unsafe { l2_portable(&a, &b) };
+            let p = unsafe { l2_portable(&a, &b, f32::INFINITY) };
             prop_assert!((f64::from(p) - l).abs() <= tol(l) * 10.0);
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 // SAFETY: checked just above.
-                let (x, y) = unsafe { (l2_avx2(&a, &b), dot_avx2(&a, &b)) };
+                let (x, y) = unsafe { (l2_avx2(&a, &b, f32::INFINITY), dot_avx2(&a, &b)) };
                 prop_assert!((f64::from(x) - l).abs() <= tol(l) * 10.0);
                 prop_assert!((f64::from(y) - d).abs() <= tol(d) * 10.0);
             }
+        }
+
+        #[test]
+        fn bounded_l2_is_exact_below_its_bound(
+            pairs in prop::collection::vec((-100.0f32..100.0, -100.0f32..100.0), 0..800),
+            share in 0.0f32..1.5,
+        ) {
+            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let full = l2_squared(&a, &b);
+            let bound = full * share;
+            let r = l2_squared_above(&a, &b, bound);
+            if r <= bound {
+                prop_assert_eq!(r.to_bits(), full.to_bits());
+            } else {
+                prop_assert!(full >= bound * (1.0 - 1e-5), "{} {} {}", r, full, bound);
+            }
+            prop_assert_eq!(l2_squared_above(&a, &b, f32::INFINITY).to_bits(), full.to_bits());
+            // SAFETY: no target feature required.
+            let p = unsafe { l2_portable(&a, &b, bound) };
+            // SAFETY: no target feature required.
+            let unbounded = unsafe { l2_portable(&a, &b, f32::INFINITY) };
+            prop_assert!(p > bound || p.to_bits() == unbounded.to_bits(), "portable {} {}", p, unbounded);
         }
 
         #[test]

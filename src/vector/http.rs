@@ -728,24 +728,35 @@ fn short(v: &Value) -> String {
 /// `POST /vector/search`.
 pub async fn search(core: &Core, body: &[u8], resp: &mut Response<'_>) -> Result<(), ApiError> {
     require_enabled(core)?;
-    let m = crate::http::body::object(
-        body,
-        &[
-            "table", "field", "vector", "k", "ef", "filter", "return", "explain",
-        ],
-    )?;
+    const ALLOWED: &[&str] = &[
+        "table", "field", "vector", "k", "ef", "filter", "return", "explain",
+    ];
+    // The vector read straight into numbers when the body is an object
+    // and `vector` an array or absent; otherwise the general parse, which
+    // gives the errors (see search_body.rs).
+    let (m, components) = match super::search_body::parse(body) {
+        Some(b) => {
+            crate::http::body::only(&b.rest, ALLOWED)?;
+            (b.rest, b.vector)
+        }
+        None => (crate::http::body::object(body, ALLOWED)?, None),
+    };
     let table = table_of(&m)?;
     let def = find_index(core, &table, field_of(&m)?.as_deref())?;
-    let mut query = match m.get("vector") {
-        Some(Value::Array(a)) => parse_components(a.iter().map(Value::as_f64), a.len(), &def)
+    let mut query = match (components, m.get("vector")) {
+        (Some(c), _) => parse_components(c.iter().copied(), c.len(), &def)
             .map_err(|e| bad(format!("vector: {e}")))?,
-        Some(v) => {
+        (None, Some(Value::Array(a))) => {
+            parse_components(a.iter().map(Value::as_f64), a.len(), &def)
+                .map_err(|e| bad(format!("vector: {e}")))?
+        }
+        (None, Some(v)) => {
             return Err(bad(format!(
                 "vector: must be an array of numbers, got {}",
                 short(v)
             )))
         }
-        None => return Err(bad("vector: required")),
+        (None, None) => return Err(bad("vector: required")),
     };
     def.metric
         .prepare(&mut query)
@@ -937,14 +948,11 @@ fn render(
         out.extend_from_slice(b",\"distance\":");
         // f32's shortest form (an f64 rendering would add noise digits).
         let d = def.metric.reported(f.distance);
-        out.extend_from_slice(
-            if d.is_finite() {
-                format!("{d}")
-            } else {
-                "null".into()
-            }
-            .as_bytes(),
-        );
+        if d.is_finite() {
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("{d}"));
+        } else {
+            out.extend_from_slice(b"null");
+        }
         if let Some(doc) = doc {
             out.extend_from_slice(b",\"entity\":");
             out.extend_from_slice(doc);

@@ -28,6 +28,7 @@
 //!   create of an existing index with the same parameters is a no-op and
 //!   with different ones a 409.
 
+pub mod block;
 pub mod distance;
 pub mod dump;
 pub mod frozen;
@@ -35,7 +36,9 @@ pub mod graph;
 pub mod http;
 pub mod load;
 pub mod maintain;
+pub mod prune;
 pub mod search;
+pub mod search_body;
 
 pub use distance::Metric;
 
